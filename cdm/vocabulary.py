@@ -1,0 +1,490 @@
+"""The vocabulary layer: ``SYSTEM:code`` references, Athena CSVs, and site-local concepts.
+
+Queries and ingest name codes as ``SYSTEM:code`` (``LOINC:2160-0``, ``SNOMED:443487006``,
+``HGNC:11998``); FHIR names them by system URI.  Both resolve through the node's own ``concept``
+table, in this order:
+
+1. a concept with that (vocabulary_id, concept_code) — if it is not standard, its ``Maps to``
+   relationship gives the standard concept (OMOP convention);
+2. the site's ``source_to_concept_map`` (how a site maps its local lab codes onto LOINC, say);
+3. otherwise, at ingest only, a **site-local concept** is created: ``concept_id`` >= 2,000,000,000
+   (OMOP's range for local concepts), keeping vocabulary and code, so the source value survives
+   and ``radfed-node mapping-report`` can list it.  Its id is derived from (vocabulary, code), so a
+   rebuilt node gives the same code the same id.
+
+Project concepts for radfed's extensions (image features, ctDNA, habitats; vocabulary ``RADFED``)
+live in ``cdm/data/radfed_concepts.csv`` in the reserved range 2,000,000,000-2,000,099,999 and are
+written by :func:`install_core_concepts` when a CDM is initialised.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, and_, delete, insert, select
+
+from cdm.schema import tables
+
+LOCAL_CONCEPT_MIN = 2_000_000_000
+PROJECT_CONCEPT_MAX = 2_000_099_999
+_LOCAL_HASH_BASE = 2_000_100_000
+_LOCAL_HASH_SPAN = 2_147_483_647 - _LOCAL_HASH_BASE
+
+#: Query-spec system names -> OMOP vocabulary_id.
+SYSTEM_ALIASES = {
+    "LOINC": "LOINC",
+    "SNOMED": "SNOMED",
+    "SCT": "SNOMED",
+    "RXNORM": "RxNorm",
+    "ICD10CM": "ICD10CM",
+    "ICD10": "ICD10",
+    "ICDO3": "ICDO3",
+    "HGNC": "HGNC",
+    "DICOM": "DICOM",
+    "UCUM": "UCUM",
+    "CVX": "CVX",
+    "NCIT": "NCIt",
+    "ONCOTREE": "OncoTree",
+    "HPO": "HPO",
+    "ORPHA": "OrphaNet",
+    "RADFED": "RADFED",
+}
+
+#: FHIR code system URIs -> OMOP vocabulary_id.
+SYSTEM_URIS = {
+    "http://loinc.org": "LOINC",
+    "http://snomed.info/sct": "SNOMED",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://terminology.hl7.org/CodeSystem/icd-o-3": "ICDO3",
+    "http://www.genenames.org/geneId": "HGNC",
+    "http://www.genenames.org": "HGNC",
+    "http://dicom.nema.org/resources/ontology/DCM": "DICOM",
+    "http://unitsofmeasure.org": "UCUM",
+    "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl": "NCIt",
+    "http://human-phenotype-ontology.org": "HPO",
+    "http://www.orpha.net": "OrphaNet",
+    "https://radfed.org/fhir/CodeSystem/radfed": "RADFED",
+}
+
+_SYSTEM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,19}$")
+
+
+class UnknownCode(LookupError):
+    """A ``SYSTEM:code`` reference that is malformed or that this node's vocabulary cannot resolve."""
+
+
+@dataclass(frozen=True)
+class ConceptMatch:
+    """How a source code maps: the standard concept events are filed under, and the source concept."""
+
+    concept_id: int
+    source_concept_id: int
+    domain_id: str | None
+    is_local: bool
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """Split ``SYSTEM:code`` into (OMOP vocabulary_id, code).
+
+    Known system names are case-insensitive aliases (``SNOMED``, ``SCT``); any other well-formed name
+    is taken as a site vocabulary (``LOCALLAB:NA-1``).  ``HGNC:HGNC:11998`` and ``HGNC:11998`` are
+    the same gene.
+    """
+    if not isinstance(reference, str) or ":" not in reference:
+        raise UnknownCode(f"code reference {reference!r} is not of the form SYSTEM:code")
+    system, code = reference.split(":", 1)
+    if not _SYSTEM_NAME.match(system) or not code or len(code) > 50:
+        raise UnknownCode(f"code reference {reference!r} is not of the form SYSTEM:code")
+    vocabulary_id = SYSTEM_ALIASES.get(system.upper(), system)
+    return vocabulary_id, normalise_code(vocabulary_id, code)
+
+
+def normalise_code(vocabulary_id: str, code: str) -> str:
+    """The code as the vocabulary stores it (HGNC gene ids without their ``HGNC:`` prefix)."""
+    code = code.strip()
+    if vocabulary_id == "HGNC" and code.upper().startswith("HGNC:"):
+        return code[5:]
+    return code
+
+
+def vocabulary_for_uri(system_uri: str | None) -> str:
+    """The OMOP vocabulary_id for a FHIR ``Coding.system``.
+
+    An unknown URI becomes a site vocabulary named by a short hash of it (vocabulary_id is at most
+    20 characters), so every code system a site sends stays distinguishable.
+    """
+    if not system_uri:
+        return "NoSystem"
+    known = SYSTEM_URIS.get(system_uri.rstrip("/"))
+    if known:
+        return known
+    if system_uri.startswith("urn:oid:2.16.840.1.113883.6.1"):
+        return "LOINC"
+    return "L" + hashlib.blake2b(system_uri.encode(), digest_size=6).hexdigest()
+
+
+def local_concept_id(vocabulary_id: str, code: str, taken=frozenset()) -> int:
+    """The site-local concept id for (vocabulary, code): hashed into the local range, probing past ``taken``."""
+    digest = int.from_bytes(hashlib.blake2b(f"{vocabulary_id}\x1f{code}".encode(), digest_size=8).digest(), "big")
+    candidate = _LOCAL_HASH_BASE + digest % _LOCAL_HASH_SPAN
+    while candidate in taken:
+        candidate = _LOCAL_HASH_BASE + (candidate - _LOCAL_HASH_BASE + 1) % _LOCAL_HASH_SPAN
+    return candidate
+
+
+class Vocabulary:
+    """Concept resolution against one CDM, with an in-memory cache for ingest throughput.
+
+    Use one instance per ingest run or query; it reads the concept tables lazily and remembers
+    every answer.  :meth:`concept_for` may create site-local concepts (ingest); :meth:`resolve`
+    never writes (queries).
+    """
+
+    def __init__(self, engine: Engine | Connection):
+        self._bind = engine
+        self._cache: dict[tuple[str, str], ConceptMatch | None] = {}
+        self._vocabularies: set[str] | None = None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _connection(self):
+        if isinstance(self._bind, Connection):
+            return _Borrowed(self._bind)
+        return self._bind.connect()
+
+    def lookup(self, vocabulary_id: str, code: str) -> ConceptMatch | None:
+        """The mapping of (vocabulary, code) if the node's vocabulary knows it, else ``None``."""
+        key = (vocabulary_id, code)
+        if key in self._cache:
+            return self._cache[key]
+        concept = tables["concept"]
+        relationship = tables["concept_relationship"]
+        stcm = tables["source_to_concept_map"]
+        with self._connection() as conn:
+            row = conn.execute(
+                select(concept.c.concept_id, concept.c.standard_concept, concept.c.domain_id).where(
+                    concept.c.vocabulary_id == vocabulary_id, concept.c.concept_code == code
+                )
+            ).first()
+            match = None
+            if row is not None:
+                source_id, standard, domain = row
+                target, target_domain = source_id, domain
+                if standard != "S":
+                    mapped = conn.execute(
+                        select(relationship.c.concept_id_2, concept.c.domain_id)
+                        .join(concept, concept.c.concept_id == relationship.c.concept_id_2)
+                        .where(
+                            relationship.c.concept_id_1 == source_id,
+                            relationship.c.relationship_id == "Maps to",
+                            relationship.c.invalid_reason.is_(None),
+                        )
+                    ).first()
+                    if mapped is not None:
+                        target, target_domain = mapped
+                    elif source_id < LOCAL_CONCEPT_MIN:
+                        target = 0
+                match = ConceptMatch(target, source_id, target_domain, source_id >= LOCAL_CONCEPT_MIN)
+            else:
+                mapped = conn.execute(
+                    select(stcm.c.target_concept_id, stcm.c.source_concept_id, concept.c.domain_id)
+                    .outerjoin(concept, concept.c.concept_id == stcm.c.target_concept_id)
+                    .where(stcm.c.source_vocabulary_id == vocabulary_id, stcm.c.source_code == code)
+                ).first()
+                if mapped is not None:
+                    match = ConceptMatch(mapped[0], mapped[1] or 0, mapped[2], False)
+        self._cache[key] = match
+        return match
+
+    def resolve(self, reference: str) -> int | None:
+        """The concept id a ``SYSTEM:code`` reference denotes at this node, ``None`` if it has never been seen.
+
+        Raises :class:`UnknownCode` for a malformed reference.  ``None`` is not an error: a code a
+        site has no data for matches no rows there.
+        """
+        match = self.lookup(*parse_reference(reference))
+        return None if match is None else match.concept_id
+
+    def descendants(self, concept_id: int) -> set[int]:
+        """``concept_id`` and its descendants (from Athena's CONCEPT_ANCESTOR where loaded)."""
+        ancestor = tables["concept_ancestor"]
+        with self._connection() as conn:
+            found = conn.execute(
+                select(ancestor.c.descendant_concept_id).where(ancestor.c.ancestor_concept_id == concept_id)
+            ).scalars()
+            return {concept_id, *found}
+
+    # -- writing (ingest) ------------------------------------------------------------------------
+
+    def concept_for(
+        self,
+        vocabulary_id: str,
+        code: str,
+        name: str | None = None,
+        domain_id: str | None = None,
+        conn: Connection | None = None,
+    ) -> ConceptMatch:
+        """The mapping of a source code, creating a site-local concept when the node has none.
+
+        ``conn`` is the ingest transaction to write the new concept in (the engine otherwise).
+        """
+        code = normalise_code(vocabulary_id, code)
+        found = self.lookup(vocabulary_id, code)
+        if found is not None:
+            return found
+        concept = tables["concept"]
+        writer = _Borrowed(conn) if conn is not None else self._begin()
+        with writer as c:
+            self._ensure_vocabulary(c, vocabulary_id)
+            taken = set(
+                c.execute(select(concept.c.concept_id).where(concept.c.concept_id >= _LOCAL_HASH_BASE)).scalars()
+            ) if self._collides(c, vocabulary_id, code) else frozenset()
+            concept_id = local_concept_id(vocabulary_id, code, taken)
+            c.execute(
+                insert(concept).values(
+                    concept_id=concept_id,
+                    concept_name=(name or f"{vocabulary_id} {code}")[:255],
+                    domain_id=(domain_id or "Observation")[:20],
+                    vocabulary_id=vocabulary_id[:20],
+                    concept_class_id="Undefined",
+                    standard_concept=None,
+                    concept_code=code[:50],
+                    valid_start_date=dt.date(1970, 1, 1),
+                    valid_end_date=dt.date(2099, 12, 31),
+                )
+            )
+        match = ConceptMatch(concept_id, concept_id, domain_id, True)
+        self._cache[(vocabulary_id, code)] = match
+        return match
+
+    def _begin(self):
+        if isinstance(self._bind, Connection):
+            return _Borrowed(self._bind)
+        return self._bind.begin()
+
+    def _collides(self, conn: Connection, vocabulary_id: str, code: str) -> bool:
+        concept = tables["concept"]
+        candidate = local_concept_id(vocabulary_id, code)
+        return conn.execute(select(concept.c.concept_id).where(concept.c.concept_id == candidate)).first() is not None
+
+    def _ensure_vocabulary(self, conn: Connection, vocabulary_id: str) -> None:
+        vocabulary = tables["vocabulary"]
+        if self._vocabularies is None:
+            self._vocabularies = set(conn.execute(select(vocabulary.c.vocabulary_id)).scalars())
+        if vocabulary_id not in self._vocabularies:
+            conn.execute(
+                insert(vocabulary).values(
+                    vocabulary_id=vocabulary_id[:20],
+                    vocabulary_name=f"{vocabulary_id} (site-local concepts)",
+                    vocabulary_concept_id=0,
+                )
+            )
+            self._vocabularies.add(vocabulary_id)
+
+
+class _Borrowed:
+    """A context manager over a connection someone else owns (no commit, no close)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+# -- shipped concepts ------------------------------------------------------------------------------
+
+
+def _packaged_rows(filename: str) -> list[dict]:
+    with resources.files("cdm.data").joinpath(filename).open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def install_core_concepts(engine: Engine) -> int:
+    """Write the OMOP core concepts radfed's ingest relies on and the RADFED project concepts.
+
+    Idempotent (rows already present are left as they are).  Returns the number written.
+    """
+    concept, vocabulary = tables["concept"], tables["vocabulary"]
+    rows = _packaged_rows("omop_core_concepts.csv") + _packaged_rows("radfed_concepts.csv")
+    with engine.begin() as conn:
+        present = set(conn.execute(select(concept.c.concept_id)).scalars())
+        new = [
+            {
+                "concept_id": int(r["concept_id"]),
+                "concept_name": r["concept_name"],
+                "domain_id": r["domain_id"],
+                "vocabulary_id": r["vocabulary_id"],
+                "concept_class_id": r["concept_class_id"],
+                "standard_concept": r["standard_concept"] or None,
+                "concept_code": r["concept_code"],
+                "valid_start_date": dt.date(1970, 1, 1),
+                "valid_end_date": dt.date(2099, 12, 31),
+            }
+            for r in rows
+            if int(r["concept_id"]) not in present
+        ]
+        if new:
+            conn.execute(insert(concept), new)
+        known = set(conn.execute(select(vocabulary.c.vocabulary_id)).scalars())
+        for vocab_id in sorted({r["vocabulary_id"] for r in rows} - known):
+            conn.execute(
+                insert(vocabulary).values(
+                    vocabulary_id=vocab_id,
+                    vocabulary_name="radfed project concepts" if vocab_id == "RADFED" else vocab_id,
+                    vocabulary_concept_id=0,
+                )
+            )
+    return len(new)
+
+
+# -- Athena ----------------------------------------------------------------------------------------
+
+#: Athena file name -> CDM table.  Loaded in this order.
+ATHENA_FILES = {
+    "VOCABULARY.csv": "vocabulary",
+    "DOMAIN.csv": "domain",
+    "CONCEPT_CLASS.csv": "concept_class",
+    "RELATIONSHIP.csv": "relationship",
+    "CONCEPT.csv": "concept",
+    "CONCEPT_RELATIONSHIP.csv": "concept_relationship",
+    "CONCEPT_ANCESTOR.csv": "concept_ancestor",
+    "CONCEPT_SYNONYM.csv": "concept_synonym",
+    "DRUG_STRENGTH.csv": "drug_strength",
+}
+_BATCH = 20_000
+
+
+class AthenaError(ValueError):
+    """An Athena vocabulary folder that cannot be loaded as it is."""
+
+
+def _athena_value(column, raw: str):
+    if raw == "":
+        return None
+    python_type = column.type.python_type
+    if python_type is dt.date:
+        # Athena writes YYYYMMDD; hand-made files often ISO dates.
+        return dt.date(int(raw[0:4]), int(raw[4:6]), int(raw[6:8])) if raw.isdigit() else dt.date.fromisoformat(raw)
+    if python_type is int:
+        return int(raw)
+    if python_type is float:
+        return float(raw)
+    return raw
+
+
+def load_athena(engine: Engine, folder: str | Path, progress=None) -> dict[str, int]:
+    """Load an Athena vocabulary download (tab-separated CSVs) into the CDM's vocabulary tables.
+
+    Rows go in batches of 20,000 through one multi-row INSERT each (SQLAlchemy's insertmanyvalues),
+    inside one transaction per file, replacing that table's Athena content but keeping site-local
+    and project concepts.  Returns rows loaded per table.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AthenaError(f"Athena folder {str(folder)!r} does not exist")
+    present = {name: folder / name for name in ATHENA_FILES if (folder / name).exists()}
+    if "CONCEPT.csv" not in present:
+        raise AthenaError(f"{str(folder)!r} has no CONCEPT.csv: not an Athena vocabulary download")
+    csv.field_size_limit(10_000_000)
+    loaded = {}
+    for filename, path in present.items():
+        table = tables[ATHENA_FILES[filename]]
+        with engine.begin() as conn, open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = [h.strip().lower() for h in next(reader)]
+            unknown = [h for h in header if h not in table.c]
+            if unknown:
+                raise AthenaError(f"{filename}: columns {unknown} are not in OMOP table {table.name}")
+            columns = [table.c[h] for h in header]
+            if table.name == "concept":
+                conn.execute(delete(table).where(table.c.concept_id < LOCAL_CONCEPT_MIN))
+            elif table.name == "vocabulary":
+                conn.execute(delete(table).where(table.c.vocabulary_id.in_(_vocab_ids(path))))
+            else:
+                conn.execute(delete(table))
+            count, batch = 0, []
+            for line_no, record in enumerate(reader, start=2):
+                if len(record) != len(columns):
+                    raise AthenaError(f"{filename} line {line_no}: {len(record)} fields, expected {len(columns)}")
+                try:
+                    batch.append({c.name: _athena_value(c, v) for c, v in zip(columns, record)})
+                except ValueError as exc:
+                    raise AthenaError(f"{filename} line {line_no}: {exc}") from None
+                if len(batch) >= _BATCH:
+                    conn.execute(insert(table), batch)
+                    count += len(batch)
+                    batch = []
+                    if progress:
+                        progress(filename, count)
+            if batch:
+                conn.execute(insert(table), batch)
+                count += len(batch)
+        loaded[table.name] = count
+    return loaded
+
+
+def _vocab_ids(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        return [row[0] for row in reader if row]
+
+
+def load_source_to_concept_map(engine: Engine, path: str | Path) -> int:
+    """Load a site's own code mappings (OMOP SOURCE_TO_CONCEPT_MAP columns, comma- or tab-separated).
+
+    Target concepts may be named by id (``target_concept_id``) or, more conveniently for a site,
+    by reference (a ``target`` column holding ``LOINC:2160-0``), resolved through this node.
+    """
+    table = tables["source_to_concept_map"]
+    vocab = Vocabulary(engine)
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
+    rows = []
+    for line_no, r in enumerate(csv.DictReader(text.splitlines(), dialect=dialect), start=2):
+        if r.get("target"):
+            target = vocab.resolve(r["target"])
+            if target is None:
+                vocab_id, code = parse_reference(r["target"])
+                target = vocab.concept_for(vocab_id, code).concept_id
+        elif r.get("target_concept_id"):
+            target = int(r["target_concept_id"])
+        else:
+            raise AthenaError(f"{path.name} line {line_no}: needs target or target_concept_id")
+        rows.append(
+            {
+                "source_code": r["source_code"],
+                "source_concept_id": int(r.get("source_concept_id") or 0),
+                "source_vocabulary_id": r["source_vocabulary_id"],
+                "source_code_description": r.get("source_code_description"),
+                "target_concept_id": target,
+                "target_vocabulary_id": r.get("target_vocabulary_id") or "None",
+                "valid_start_date": dt.date(1970, 1, 1),
+                "valid_end_date": dt.date(2099, 12, 31),
+                "invalid_reason": None,
+            }
+        )
+    with engine.begin() as conn:
+        for r in rows:
+            conn.execute(
+                delete(table).where(
+                    and_(table.c.source_vocabulary_id == r["source_vocabulary_id"], table.c.source_code == r["source_code"])
+                )
+            )
+        if rows:
+            conn.execute(insert(table), rows)
+    return len(rows)
