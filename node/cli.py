@@ -110,4 +110,10 @@ def vocab_resolve(ctx: click.Context, references: tuple[str, ...]) -> None:
         click.echo(f"{reference}\t{concept_id if concept_id is not None else 'not in this node'}")
 
 
-# Command groups owned by other modules register here (one line each).
+@main.group()
+def ingest() -> None:
+    """Load source data into the CDM (bad input is quarantined, never dropped)."""
+
+
+# Commands owned by other modules register here, one line each, e.g.
+#   from node.ingest.fhir_cli import fhir_command; ingest.add_command(fhir_command, "fhir")
