@@ -433,6 +433,8 @@ def load_athena(engine: Engine, folder: str | Path, progress=None) -> dict[str, 
                 conn.execute(insert(table), batch)
                 count += len(batch)
         loaded[table.name] = count
+    # A partial download (a site's chosen vocabularies) may lack concepts the ingest relies on.
+    install_core_concepts(engine)
     return loaded
 
 
