@@ -36,11 +36,11 @@ tables = metadata.tables
 _INDEXES = {
     "observation_period": [("person_id",)],
     "visit_occurrence": [("person_id",)],
-    "condition_occurrence": [("person_id",), ("condition_concept_id",)],
+    "condition_occurrence": [("person_id",), ("condition_concept_id",), ("person_id", "condition_concept_id")],
     "drug_exposure": [("person_id",), ("drug_concept_id",)],
     "procedure_occurrence": [("person_id",), ("procedure_concept_id",)],
     "device_exposure": [("person_id",)],
-    "measurement": [("person_id",), ("measurement_concept_id",)],
+    "measurement": [("person_id",), ("measurement_concept_id",), ("person_id", "measurement_concept_id")],
     "observation": [("person_id",), ("observation_concept_id",)],
     "specimen": [("person_id",)],
     "episode": [("person_id",)],

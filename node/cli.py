@@ -117,3 +117,11 @@ def ingest() -> None:
 
 # Commands owned by other modules register here, one line each, e.g.
 #   from node.ingest.fhir_cli import fhir_command; ingest.add_command(fhir_command, "fhir")
+from node.agent import serve_command  # noqa: E402  (issue 7: the bus agent)
+main.add_command(serve_command, "serve")
+from node.synth.cli import synth_command  # noqa: E402  (issue 5: synthetic cohorts)
+main.add_command(synth_command, "synth")
+from node.dicom.cli import dicom_group, features_command, ingest_dicom_command  # noqa: E402  (issue 4: DICOM)
+ingest.add_command(ingest_dicom_command, "dicom"); main.add_command(dicom_group, "dicom"); main.add_command(features_command, "features")  # noqa: E702,E501
+from node.query_cli import audit_group, query_command  # noqa: E402  (issue 6: queries, disclosure, audit)
+main.add_command(query_command, "query"); main.add_command(audit_group, "audit")  # noqa: E702

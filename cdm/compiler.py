@@ -1,0 +1,414 @@
+"""Spec -> SQLAlchemy Core.
+
+Every criterion, index event and variable is first described as :class:`Events` — a table, its
+person and date columns and a list of bound filters — and then composed: a criterion is
+``EXISTS(events within the window of the index)``, the index date is ``MIN(date)`` of the index
+events, a variable is a correlated scalar subquery reducing the events' value.  Table and column
+names come only from the allowlists below; every value from a spec is a bound parameter, and output
+columns are labelled positionally (``v0``, ``v1``...), never with a spec's variable names.
+
+Windows:  ``start <= days_between(event_date, index_date) <= end``.
+Age:      ``year(index) - year_of_birth - [birthday not yet reached in the index year]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import singledispatch
+
+from sqlalchemy import (
+    Integer, and_, case, exists, extract, false, func, not_, or_, select, true,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from cdm import spec as S
+from cdm.schema import tables
+from cdm.vocabulary import Vocabulary
+
+T = tables
+MALE, FEMALE = 8507, 8532
+
+
+class days_between(FunctionElement):
+    """Whole days from ``earlier`` to ``later`` (both DATE)."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "days_between"
+
+
+@compiles(days_between)
+def _days_default(element, compiler, **kw):
+    later, earlier = list(element.clauses)
+    return f"({compiler.process(later, **kw)} - {compiler.process(earlier, **kw)})"
+
+
+@compiles(days_between, "sqlite")
+def _days_sqlite(element, compiler, **kw):
+    later, earlier = list(element.clauses)
+    return f"CAST(julianday({compiler.process(later, **kw)}) - julianday({compiler.process(earlier, **kw)}) AS INTEGER)"
+
+
+class Resolver:
+    """Resolves ``SYSTEM:code`` to concept ids at this node; remembers what it could not resolve."""
+
+    def __init__(self, bind):
+        self.vocabulary = Vocabulary(bind)
+        self.unresolved: list[str] = []
+
+    def ids(self, codes, descendants: bool = False) -> list[int]:
+        found: set[int] = set()
+        for code in codes:
+            concept_id = self.vocabulary.resolve(code)
+            if concept_id is None:
+                self.unresolved.append(code)
+                continue
+            found |= self.vocabulary.descendants(concept_id) if descendants else {concept_id}
+        return sorted(found)
+
+
+@dataclass
+class Events:
+    table: object
+    person_id: object
+    date: object
+    where: list = field(default_factory=list)
+    value: object = None
+    order: object = None
+
+
+def _range(column, r: S.Range | None) -> list:
+    if r is None:
+        return []
+    out = []
+    if r.min is not None:
+        out.append(column >= r.min)
+    if r.max is not None:
+        out.append(column <= r.max)
+    return out
+
+
+@singledispatch
+def events(model, resolver: Resolver) -> Events:
+    raise TypeError(f"no events for {type(model).__name__}")
+
+
+def _coded(table, concept_col, date_col, pk, codes, descendants, resolver):
+    t = T[table]
+    return Events(t, t.c.person_id, t.c[date_col], [t.c[concept_col].in_(resolver.ids(codes, descendants))],
+                  order=t.c[pk])
+
+
+@events.register
+def _(m: S.ConditionCriterion, r):
+    return _coded("condition_occurrence", "condition_concept_id", "condition_start_date", "condition_occurrence_id", m.codes, m.descendants, r)
+
+
+@events.register
+def _(m: S.ProcedureCriterion, r):
+    return _coded("procedure_occurrence", "procedure_concept_id", "procedure_date", "procedure_occurrence_id", m.codes, m.descendants, r)
+
+
+@events.register
+def _(m: S.DrugCriterion, r):
+    return _coded("drug_exposure", "drug_concept_id", "drug_exposure_start_date", "drug_exposure_id", m.codes, m.descendants, r)
+
+
+@events.register
+def _(m: S.EpisodeCriterion, r):
+    return _coded("episode", "episode_concept_id", "episode_start_date", "episode_id", m.codes, False, r)
+
+
+@events.register
+def _(m: S.EpisodeVar, r):
+    return _coded("episode", "episode_concept_id", "episode_start_date", "episode_id", m.codes, False, r)
+
+
+@events.register
+def _(m: S.ConditionVar, r):
+    codes = list(m.codes.values()) if isinstance(m.codes, dict) else m.codes
+    ev = _coded("condition_occurrence", "condition_concept_id", "condition_start_date", "condition_occurrence_id", codes, m.descendants, r)
+    ev.value = ev.table.c.condition_concept_id
+    return ev
+
+
+def _measurement(m, r):
+    t = T["measurement"]
+    where = [t.c.measurement_concept_id.in_(r.ids([m.code]))]
+    if m.unit:
+        where.append(t.c.unit_concept_id.in_(r.ids([m.unit])))
+    return Events(t, t.c.person_id, t.c.measurement_date, where, t.c.value_as_number, t.c.measurement_id)
+
+
+@events.register
+def _(m: S.MeasurementCriterion, r):
+    ev = _measurement(m, r)
+    ev.where += _range(ev.value, m.value)
+    return ev
+
+
+@events.register
+def _(m: S.MeasurementVar, r):
+    return _measurement(m, r)
+
+
+def _variant(m, r):
+    t = T["variant_occurrence"]
+    where = []
+    if m.gene:
+        where.append(t.c.target_gene1_symbol == m.gene if ":" not in m.gene
+                     else t.c.target_gene1_concept_id.in_(r.ids([m.gene])))
+    if m.variant_type:
+        where.append(t.c.variant_type == m.variant_type)
+    if m.hgvs:
+        where.append(or_(t.c.hgvs_c == m.hgvs, t.c.hgvs_p == m.hgvs))
+    if m.ctdna is not None:
+        where.append(t.c.is_ctdna == m.ctdna)
+    return Events(t, t.c.person_id, t.c.variant_date, where, order=t.c.variant_occurrence_id)
+
+
+@events.register
+def _(m: S.VariantCriterion, r):
+    ev = _variant(m, r)
+    t = ev.table
+    ev.where += _range(t.c.allele_frequency, m.vaf) + _range(t.c.copy_number, m.copy_number)
+    if m.origin:
+        ev.where.append(t.c.genetic_origin == m.origin)
+    return ev
+
+
+@events.register
+def _(m: S.VariantVar, r):
+    ev = _variant(m, r)
+    ev.value = {"vaf": ev.table.c.allele_frequency, "copy_number": ev.table.c.copy_number}.get(m.field)
+    return ev
+
+
+def _image(m, r):
+    f, o = T["image_feature"], T["image_occurrence"]
+    where = [f.c.image_feature_concept_id.in_(r.ids([m.code]))]
+    table = f
+    if m.modality:
+        table = f.join(o, o.c.image_occurrence_id == f.c.image_occurrence_id)
+        where.append(o.c.modality_source_value == m.modality)
+    if m.roi:
+        where.append(f.c.roi_label == m.roi)
+    date = select(o.c.image_occurrence_date).where(o.c.image_occurrence_id == f.c.image_occurrence_id).scalar_subquery() \
+        if not m.modality else o.c.image_occurrence_date
+    return Events(table, f.c.person_id, date, where, f.c.value_as_number, f.c.image_feature_id)
+
+
+@events.register
+def _(m: S.ImageFeatureCriterion, r):
+    ev = _image(m, r)
+    ev.where += _range(ev.value, m.value)
+    return ev
+
+
+@events.register
+def _(m: S.ImageFeatureVar, r):
+    return _image(m, r)
+
+
+_CTDNA_FIELDS = {"tumour_fraction", "max_vaf", "mean_vaf"}
+
+
+@events.register
+def _(m: S.CtdnaCriterion, r):
+    t = T["ctdna_result"]
+    where = []
+    if m.detected is not None:
+        where.append(t.c.detected == m.detected)
+    if m.field:
+        where += _range(t.c[m.field], m.value) if m.field in _CTDNA_FIELDS else [false()]
+    return Events(t, t.c.person_id, t.c.result_date, where, order=t.c.ctdna_result_id)
+
+
+@events.register
+def _(m: S.CtdnaVar, r):
+    t = T["ctdna_result"]
+    value = case((t.c.detected, 1.0), else_=0.0) if m.field == "detected" else t.c[m.field]
+    return Events(t, t.c.person_id, t.c.result_date, [value.isnot(None)], value, t.c.ctdna_result_id)
+
+
+@events.register
+def _(m: S.DeathCriterion, r):
+    t = T["death"]
+    return Events(t, t.c.person_id, t.c.death_date, [], order=t.c.death_date)
+
+
+@events.register
+def _(m: S.ObservationStart, r):
+    t = T["observation_period"]
+    return Events(t, t.c.person_id, t.c.observation_period_start_date, [], order=t.c.observation_period_id)
+
+
+# -- composition ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    person_id: object
+    index_date: object
+    person: object
+
+
+def within(date, index_date, window: S.Window) -> list:
+    out = []
+    if window.start is not None:
+        out.append(days_between(date, index_date) >= window.start)
+    if window.end is not None:
+        out.append(days_between(date, index_date) <= window.end)
+    return out
+
+
+def _matching(ev: Events, ctx: Context, window: S.Window) -> list:
+    return [ev.person_id == ctx.person_id, *ev.where, *within(ev.date, ctx.index_date, window)]
+
+
+def age_at(person, index_date):
+    """Whole years of age on ``index_date``."""
+    year = extract("year", index_date) - person.c.year_of_birth
+    birthday_later = (func.coalesce(person.c.month_of_birth, 1) * 100 + func.coalesce(person.c.day_of_birth, 1)) > (
+        extract("month", index_date) * 100 + extract("day", index_date))
+    return year - case((birthday_later, 1), else_=0)
+
+
+def sex_clause(person, values) -> object:
+    clauses = []
+    if "M" in values:
+        clauses.append(person.c.gender_concept_id == MALE)
+    if "F" in values:
+        clauses.append(person.c.gender_concept_id == FEMALE)
+    if "O" in values or "U" in values:
+        clauses.append(person.c.gender_concept_id.notin_([MALE, FEMALE]))
+    return or_(*clauses)
+
+
+@singledispatch
+def criterion(model, ctx: Context, resolver: Resolver):
+    ev = events(model, resolver)
+    conds = _matching(ev, ctx, model.window)
+    if model.min_count == 1:
+        return exists(select(ev.person_id).select_from(ev.table).where(*conds))
+    return select(func.count()).select_from(ev.table).where(*conds).scalar_subquery() >= model.min_count
+
+
+@criterion.register
+def _(m: S.AgeCriterion, ctx, r):
+    age = age_at(ctx.person, ctx.index_date)
+    return and_(true(), *_range(age, S.Range(min=m.min, max=m.max)))
+
+
+@criterion.register
+def _(m: S.SexCriterion, ctx, r):
+    return sex_clause(ctx.person, m.values)
+
+
+@criterion.register
+def _(m: S.AllOf, ctx, r):
+    return and_(true(), *(criterion(c, ctx, r) for c in m.all))
+
+
+@criterion.register
+def _(m: S.AnyOf, ctx, r):
+    return or_(false(), *(criterion(c, ctx, r) for c in m.any))
+
+
+@criterion.register
+def _(m: S.Not, ctx, r):
+    return not_(criterion(m.not_, ctx, r))
+
+
+def index_select(cohort: S.Cohort, resolver: Resolver):
+    ev = events(cohort.index, resolver)
+    agg = func.min if cohort.occurrence == "first" else func.max
+    return select(ev.person_id.label("person_id"), agg(ev.date).label("index_date")).select_from(ev.table) \
+        .where(*ev.where).group_by(ev.person_id)
+
+
+def cohort_cte(spec: S.Spec, resolver: Resolver):
+    """CTE ``cohort(person_id, index_date)``."""
+    idx = index_select(spec.cohort, resolver).cte("idx")
+    person = T["person"]
+    ctx = Context(idx.c.person_id, idx.c.index_date, person)
+    c = spec.cohort
+    where = [criterion(x, ctx, resolver) for x in c.inclusion]
+    where += [not_(criterion(x, ctx, resolver)) for x in c.exclusion]
+    if c.age:
+        where.append(criterion(c.age, ctx, resolver))
+    if c.sex:
+        where.append(sex_clause(person, c.sex))
+    return (select(idx.c.person_id, idx.c.index_date)
+            .select_from(idx.join(person, person.c.person_id == idx.c.person_id))
+            .where(*where).cte("cohort"))
+
+
+# -- variables --------------------------------------------------------------------------------------
+
+
+def _reduce(ev: Events, conds: list, how: str):
+    base = select().select_from(ev.table).where(*conds, ev.value.isnot(None))
+    if how in ("first", "last"):
+        order = [ev.date, ev.order] if how == "first" else [ev.date.desc(), ev.order.desc()]
+        return base.add_columns(ev.value).order_by(*order).limit(1).scalar_subquery()
+    agg = {"min": func.min, "max": func.max, "mean": func.avg, "count": func.count}[how]
+    return base.add_columns(agg(ev.value)).scalar_subquery()
+
+
+def variable_column(var, ctx: Context, resolver: Resolver, site: str = "local"):
+    """(SQL expression or None, decoder from the raw value to the released value)."""
+    kind = var.kind
+    if kind == "age":
+        return age_at(ctx.person, ctx.index_date), _num
+    if kind == "sex":
+        return ctx.person.c.gender_concept_id, lambda v: None if v is None else {MALE: "M", FEMALE: "F"}.get(v, "O")
+    if kind == "site":
+        return None, lambda v: site
+    ev = events(var, resolver)
+    conds = _matching(ev, ctx, var.window)
+    if kind == "condition" and var.categorical:
+        labels = {}
+        for label, code in var.codes.items():
+            for cid in resolver.ids([code], var.descendants):
+                labels.setdefault(cid, label)
+        return _reduce(ev, conds, "first"), lambda v: labels.get(v)
+    if ev.value is None or (kind == "variant" and var.field == "presence") or kind in ("condition", "episode"):
+        present = exists(select(ev.person_id).select_from(ev.table).where(*conds))
+        return case((present, 1.0), else_=0.0), _num
+    return _reduce(ev, conds, var.reduce), _num
+
+
+def _num(v):
+    return None if v is None else float(v)
+
+
+@dataclass
+class Frame:
+    query: object
+    names: list
+    decoders: list
+    resolver: Resolver
+
+
+def frame(spec: S.Spec, names: list[str], resolver: Resolver, site: str = "local") -> Frame:
+    """Per-person rows: person_id, index_date, then one column ``v<i>`` per variable in ``names``."""
+    cohort = cohort_cte(spec, resolver)
+    person = T["person"]
+    ctx = Context(cohort.c.person_id, cohort.c.index_date, person)
+    cols, decoders = [], []
+    for i, name in enumerate(names):
+        expr, decode = variable_column(spec.variables[name], ctx, resolver, site)
+        cols.append((expr if expr is not None else func.coalesce(None, 0)).label(f"v{i}"))
+        decoders.append(decode)
+    q = (select(cohort.c.person_id, cohort.c.index_date, *cols)
+         .select_from(cohort.join(person, person.c.person_id == cohort.c.person_id))
+         .order_by(cohort.c.person_id))
+    return Frame(q, names, decoders, resolver)
+
+
+def compile_spec(spec: S.Spec, bind, site: str = "local") -> Frame:
+    """The frame of every variable the analysis uses."""
+    names = list(dict.fromkeys(n for _, n in S.analysis_variables(spec.analysis)))
+    return frame(spec, names, Resolver(bind), site)

@@ -1,0 +1,764 @@
+"""The query spec language: what a researcher may ask of a node, as pydantic v2 models.
+
+A spec is a JSON/YAML document with three parts::
+
+    cohort:                      # who: an index event, inclusion/exclusion criteria, age, sex
+      index: {kind: condition, codes: ["SNOMED:443487006"], occurrence: first}
+      age: {min: 18}
+      sex: [F, M]
+      inclusion:
+        - {kind: variant, gene: MDM2, variant_type: cnv, window: {start: -90, end: 30}}
+        - any:
+            - {kind: image_feature, code: "RADFED:adc_mean", value: {max: 1.1}, modality: MR}
+            - {kind: ctdna, detected: true}
+      exclusion:
+        - {kind: condition, codes: ["SNOMED:254637007"], window: {end: -1}}
+    variables:                   # per-person values (see docs/analysis-rounds.md)
+      adc: {kind: image_feature, code: "RADFED:adc_mean", reduce: first}
+      sex: {kind: sex}
+    analysis: {type: crosstab, by: [sex]}
+
+Criteria combine with ``all`` / ``any`` / ``not``.  Windows are in days relative to the index date
+(``event_day - index_day`` in ``[start, end]``; a missing bound is open).  Codes are ``SYSTEM:code``
+and are checked for form here; whether a node *knows* a code is the node's business (an unknown code
+matches nothing there).
+
+Nothing in a spec is ever SQL: names of tables and columns come from allowlists in the compiler, and
+every value (codes, gene symbols, HGVS strings, ROI labels, thresholds) is a bound parameter.
+
+:func:`parse_spec` / :func:`load_spec` validate; a bad spec raises :class:`SpecError` whose message
+names each offending field and why.  :func:`spec_json_schema` exports the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from cdm.vocabulary import UnknownCode, parse_reference
+
+SPEC_VERSION = 1
+
+#: Structural limits: a spec is a small document, never a payload.
+MAX_SPEC_BYTES = 256_000
+MAX_NODES = 20_000
+MAX_DEPTH = 12
+MAX_LIST = 200
+MAX_DAYS = 36_600  # 100 years
+
+
+class SpecError(ValueError):
+    """A spec that does not validate.  ``problems`` is a list of (field path, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{where}: {why}" if where else why for where, why in problems))
+
+
+# -- small value types -----------------------------------------------------------------------------
+
+
+def _check_code(value: str) -> str:
+    try:
+        parse_reference(value)
+    except UnknownCode:
+        raise ValueError("not a code of the form SYSTEM:code (e.g. LOINC:2160-0)") from None
+    return value
+
+
+Code = Annotated[str, StringConstraints(min_length=3, max_length=80), AfterValidator(_check_code)]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Days = Annotated[int, Field(ge=-MAX_DAYS, le=MAX_DAYS)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Range(Model):
+    """A closed numeric range; either bound may be left open."""
+
+    min: Number | None = None
+    max: Number | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class Window(Model):
+    """Days relative to the index date: ``start <= event_day - index_day <= end``; open if absent."""
+
+    start: Days | None = None
+    end: Days | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError("start must not be after end")
+        return self
+
+
+ANY_TIME = Window()
+FROM_INDEX = Window(start=0)
+
+Codes = Annotated[list[Code], Field(min_length=1, max_length=MAX_LIST)]
+VariantType = Literal["snv", "indel", "cnv", "fusion", "loss"]
+CtdnaField = Literal["tumour_fraction", "max_vaf", "mean_vaf", "detected"]
+Reduce = Literal["first", "last", "min", "max", "mean", "count"]
+Sex = Literal["M", "F", "O", "U"]
+
+
+# -- events: what criteria, index events, variables and survival ends are made of ------------------
+
+
+class _Event(Model):
+    window: Window = ANY_TIME
+    min_count: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class ConditionCriterion(_Event):
+    kind: Literal["condition"] = "condition"
+    codes: Codes
+    descendants: bool = True
+
+
+class ProcedureCriterion(_Event):
+    kind: Literal["procedure"] = "procedure"
+    codes: Codes
+    descendants: bool = True
+
+
+class DrugCriterion(_Event):
+    kind: Literal["drug"] = "drug"
+    codes: Codes
+    descendants: bool = True
+
+
+class MeasurementCriterion(_Event):
+    kind: Literal["measurement"] = "measurement"
+    code: Code
+    value: Range | None = None
+    unit: Code | None = None
+
+
+class VariantCriterion(_Event):
+    kind: Literal["variant"] = "variant"
+    gene: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = None
+    variant_type: VariantType | None = None
+    hgvs: Text | None = None
+    vaf: Range | None = None
+    copy_number: Range | None = None
+    ctdna: bool | None = None
+    origin: Literal["somatic", "germline"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.gene is None and self.variant_type is None and self.hgvs is None:
+            raise ValueError("a variant criterion needs gene, variant_type or hgvs")
+        return self
+
+
+class ImageFeatureCriterion(_Event):
+    kind: Literal["image_feature"] = "image_feature"
+    code: Code
+    modality: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2,8}$")] | None = None
+    roi: Label | None = None
+    value: Range | None = None
+
+
+class CtdnaCriterion(_Event):
+    kind: Literal["ctdna"] = "ctdna"
+    detected: bool | None = None
+    field: Literal["tumour_fraction", "max_vaf", "mean_vaf"] | None = None
+    value: Range | None = None
+
+    @model_validator(mode="after")
+    def _field_for_value(self):
+        if self.value is not None and self.field is None:
+            raise ValueError("a value range needs field: tumour_fraction, max_vaf or mean_vaf")
+        return self
+
+
+class EpisodeCriterion(_Event):
+    kind: Literal["episode"] = "episode"
+    codes: Codes
+
+
+class DeathCriterion(_Event):
+    kind: Literal["death"] = "death"
+
+
+class AgeCriterion(Model):
+    """Age at the index date, whole years."""
+
+    kind: Literal["age"] = "age"
+    min: Annotated[int, Field(ge=0, le=150)] | None = None
+    max: Annotated[int, Field(ge=0, le=150)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class SexCriterion(Model):
+    kind: Literal["sex"] = "sex"
+    values: Annotated[list[Sex], Field(min_length=1, max_length=4)]
+
+
+class AllOf(Model):
+    kind: Literal["all"] = "all"
+    all: Annotated[list["Criterion"], Field(max_length=MAX_LIST)]
+
+
+class AnyOf(Model):
+    kind: Literal["any"] = "any"
+    any: Annotated[list["Criterion"], Field(max_length=MAX_LIST)]
+
+
+class Not(Model):
+    kind: Literal["not"] = "not"
+    not_: "Criterion" = Field(alias="not")
+
+
+EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode", "death")
+CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "all", "any", "not")
+
+
+def _tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "kind" in value:
+            return value["kind"] if isinstance(value["kind"], str) else None
+        for logical in ("all", "any", "not"):
+            if logical in value:
+                return logical
+        return None
+    return getattr(value, "kind", None)
+
+
+Criterion = Annotated[
+    Union[
+        Annotated[ConditionCriterion, Tag("condition")],
+        Annotated[ProcedureCriterion, Tag("procedure")],
+        Annotated[DrugCriterion, Tag("drug")],
+        Annotated[MeasurementCriterion, Tag("measurement")],
+        Annotated[VariantCriterion, Tag("variant")],
+        Annotated[ImageFeatureCriterion, Tag("image_feature")],
+        Annotated[CtdnaCriterion, Tag("ctdna")],
+        Annotated[EpisodeCriterion, Tag("episode")],
+        Annotated[DeathCriterion, Tag("death")],
+        Annotated[AgeCriterion, Tag("age")],
+        Annotated[SexCriterion, Tag("sex")],
+        Annotated[AllOf, Tag("all")],
+        Annotated[AnyOf, Tag("any")],
+        Annotated[Not, Tag("not")],
+    ],
+    Discriminator(
+        _tag,
+        custom_error_type="criterion_kind",
+        custom_error_message="a criterion needs kind: " + "|".join(CRITERION_KINDS),
+    ),
+]
+for _m in (AllOf, AnyOf, Not):
+    _m.model_rebuild()
+
+EventCriterion = Union[
+    ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
+    ImageFeatureCriterion, CtdnaCriterion, EpisodeCriterion, DeathCriterion,
+]
+
+
+# -- cohort ---------------------------------------------------------------------------------------
+
+
+class ObservationStart(Model):
+    """Index at the start of the person's first observation period."""
+
+    kind: Literal["observation_start"] = "observation_start"
+
+
+IndexKind = Literal["condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode"]
+
+
+IndexEvent = Annotated[
+    Union[
+        Annotated[ConditionCriterion, Tag("condition")],
+        Annotated[ProcedureCriterion, Tag("procedure")],
+        Annotated[DrugCriterion, Tag("drug")],
+        Annotated[MeasurementCriterion, Tag("measurement")],
+        Annotated[VariantCriterion, Tag("variant")],
+        Annotated[ImageFeatureCriterion, Tag("image_feature")],
+        Annotated[CtdnaCriterion, Tag("ctdna")],
+        Annotated[EpisodeCriterion, Tag("episode")],
+        Annotated[ObservationStart, Tag("observation_start")],
+    ],
+    Discriminator(
+        _tag,
+        custom_error_type="index_kind",
+        custom_error_message="the index event needs kind: condition|procedure|drug|measurement|variant|"
+        "image_feature|ctdna|episode|observation_start",
+    ),
+]
+
+
+class Cohort(Model):
+    """Persons with the index event (its first or last occurrence gives the index date) who meet
+    every inclusion criterion, none of the exclusion criteria, and the age and sex limits."""
+
+    index: IndexEvent = ObservationStart()
+    occurrence: Literal["first", "last"] = "first"
+    age: AgeCriterion | None = None
+    sex: Annotated[list[Sex], Field(min_length=1, max_length=4)] | None = None
+    inclusion: Annotated[list[Criterion], Field(max_length=MAX_LIST)] = []
+    exclusion: Annotated[list[Criterion], Field(max_length=MAX_LIST)] = []
+
+    @model_validator(mode="after")
+    def _index_without_window(self):
+        if not isinstance(self.index, ObservationStart):
+            if self.index.window != ANY_TIME or self.index.min_count != 1:
+                raise ValueError("the index event cannot have a window or min_count (it defines day 0)")
+        return self
+
+
+# -- variables ------------------------------------------------------------------------------------
+
+
+class _Var(Model):
+    time_varying: bool = False
+
+    categorical: ClassVar[bool] = False
+
+
+class _EventVar(_Var):
+    window: Window = FROM_INDEX
+    reduce: Reduce = "first"
+
+
+class ImageFeatureVar(_EventVar):
+    kind: Literal["image_feature"] = "image_feature"
+    code: Code
+    modality: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2,8}$")] | None = None
+    roi: Label | None = None
+
+
+class MeasurementVar(_EventVar):
+    kind: Literal["measurement"] = "measurement"
+    code: Code
+    unit: Code | None = None
+
+
+class CtdnaVar(_EventVar):
+    kind: Literal["ctdna"] = "ctdna"
+    field: CtdnaField = "tumour_fraction"
+
+
+class VariantVar(_Var):
+    """1 if the person has a matching variant in the window, else 0 (``field: presence``), or a
+    reduced VAF / copy number."""
+
+    kind: Literal["variant"] = "variant"
+    gene: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = None
+    variant_type: VariantType | None = None
+    hgvs: Text | None = None
+    ctdna: bool | None = None
+    field: Literal["presence", "vaf", "copy_number"] = "presence"
+    reduce: Reduce = "first"
+    window: Window = ANY_TIME
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.gene is None and self.variant_type is None and self.hgvs is None:
+            raise ValueError("a variant variable needs gene, variant_type or hgvs")
+        if self.time_varying:
+            raise ValueError("variant variables cannot be time-varying")
+        return self
+
+
+class ConditionVar(_Var):
+    """``codes`` as a list: 1 if any is recorded in the window, else 0.  As a mapping
+    ``{label: code}``: the label of the first-recorded of them (categorical)."""
+
+    kind: Literal["condition"] = "condition"
+    codes: Union[
+        Annotated[dict[Label, Code], Field(min_length=1, max_length=MAX_LIST)],
+        Codes,
+    ]
+    descendants: bool = True
+    window: Window = ANY_TIME
+
+    @property
+    def categorical(self) -> bool:  # type: ignore[override]
+        return isinstance(self.codes, dict)
+
+    @model_validator(mode="after")
+    def _static(self):
+        if self.time_varying:
+            raise ValueError("condition variables cannot be time-varying")
+        return self
+
+
+class EpisodeVar(_Var):
+    kind: Literal["episode"] = "episode"
+    codes: Codes
+    window: Window = ANY_TIME
+
+
+class AgeVar(_Var):
+    kind: Literal["age"] = "age"
+
+
+class SexVar(_Var):
+    kind: Literal["sex"] = "sex"
+    categorical: ClassVar[bool] = True
+
+
+class SiteVar(_Var):
+    kind: Literal["site"] = "site"
+    categorical: ClassVar[bool] = True
+
+
+Variable = Annotated[
+    Union[ImageFeatureVar, MeasurementVar, CtdnaVar, VariantVar, ConditionVar, EpisodeVar, AgeVar, SexVar, SiteVar],
+    Field(discriminator="kind"),
+]
+TIME_VARYING_KINDS = ("image_feature", "measurement", "ctdna")
+
+
+# -- survival time --------------------------------------------------------------------------------
+
+
+class DeathEnd(Model):
+    kind: Literal["death"] = "death"
+
+
+class EpisodeEnd(Model):
+    kind: Literal["episode"] = "episode"
+    code: Code
+
+
+class ConditionEnd(Model):
+    kind: Literal["condition"] = "condition"
+    code: Code
+    descendants: bool = True
+
+
+class SurvivalTime(Model):
+    """Days from the index date to the first event after it, else to the censoring date."""
+
+    start: Literal["index"] = "index"
+    event: Annotated[Union[DeathEnd, EpisodeEnd, ConditionEnd], Field(discriminator="kind")]
+    censor: Literal["observation_end"] = "observation_end"
+    max_days: Annotated[int, Field(ge=1, le=MAX_DAYS)] | None = None
+
+
+# -- analyses -------------------------------------------------------------------------------------
+
+Vars = Annotated[list[Name], Field(min_length=1, max_length=50)]
+Beta = Annotated[list[Number], Field(max_length=101)]
+Edges = Annotated[list[Number], Field(min_length=2, max_length=1001)]
+
+
+def _increasing(values, where: str):
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{where} must be strictly increasing")
+
+
+class CountAnalysis(Model):
+    type: Literal["count"] = "count"
+
+
+class CrosstabAnalysis(Model):
+    type: Literal["crosstab"] = "crosstab"
+    by: Annotated[list[Name], Field(min_length=1, max_length=6)]
+    bins: dict[Name, Edges] = {}
+
+    @model_validator(mode="after")
+    def _bins(self):
+        for name, edges in self.bins.items():
+            _increasing(edges, f"bins.{name}")
+        return self
+
+
+class SummaryAnalysis(Model):
+    type: Literal["summary"] = "summary"
+    variables: Vars
+
+
+class QuantileRound(Model):
+    type: Literal["quantile_round"] = "quantile_round"
+    variable: Name
+    thresholds: Annotated[list[Number], Field(min_length=1, max_length=200)]
+
+
+class HistogramAnalysis(Model):
+    type: Literal["histogram"] = "histogram"
+    variable: Name
+    edges: Edges
+
+    @model_validator(mode="after")
+    def _edges(self):
+        _increasing(self.edges, "edges")
+        return self
+
+
+class CrossprodAnalysis(Model):
+    type: Literal["crossprod"] = "crossprod"
+    variables: Vars
+
+
+class KMRound(Model):
+    type: Literal["km_round"] = "km_round"
+    time: SurvivalTime
+    group: Name | None = None
+    bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
+
+
+class CoxRound(Model):
+    type: Literal["cox_round"] = "cox_round"
+    time: SurvivalTime
+    covariates: Vars
+    beta: Beta
+    ties: Literal["breslow", "efron"] = "breslow"
+    mode: Literal["stratified", "pooled"] = "stratified"
+    time_varying: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if len(self.beta) != len(self.covariates):
+            raise ValueError(f"beta has {len(self.beta)} values for {len(self.covariates)} covariates")
+        return self
+
+
+class GLMRound(Model):
+    type: Literal["glm_round"] = "glm_round"
+    family: Literal["binomial", "gaussian"]
+    outcome: Name
+    covariates: Vars
+    beta: Beta = []
+    weights: Name | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.family == "binomial" and len(self.beta) != len(self.covariates) + 1:
+            raise ValueError(f"beta needs {len(self.covariates) + 1} values (intercept first), got {len(self.beta)}")
+        return self
+
+
+Analysis = Annotated[
+    Union[CountAnalysis, CrosstabAnalysis, SummaryAnalysis, QuantileRound, HistogramAnalysis, CrossprodAnalysis,
+          KMRound, CoxRound, GLMRound],
+    Field(discriminator="type"),
+]
+ANALYSIS_TYPES = ("count", "crosstab", "summary", "quantile_round", "histogram", "crossprod",
+                  "km_round", "cox_round", "glm_round")
+MODEL_ANALYSES = ("crossprod", "cox_round", "glm_round")
+
+
+def analysis_variables(analysis) -> list[tuple[str, str]]:
+    """(field path, variable name) of every variable an analysis uses, in order."""
+    used: list[tuple[str, str]] = []
+    for field in ("by", "variables", "covariates"):
+        for i, name in enumerate(getattr(analysis, field, None) or []):
+            used.append((f"{field}[{i}]", name))
+    for field in ("variable", "outcome", "weights", "group"):
+        name = getattr(analysis, field, None)
+        if name is not None:
+            used.append((field, name))
+    return used
+
+
+class Spec(Model):
+    """A complete query: cohort, variables and one analysis."""
+
+    version: Literal[1] = SPEC_VERSION
+    cohort: Cohort = Cohort()
+    variables: Annotated[dict[Name, Variable], Field(max_length=60)] = {}
+    analysis: Analysis = CountAnalysis()
+
+    @model_validator(mode="after")
+    def _references(self):
+        problems = []
+        analysis = self.analysis
+        for where, name in analysis_variables(analysis):
+            if name not in self.variables:
+                problems.append(f"analysis.{where}: unknown variable {name!r} (define it under variables)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        categorical = {n for n, v in self.variables.items() if v.categorical}
+        numeric_only: list[tuple[str, str]] = []
+        if isinstance(analysis, CrosstabAnalysis):
+            for name in analysis.bins:
+                if name not in analysis.by:
+                    problems.append(f"analysis.bins.{name}: not one of by")
+                elif name in categorical:
+                    problems.append(f"analysis.bins.{name}: {name!r} is categorical, bins are for numeric variables")
+            for i, name in enumerate(analysis.by):
+                if name not in categorical and name not in analysis.bins and not _binary(self.variables[name]):
+                    problems.append(f"analysis.by[{i}]: numeric variable {name!r} needs bins")
+        elif isinstance(analysis, (CoxRound, GLMRound, SummaryAnalysis, CrossprodAnalysis, QuantileRound, HistogramAnalysis)):
+            numeric_only = [(w, n) for w, n in analysis_variables(analysis)]
+        elif isinstance(analysis, KMRound) and analysis.group and analysis.group not in categorical:
+            if not _binary(self.variables[analysis.group]):
+                problems.append(f"analysis.group: {analysis.group!r} must be categorical or 0/1")
+        for where, name in numeric_only:
+            if name in categorical:
+                problems.append(f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable")
+        if isinstance(analysis, CoxRound):
+            tv = [n for n in analysis.covariates if self.variables[n].time_varying]
+            if tv and not analysis.time_varying:
+                problems.append(f"analysis.time_varying: covariates {tv} are time-varying; set time_varying: true")
+        for name, var in self.variables.items():
+            if var.time_varying and var.kind not in TIME_VARYING_KINDS:
+                problems.append(f"variables.{name}.time_varying: only {', '.join(TIME_VARYING_KINDS)} can vary in time")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _binary(var) -> bool:
+    return (
+        (var.kind == "variant" and var.field == "presence")
+        or (var.kind == "condition" and not var.categorical)
+        or var.kind == "episode"
+        or (var.kind == "ctdna" and var.field == "detected")
+    )
+
+
+# -- loading, hashing, schema ---------------------------------------------------------------------
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _check_shape(data: Any) -> None:
+    """Refuse documents too deep or too large before pydantic walks them (YAML aliases can multiply)."""
+    budget = [MAX_NODES]
+
+    def walk(node: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError([("", f"spec too large (more than {MAX_NODES} values)")])
+        if depth > 3 * MAX_DEPTH:
+            raise SpecError([("", f"spec nested too deeply (more than {MAX_DEPTH} levels of criteria)")])
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise SpecError([("", "every key must be a string")])
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, depth + 1)
+        elif not (node is None or isinstance(node, (str, int, float, bool))):
+            raise SpecError([("", f"unsupported value of type {type(node).__name__}")])
+
+    walk(data, 0)
+
+
+def parse_spec(data: Any) -> Spec:
+    """Validate a spec given as a dict (or a :class:`Spec`); :class:`SpecError` names every problem."""
+    if isinstance(data, Spec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError([("", "a spec must be a mapping with cohort, variables and analysis")])
+    _check_shape(data)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append((_loc(err["loc"]), message))
+        raise SpecError(problems) from None
+    except RecursionError:
+        raise SpecError([("", "spec nested too deeply")]) from None
+
+
+def loads_spec(text: str | bytes) -> Spec:
+    """Validate a spec from JSON or YAML text."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpecError([("", "spec is not UTF-8 text")]) from None
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError([("", f"spec larger than {MAX_SPEC_BYTES} bytes")])
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError([("", f"not valid JSON or YAML: {first}")]) from None
+    except RecursionError:
+        raise SpecError([("", "spec nested too deeply")]) from None
+    return parse_spec(data)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Validate a spec file (``.json``, ``.yaml``/``.yml``)."""
+    return loads_spec(Path(path).read_bytes())
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def spec_hash(spec: Spec) -> str:
+    """SHA-256 of the validated spec in canonical form (equivalent documents hash alike)."""
+    return _digest(spec.model_dump(mode="json", by_alias=True))
+
+
+def cohort_hash(spec: Spec) -> str:
+    return _digest(spec.cohort.model_dump(mode="json", by_alias=True))
+
+
+def approval_key(spec: Spec) -> str:
+    """What a site approves: the spec without per-round numbers (``beta``), so an approved model
+    keeps running through its Newton iterations."""
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    dumped["analysis"].pop("beta", None)
+    return _digest(dumped)
+
+
+def spec_json_schema() -> dict:
+    """The JSON Schema of a spec (draft 2020-12, as pydantic emits it)."""
+    schema = Spec.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "radfed query spec"
+    return schema
+
+
+def is_finite(x: float) -> bool:
+    return math.isfinite(x)

@@ -1,0 +1,214 @@
+"""What crosses the bus: request and response records, canonical JSON, Ed25519 signatures.
+
+Shared by :mod:`node` (which verifies requests and signs responses) and :mod:`coordinator` (which
+signs requests and verifies responses against the key it enrolled for each site).  Records are plain
+dicts, as in ``docs/analysis-rounds.md``; this module only adds the envelope around them::
+
+    {"record": {...request or response...}, "signer": "site-a", "signature": "<base64 Ed25519>"}
+
+The signature covers the *canonical JSON* of the record (UTF-8, keys sorted, no whitespace), so any
+change to any field -- a count, a site name, the request id it answers -- invalidates it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SUBJECT_PREFIX = "radfed.site"
+OFFLINE_PREFIX = "radfed.offline"     # JetStream: durable queue of requests for sites that are offline
+OFFLINE_STREAM = "RADFED_OFFLINE"
+WIRE_VERSION = 1
+STATUSES = ("ok", "refused", "error")
+
+
+class WireError(ValueError):
+    """A message is malformed, unsigned, or its signature does not verify."""
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+def request_subject(site: str) -> str:
+    return f"{SUBJECT_PREFIX}.{site}.request"
+
+
+def heartbeat_subject(site: str) -> str:
+    return f"{SUBJECT_PREFIX}.{site}.heartbeat"
+
+
+def response_subject(site: str) -> str:
+    """Where a site answers requests it pulled from its durable (JetStream) queue."""
+    return f"{SUBJECT_PREFIX}.{site}.response"
+
+
+def offline_subject(site: str) -> str:
+    return f"{OFFLINE_PREFIX}.{site}"
+
+
+def site_inbox(site: str) -> str:
+    return f"_INBOX_{site}"
+
+
+def valid_site_name(name: str) -> bool:
+    """Site names become NATS subject tokens and user names: letters, digits, '-' and '_' only."""
+    return bool(name) and len(name) <= 64 and all(c.isalnum() and c.isascii() or c in "-_" for c in name)
+
+
+# --------------------------------------------------------------------------- canonical JSON
+
+
+def canonical(obj) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8 (what is signed and hashed)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise WireError(f"record is not JSON-serialisable: {exc}") from None
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(canonical(spec)).hexdigest()
+
+
+def loads(data: bytes):
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+def make_request(spec: dict, requester: str, job_id: str | None = None, request_id: str | None = None) -> dict:
+    return {
+        "request_id": request_id or str(uuid.uuid4()),
+        "job_id": job_id or str(uuid.uuid4()),
+        "requester": requester,
+        "spec": spec,
+    }
+
+
+def make_response(request: dict, site: str, status: str, code: str | None = None, message: str = "",
+                  result: dict | None = None) -> dict:
+    return {
+        "request_id": request.get("request_id"),
+        "site": site,
+        "status": status,
+        "code": code,
+        "message": message,
+        "result": result,
+    }
+
+
+def check_response(response: dict, request_id: str, site: str) -> None:
+    """A response must answer *this* request, from *this* site, in a known status."""
+    if not isinstance(response, dict):
+        raise WireError("response is not an object")
+    if response.get("request_id") != request_id:
+        raise WireError(f"response answers request {response.get('request_id')!r}, not {request_id!r}")
+    if response.get("site") != site:
+        raise WireError(f"response claims site {response.get('site')!r}, expected {site!r}")
+    if response.get("status") not in STATUSES:
+        raise WireError(f"response has unknown status {response.get('status')!r}")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """A public key as base64 of its 32 raw bytes (what the coordinator stores per site)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise WireError(f"cannot read signing key {str(path)!r}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise WireError(f"{str(path)!r} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise WireError(f"{str(path)!r} is not an Ed25519 key")
+    return key
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, TypeError) as exc:
+        raise WireError(f"not an Ed25519 public key: {exc}") from None
+
+
+def key_fingerprint(public_text: str) -> str:
+    return hashlib.sha256(public_text.encode("ascii")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs records as ``name`` with an Ed25519 private key."""
+
+    name: str
+    key: Ed25519PrivateKey
+
+    def seal(self, record: dict) -> bytes:
+        """The wire bytes of ``record`` in a signed envelope."""
+        signature = self.key.sign(canonical(record))
+        return canonical({
+            "v": WIRE_VERSION,
+            "record": record,
+            "signer": self.name,
+            "signature": base64.b64encode(signature).decode("ascii"),
+        })
+
+
+def open_envelope(data: bytes) -> tuple[dict, str, bytes]:
+    """(record, signer, signature) from wire bytes, without verifying; malformed -> WireError."""
+    envelope = loads(data)
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("record"), dict):
+        raise WireError("message is not a radfed envelope (no 'record' object)")
+    signer, signature = envelope.get("signer"), envelope.get("signature")
+    if not isinstance(signer, str) or not isinstance(signature, str):
+        raise WireError("message is not signed")
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except ValueError:
+        raise WireError("signature is not base64") from None
+    return envelope["record"], signer, raw
+
+
+def verify(data: bytes, expected_signer: str, public_key: Ed25519PublicKey | str) -> dict:
+    """The record in ``data`` if it is signed by ``expected_signer`` with ``public_key``; else WireError."""
+    record, signer, signature = open_envelope(data)
+    if signer != expected_signer:
+        raise WireError(f"signed by {signer!r}, expected {expected_signer!r}")
+    key = load_public_key(public_key) if isinstance(public_key, str) else public_key
+    try:
+        key.verify(signature, canonical(record))
+    except InvalidSignature:
+        raise WireError(f"bad signature: the message does not verify against the key enrolled for {expected_signer!r}") from None
+    return record

@@ -1,0 +1,233 @@
+"""``radfed`` command groups: operator (``coordinator ...``) and researcher (``query``, ``jobs``, ``result``,
+``sites``).  Expected failures print one ``error: ...`` line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from coordinator.client import Client, ClientError
+from coordinator.home import CoordinatorHome, HomeError
+from coordinator.natsproc import NatsServerError
+from coordinator.report import job_csv, render_job, render_jobs, render_sites
+from coordinator.store import StoreError
+
+DEFAULT_HOME = os.environ.get("RADFED_COORDINATOR_HOME", "radfed-coordinator")
+EXPECTED = (ClientError, HomeError, StoreError, NatsServerError, FileNotFoundError)
+
+
+class Clean(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _home(path: str, must_exist: bool = True) -> CoordinatorHome:
+    home = CoordinatorHome(path)
+    if must_exist and not home.exists():
+        raise HomeError(f"no coordinator at {home.path}: run `radfed coordinator init --home {path}`")
+    return home
+
+
+home_option = click.option("--home", default=DEFAULT_HOME, show_default=True, envvar="RADFED_COORDINATOR_HOME",
+                           help="Coordinator folder (settings, keys, job store, NATS config).")
+
+
+# ---------------------------------------------------------------------------- operator
+
+
+@click.group("coordinator", cls=Clean)
+def coordinator_group() -> None:
+    """Operate the coordinator: init, enroll sites and researchers, serve."""
+
+
+@coordinator_group.command("init")
+@home_option
+@click.option("--nats-host")
+@click.option("--nats-port", type=int)
+@click.option("--api-host")
+@click.option("--api-port", type=int)
+@click.option("--public-nats-url", help="Bus URL written into site bundles (default: the listen address).")
+@click.option("--database", help="Job store URL (default: HOME/coordinator.sqlite).")
+@click.option("--jetstream/--no-jetstream", default=None,
+              help="Queue requests for offline sites durably in JetStream (enroll sites afterwards).")
+def init_command(home, nats_host, nats_port, api_host, api_port, public_nats_url, database, jetstream):
+    """Create (or update) the coordinator home."""
+    h = CoordinatorHome(home).init(nats_host=nats_host, nats_port=nats_port, api_host=api_host, api_port=api_port,
+                                   public_nats_url=public_nats_url, database=database, jetstream=jetstream)
+    click.echo(f"coordinator home {h.path}: bus {h.nats_url}, API {h.api_url}")
+
+
+@coordinator_group.command("enroll-site")
+@home_option
+@click.argument("name")
+@click.option("--out", "out_dir", default="bundles", show_default=True, help="Folder to write NAME/ bundle into.")
+def enroll_site_command(home, name, out_dir):
+    """Enroll a site: write its credentials bundle (key pair, NATS password, node.toml fragment)."""
+    h = _home(home, must_exist=False)
+    if not h.exists():
+        h.init()
+    bundle = h.enroll_site(name, out_dir)
+    click.echo(f"site {name} enrolled; bundle in {bundle.folder} (give it to the site administrator securely)")
+    click.echo(f"  node side: radfed-node --config {bundle.node_toml} serve")
+
+
+@coordinator_group.command("tls-init")
+@home_option
+@click.option("--host", "hosts", multiple=True, help="Names/IPs sites use to reach the bus (default: the listen host).")
+def tls_init_command(home, hosts):
+    """Make a private CA and server certificate: the bus then speaks TLS (enroll sites afterwards)."""
+    from coordinator.tlsinit import make_tls
+
+    h = _home(home)
+    files = make_tls(h.path / "tls", list(hosts) or [h.settings["nats_host"], "localhost"])
+    h.write_nats_conf()
+    click.echo(f"TLS on: bus is now {h.nats_url}; CA {files['ca']} goes into every new site bundle")
+
+
+@coordinator_group.command("revoke-site")
+@home_option
+@click.argument("name")
+def revoke_site_command(home, name):
+    """Remove a site: its bus credentials stop working and its key is forgotten."""
+    _home(home).revoke_site(name)
+    click.echo(f"site {name} revoked")
+
+
+@coordinator_group.command("add-researcher")
+@home_option
+@click.argument("name")
+@click.option("--role", type=click.Choice(["researcher", "admin"]), default="researcher", show_default=True)
+def add_researcher_command(home, name, role):
+    """Create a researcher and print their API token (shown once)."""
+    h = _home(home, must_exist=False)
+    if not h.exists():
+        h.init()
+    token = h.store.add_researcher(name, role)
+    click.echo(token)
+    click.echo(f"researcher {name} ({role}) created; use: export RADFED_URL={h.api_url} RADFED_TOKEN=<token above>",
+               err=True)
+
+
+@coordinator_group.command("serve")
+@home_option
+@click.option("--api-host")
+@click.option("--api-port", type=int)
+@click.option("--external-nats", help="Use this NATS URL instead of starting nats-server.")
+def serve_command(home, api_host, api_port, external_nats):
+    """Run the coordinator: nats-server with per-site permissions, and the HTTP API."""
+    from coordinator.server import serve
+
+    h = _home(home, must_exist=False)
+    if not h.exists():
+        h.init()
+    serve(h, api_host, api_port, external_nats)
+
+
+# ---------------------------------------------------------------------------- researcher
+
+
+def client_options(f):
+    f = click.option("--url", envvar="RADFED_URL", help="Coordinator API URL (env RADFED_URL).")(f)
+    f = click.option("--token", envvar="RADFED_TOKEN", help="API token (env RADFED_TOKEN).")(f)
+    return f
+
+
+def load_spec(path: str) -> dict:
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ClientError(f"{path} is not YAML/JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ClientError(f"{path}: a spec is a mapping with cohort and analysis")
+    return spec
+
+
+@click.group("query", cls=Clean)
+def query_group() -> None:
+    """Run federated query specs."""
+
+
+@query_group.command("run")
+@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@client_options
+@click.option("--site", "sites", multiple=True, help="Only these sites (repeatable; default all enrolled).")
+@click.option("--quorum", type=int, help="Minimum number of sites that must answer.")
+@click.option("--timeout", type=float, help="Seconds to wait for each site.")
+@click.option("--hold-offline", type=float, help="Seconds to hold the job for offline sites to come back.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole job as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write pooled + per-site table as CSV.")
+def query_run(spec_path, url, token, sites, quorum, timeout, hold_offline, as_json, csv_out):
+    """Run SPEC across the network; print pooled and per-site results side by side."""
+    client = Client(url, token)
+    job = client.run(load_spec(spec_path), list(sites) or None, quorum, timeout, hold_offline=hold_offline)
+    _show(job, as_json, csv_out)
+    if job["status"] == "failed":
+        sys.exit(1)
+
+
+def _show(job: dict, as_json: bool, csv_out: str | None) -> None:
+    if as_json:
+        click.echo(json.dumps(job, indent=2, default=str))
+    else:
+        click.echo(render_job(job))
+    if csv_out:
+        Path(csv_out).write_text(job_csv(job), encoding="utf-8")
+        click.echo(f"CSV written to {csv_out}", err=True)
+
+
+@click.command("jobs")
+@client_options
+@click.option("--all", "all_", is_flag=True, help="Everyone's jobs (admin).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_command(url, token, all_, limit, as_json):
+    """Your recent jobs."""
+    try:
+        jobs = Client(url, token).jobs(all_, limit)
+    except ClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(jobs, indent=2, default=str) if as_json else render_jobs(jobs))
+
+
+@click.command("result")
+@click.argument("job_id")
+@client_options
+@click.option("--wait", default=0.0, help="Seconds to wait for a running job.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False))
+def result_command(job_id, url, token, wait, as_json, csv_out):
+    """A job's pooled and per-site results."""
+    try:
+        job = Client(url, token).job(job_id, wait)
+    except ClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    _show(job, as_json, csv_out)
+
+
+@click.command("sites")
+@client_options
+@click.option("--json", "as_json", is_flag=True)
+def sites_command(url, token, as_json):
+    """Enrolled sites: online or not, version, last seen."""
+    try:
+        sites = Client(url, token).sites()
+    except ClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(sites, indent=2) if as_json else render_sites(sites))
+
+
+COMMANDS = {"coordinator": coordinator_group, "query": query_group, "jobs": jobs_command,
+            "result": result_command, "sites": sites_command}

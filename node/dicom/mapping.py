@@ -1,0 +1,397 @@
+"""Series -> ``image_occurrence``: the one mapping every DICOM way in shares.
+
+A DICOM instance's header (PS3.3 C.7 Patient/Study/Series modules) is reduced to a
+:class:`SeriesHeader`; a :class:`SeriesIndexer` collects instances per series and upserts one
+``image_occurrence`` row per SeriesInstanceUID, whose id is ``stable_id("dicom-series", uid)`` so a
+FHIR ImagingStudy that arrived first names the same row (its missing fields are filled, nothing it
+set is overwritten).  Each instance is remembered in ``source_record`` (key ``dicom|<SOPInstanceUID>``)
+so re-indexing is idempotent and ``instance_count`` counts distinct instances.
+
+The visit is the person's visit spanning the acquisition date, when the FHIR load wrote one.
+The person is the one whose ``person_source_value`` equals PatientID (0010,0020) — the MRN the FHIR
+ingest wrote.  A patient the CDM does not know is quarantined (``UNKNOWN_PATIENT``) and never
+invented; the file stays where it is so re-indexing after the FHIR load picks it up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from cdm.ids import stable_id
+from cdm.schema import tables
+from cdm.vocabulary import Vocabulary
+from node.quarantine import quarantine
+
+IMAGE_OCCURRENCE = tables["image_occurrence"]
+PERSON = tables["person"]
+VISIT = tables["visit_occurrence"]
+SOURCE_RECORD = tables["source_record"]
+
+# Stable reason codes for quarantined DICOM input.
+NOT_DICOM = "NOT_DICOM"
+CORRUPT_DICOM = "CORRUPT_DICOM"
+MISSING_ATTRIBUTE = "MISSING_ATTRIBUTE"
+UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
+MISSING_PIXEL_DATA = "MISSING_PIXEL_DATA"
+SEG_REFERENCES_MISSING = "SEG_REFERENCES_MISSING"
+FEATURE_FAILED = "FEATURE_FAILED"
+
+#: BodyPartExamined (0018,0015) defined terms -> SNOMED CT, after PS3.16 Annex L (CID 4031).
+BODY_PART_SNOMED = {
+    "ABDOMEN": ("113345001", "Abdominal structure"),
+    "ARM": ("40983000", "Upper limb structure"),
+    "BRAIN": ("12738006", "Brain structure"),
+    "BREAST": ("76752008", "Breast structure"),
+    "CHEST": ("51185008", "Thoracic structure"),
+    "CSPINE": ("122494005", "Cervical spine structure"),
+    "EXTREMITY": ("66019005", "Limb structure"),
+    "FOOT": ("56459004", "Foot structure"),
+    "HAND": ("85562004", "Hand structure"),
+    "HEAD": ("69536005", "Head structure"),
+    "HEADNECK": ("774007", "Structure of head and/or neck"),
+    "HIP": ("24136001", "Hip joint structure"),
+    "KIDNEY": ("64033007", "Kidney structure"),
+    "KNEE": ("72696002", "Knee region structure"),
+    "LEG": ("30021000", "Lower leg structure"),
+    "LIVER": ("10200004", "Liver structure"),
+    "LSPINE": ("122496007", "Lumbar spine structure"),
+    "LUNG": ("39607008", "Lung structure"),
+    "NECK": ("45048000", "Neck structure"),
+    "PELVIS": ("12921003", "Pelvic structure"),
+    "PROSTATE": ("41216001", "Prostatic structure"),
+    "RETROPERITONEUM": ("82849001", "Retroperitoneal structure"),
+    "SHOULDER": ("16982005", "Shoulder region structure"),
+    "SPINE": ("421060004", "Vertebral column structure"),
+    "THIGH": ("68367000", "Thigh structure"),
+    "TSPINE": ("122495006", "Thoracic spine structure"),
+    "WHOLEBODY": ("38266002", "Entire body as a whole"),
+}
+#: Coding scheme designators (PS3.16 Section 8) -> OMOP vocabulary_id.
+_SCHEMES = {"SCT": "SNOMED", "SRT": "SNOMED", "DCM": "DICOM", "LN": "LOINC"}
+
+
+class DicomInputError(ValueError):
+    """Input that cannot be indexed: ``reason_code`` is stable, ``str()`` says what to fix."""
+
+    def __init__(self, reason_code: str, message: str):
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What ``image_occurrence`` needs from one instance's header."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    modality: str
+    date: dt.date
+    datetime: dt.datetime | None
+    body_part: str | None
+    anatomic_code: tuple[str, str, str] | None  # (vocabulary, code, meaning) of AnatomicRegionSequence
+    description: str | None
+    manufacturer: str | None
+    referenced_series_uid: str | None
+
+
+def _date(value) -> dt.date | None:
+    text = str(value or "").strip()
+    if len(text) >= 8 and text[:8].isdigit():
+        try:
+            return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except ValueError:
+            return None
+    return None
+
+
+def _time(value) -> dt.time | None:
+    text = str(value or "").strip().split(".")[0].replace(":", "")
+    if len(text) >= 2 and text.isdigit():
+        text = text.ljust(6, "0")
+        try:
+            return dt.time(int(text[:2]), int(text[2:4]), int(text[4:6]))
+        except ValueError:
+            return None
+    return None
+
+
+def referenced_series_uid(ds: Dataset) -> str | None:
+    """The image series a derived object was made from.
+
+    SEG and parametric maps name it in ReferencedSeriesSequence (PS3.3 C.7.4.1.1.1 Common Instance
+    Reference module); RTSTRUCT under ReferencedFrameOfReferenceSequence > RTReferencedStudySequence >
+    RTReferencedSeriesSequence (PS3.3 C.8.8.5); SR in CurrentRequestedProcedureEvidenceSequence
+    (PS3.3 C.17.2.2).
+    """
+    for item in ds.get("ReferencedSeriesSequence", []) or []:
+        if item.get("SeriesInstanceUID"):
+            return str(item.SeriesInstanceUID)
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for study in frame.get("RTReferencedStudySequence", []) or []:
+            for series in study.get("RTReferencedSeriesSequence", []) or []:
+                if series.get("SeriesInstanceUID"):
+                    return str(series.SeriesInstanceUID)
+    for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []) or []:
+        for series in study.get("ReferencedSeriesSequence", []) or []:
+            if series.get("SeriesInstanceUID"):
+                return str(series.SeriesInstanceUID)
+    return None
+
+
+def patient_id_of(ds: Dataset, issuer: str | None = None) -> str | None:
+    """The PatientID to match, issued by ``issuer`` when the site configured one.
+
+    PatientID (0010,0020) counts when its IssuerOfPatientID (0010,0021) is ``issuer`` or absent (most
+    modalities leave it empty); otherwise the OtherPatientIDsSequence (0010,1002) item from that
+    issuer is used.  ``None`` when the instance carries no identifier from ``issuer``.
+    """
+    main_id = str(ds.get("PatientID", "") or "").strip()
+    if issuer is None:
+        return main_id or None
+    if main_id and str(ds.get("IssuerOfPatientID", "") or "").strip() in ("", issuer):
+        return main_id
+    for item in ds.get("OtherPatientIDsSequence", []) or []:
+        if str(item.get("IssuerOfPatientID", "") or "").strip() == issuer and item.get("PatientID"):
+            return str(item.PatientID).strip()
+    return None
+
+
+def header_of(ds: Dataset, issuer: str | None = None) -> SeriesHeader:
+    """The :class:`SeriesHeader` of a dataset; :class:`DicomInputError` when a Type 1 attribute is absent.
+
+    ``issuer`` is the site's MRN issuer (``[dicom] patient_id_issuer``), see :func:`patient_id_of`.
+    """
+    missing = [k for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality")
+               if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        raise DicomInputError(MISSING_ATTRIBUTE, f"missing required attribute(s) {', '.join(missing)}")
+    patient_id = patient_id_of(ds, issuer)
+    if patient_id is None:
+        raise DicomInputError(UNKNOWN_PATIENT, f"no PatientID issued by {issuer!r} (IssuerOfPatientID "
+                                               f"{str(ds.get('IssuerOfPatientID', ''))!r}, none in OtherPatientIDsSequence)")
+    date = None
+    moment = None
+    for date_key, time_key in (("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"),
+                               ("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime")):
+        date = _date(ds.get(date_key))
+        if date is not None:
+            clock = _time(ds.get(time_key))
+            moment = dt.datetime.combine(date, clock) if clock else None
+            break
+    if date is None:
+        raise DicomInputError(MISSING_ATTRIBUTE, "no SeriesDate, StudyDate, AcquisitionDate or ContentDate")
+    anatomic = None
+    for item in ds.get("AnatomicRegionSequence", []) or []:
+        scheme = _SCHEMES.get(str(item.get("CodingSchemeDesignator", "")))
+        if scheme and item.get("CodeValue"):
+            anatomic = (scheme, str(item.CodeValue), str(item.get("CodeMeaning", "")))
+            break
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper() or None
+    return SeriesHeader(
+        patient_id=patient_id,
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID) if ds.get("SOPClassUID") else None,
+        modality=str(ds.Modality).strip().upper(),
+        date=date,
+        datetime=moment,
+        body_part=body_part,
+        anatomic_code=anatomic,
+        description=str(ds.get("SeriesDescription", "") or "")[:255] or None,
+        manufacturer=str(ds.get("Manufacturer", "") or "")[:255] or None,
+        referenced_series_uid=referenced_series_uid(ds),
+    )
+
+
+@dataclass
+class _Pending:
+    header: SeriesHeader
+    folder: str
+    instances: dict[str, str] = field(default_factory=dict)  # SOPInstanceUID -> path
+
+
+@dataclass
+class IndexReport:
+    """What one indexing run did: counts a site administrator reads at the end of a load."""
+
+    files: int = 0
+    indexed: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    series: set[str] = field(default_factory=set)
+
+    def count(self, reason_code: str) -> None:
+        self.quarantined[reason_code] = self.quarantined.get(reason_code, 0) + 1
+
+    def summary(self) -> str:
+        bad = sum(self.quarantined.values())
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(self.quarantined.items()))
+        return (f"{self.files} files: {self.indexed} indexed into {len(self.series)} series, "
+                f"{bad} quarantined" + (f" ({detail})" if detail else ""))
+
+
+class SeriesIndexer:
+    """Collects instance headers and writes them as ``image_occurrence`` rows on :meth:`flush`.
+
+    ``source`` says how the instances arrived (``file``, ``scp``, ``pull``); ``issuer`` is the
+    site's MRN issuer, when PatientIDs from several issuers arrive.  Not thread-safe: a
+    caller serving several associations serialises calls (see :mod:`node.dicom.scp`).
+    """
+
+    def __init__(self, engine: Engine, source: str = "file", report: IndexReport | None = None,
+                 issuer: str | None = None):
+        self.engine = engine
+        self.source = source
+        self.issuer = issuer
+        self.report = report or IndexReport()
+        self.vocabulary = Vocabulary(engine)
+        self._pending: dict[str, _Pending] = {}
+        self._persons: dict[str, int | None] = {}
+
+    # -- input -------------------------------------------------------------------------------------
+
+    def add(self, ds: Dataset, path: str | Path) -> SeriesHeader | None:
+        """Queue one instance (its header is enough); bad headers are quarantined at once."""
+        try:
+            header = header_of(ds, self.issuer)
+        except DicomInputError as exc:
+            self.reject(exc.reason_code, str(exc), path, sop_class=ds.get("SOPClassUID"),
+                        resource_id=ds.get("SOPInstanceUID"))
+            return None
+        path = str(path)
+        pending = self._pending.get(header.series_uid)
+        if pending is None:
+            pending = self._pending[header.series_uid] = _Pending(header, str(Path(path).parent))
+        elif pending.folder != str(Path(path).parent):
+            pending.folder = _common_folder(pending.folder, str(Path(path).parent))
+        pending.instances[header.sop_instance_uid] = path
+        return header
+
+    def reject(self, reason_code: str, reason: str, path, *, sop_class=None, resource_id=None,
+               payload: bytes | None = None) -> None:
+        """Quarantine one file (its bytes are kept unless the file stays on disk where it is)."""
+        with self.engine.begin() as conn:
+            quarantine(conn, "dicom", reason_code, f"{path}: {reason}", source_file=str(path),
+                       resource_type=str(sop_class) if sop_class else None,
+                       resource_id=str(resource_id) if resource_id else None, payload=payload)
+        self.report.count(reason_code)
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def flush(self) -> list[SeriesHeader]:
+        """Write every queued series in one transaction; returns the headers of the series written."""
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, {}
+        with self.engine.begin() as conn:
+            return [item.header for item in pending.values() if self._write_series(conn, item)]
+
+    def _person(self, conn: Connection, patient_id: str) -> int | None:
+        if patient_id not in self._persons:
+            found = conn.execute(
+                select(PERSON.c.person_id).where(PERSON.c.person_source_value == patient_id).limit(1)
+            ).scalar_one_or_none()
+            if found is None:
+                return None  # not cached: the FHIR load may add the patient while we run
+            self._persons[patient_id] = found
+        return self._persons[patient_id]
+
+    def _visit(self, conn: Connection, person_id: int, date: dt.date) -> int | None:
+        """The person's visit spanning the acquisition date (the shortest one, when visits nest)."""
+        return conn.execute(
+            select(VISIT.c.visit_occurrence_id)
+            .where(VISIT.c.person_id == person_id, VISIT.c.visit_start_date <= date, VISIT.c.visit_end_date >= date)
+            .order_by(VISIT.c.visit_start_date.desc(), VISIT.c.visit_end_date, VISIT.c.visit_occurrence_id)
+            .limit(1)
+        ).scalar_one_or_none()
+
+    def _anatomic_site(self, conn: Connection, header: SeriesHeader) -> int | None:
+        if header.anatomic_code:
+            vocabulary, code, meaning = header.anatomic_code
+            return self.vocabulary.concept_for(vocabulary, code, meaning or None, "Spec Anatomic Site", conn).concept_id
+        if header.body_part in BODY_PART_SNOMED:
+            code, name = BODY_PART_SNOMED[header.body_part]
+            return self.vocabulary.concept_for("SNOMED", code, name, "Spec Anatomic Site", conn).concept_id
+        if header.body_part:
+            return self.vocabulary.concept_for("DICOM", f"BodyPart:{header.body_part}"[:50],
+                                               f"Body part {header.body_part}", "Spec Anatomic Site", conn).concept_id
+        return None
+
+    def _write_series(self, conn: Connection, item: _Pending) -> bool:
+        header = item.header
+        person_id = self._person(conn, header.patient_id)
+        if person_id is None:
+            for sop_uid, path in item.instances.items():
+                quarantine(conn, "dicom", UNKNOWN_PATIENT,
+                           f"{path}: PatientID {header.patient_id!r} matches no person in the CDM "
+                           "(load the patient's FHIR record, then re-index)",
+                           source_file=path, resource_type=header.sop_class_uid, resource_id=sop_uid)
+                self.report.count(UNKNOWN_PATIENT)
+            return False
+        series_id = stable_id("dicom-series", header.series_uid)
+        keys = {f"dicom|{uid}": path for uid, path in item.instances.items()}
+        known = set(conn.execute(
+            select(SOURCE_RECORD.c.source_key).where(
+                SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.cdm_id == series_id)
+        ).scalars())
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        new = [{"source_key": key, "cdm_table": "image_occurrence", "cdm_id": series_id,
+                "content_hash": hashlib.sha256(path.encode()).hexdigest(), "loaded_at": now}
+               for key, path in keys.items() if key not in known]
+        if new:
+            conn.execute(insert(SOURCE_RECORD), new)
+        count = len(known) + len(new)
+        modality = self.vocabulary.concept_for("DICOM", header.modality, f"DICOM modality {header.modality}",
+                                               "Procedure", conn).concept_id
+        values = {
+            "person_id": person_id,
+            "visit_occurrence_id": self._visit(conn, person_id, header.date),
+            "anatomic_site_concept_id": self._anatomic_site(conn, header),
+            "anatomic_site_source_value": header.body_part,
+            "local_path": item.folder,
+            "image_occurrence_date": header.date,
+            "image_occurrence_datetime": header.datetime,
+            "image_study_uid": header.study_uid,
+            "image_series_uid": header.series_uid,
+            "modality_concept_id": modality,
+            "modality_source_value": header.modality,
+            "sop_class_uid": header.sop_class_uid,
+            "series_description": header.description,
+            "manufacturer": header.manufacturer,
+            "referenced_series_uid": header.referenced_series_uid,
+            "image_source": self.source,
+        }
+        existing = conn.execute(select(IMAGE_OCCURRENCE).where(
+            IMAGE_OCCURRENCE.c.image_occurrence_id == series_id)).mappings().first()
+        if existing is None:
+            conn.execute(insert(IMAGE_OCCURRENCE).values(image_occurrence_id=series_id, instance_count=count, **values))
+        else:
+            # Fill what an earlier writer (ImagingStudy, an earlier batch) left empty; keep what it set,
+            # except where the files are and how many there are, which only DICOM knows.
+            changes = {k: v for k, v in values.items()
+                       if v is not None and (existing[k] is None or existing[k] == 0)}
+            if existing["local_path"] and existing["local_path"] != item.folder:
+                changes["local_path"] = _common_folder(existing["local_path"], item.folder)
+            changes["instance_count"] = count
+            conn.execute(update(IMAGE_OCCURRENCE)
+                         .where(IMAGE_OCCURRENCE.c.image_occurrence_id == series_id).values(**changes))
+        self.report.indexed += len(item.instances)
+        self.report.series.add(header.series_uid)
+        return True
+
+
+def _common_folder(a: str, b: str) -> str:
+    try:
+        return os.path.commonpath([a, b])
+    except ValueError:  # different drives: keep the first
+        return a

@@ -1,0 +1,74 @@
+"""``radfed-node query`` (the site's dry run) and ``radfed-node audit verify|export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+
+import click
+
+from cdm.db import open_engine
+from cdm.spec import SpecError, load_spec, spec_json_schema
+from node.audit import AuditLog
+from node.execute import run_request
+
+
+def _config(ctx):
+    return ctx.find_root().obj
+
+
+@click.command("query")
+@click.argument("spec_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--requester", default="site-admin", show_default=True, help="Whose request to simulate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full response as JSON.")
+@click.option("--schema", is_flag=True, help="Print the spec JSON Schema and exit.")
+@click.pass_context
+def query_command(ctx, spec_path, requester, as_json, schema):
+    """Run SPEC (YAML/JSON) locally and print what this node would release."""
+    if schema:
+        click.echo(json.dumps(spec_json_schema(), indent=2))
+        return
+    if not spec_path:
+        raise click.UsageError("SPEC is required (or --schema)")
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        click.echo(f"BAD_SPEC: {exc}", err=True)
+        sys.exit(1)
+    config = _config(ctx)
+    engine = open_engine(config.database_url)
+    response = run_request(engine, config, {"request_id": str(uuid.uuid4()), "requester": requester,
+                                            "spec": spec.model_dump(mode="json", by_alias=True)})
+    if as_json:
+        click.echo(json.dumps(response, indent=2))
+    elif response["status"] == "ok":
+        click.echo(json.dumps(response["result"], indent=2))
+    else:
+        click.echo(f"{response['status']} {response['code']}: {response['message']}")
+    sys.exit(0 if response["status"] == "ok" else 1)
+
+
+@click.group("audit")
+def audit_group():
+    """The node's hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@click.pass_context
+def audit_verify(ctx):
+    """Check the chain: detects an edited, removed or reordered entry."""
+    log = AuditLog.for_config(_config(ctx))
+    problems = log.verify()
+    for p in problems:
+        click.echo(p)
+    click.echo("audit log intact" if not problems else f"{len(problems)} problem(s)")
+    sys.exit(1 if problems else 0)
+
+
+@audit_group.command("export")
+@click.pass_context
+def audit_export(ctx):
+    """Write every entry as JSON lines to stdout."""
+    for entry in AuditLog.for_config(_config(ctx)).entries():
+        click.echo(json.dumps(entry, sort_keys=True))
