@@ -171,16 +171,23 @@ class Coordinator:
                 ack_wait=300, max_deliver=5))
         await self.js.publish(offline_subject(site), self.signer.seal(request))
 
-    async def _on_durable_response(self, msg) -> None:
+    def _verified(self, msg, what: str) -> tuple[str, dict] | None:
+        """(site, record) for a message on ``radfed.site.<site>.*`` signed by that site's enrolled key."""
         site = msg.subject.split(".")[2]
         key = self.store.public_keys().get(site)
         if key is None:
-            return
+            return None
         try:
-            response = verify(msg.data, site, key)
+            return site, verify(msg.data, site, key)
         except WireError as exc:
-            self.log(f"ignored a queued reply for {site}: {exc}")
+            self.log(f"ignored {what} for {site}: {exc}")
+            return None
+
+    async def _on_durable_response(self, msg) -> None:
+        verified = self._verified(msg, "a queued reply")
+        if verified is None:
             return
+        _site, response = verified
         future = self.durable_waits.get(response.get("request_id"))
         if future is not None and not future.done():
             future.set_result((msg.data, response))
@@ -211,15 +218,10 @@ class Coordinator:
     # ------------------------------------------------------------------ heartbeats and sites
 
     async def _on_heartbeat(self, msg) -> None:
-        site = msg.subject.split(".")[2]
-        key = self.store.public_keys().get(site)
-        if key is None:
+        verified = self._verified(msg, "a heartbeat")
+        if verified is None:
             return
-        try:
-            beat = verify(msg.data, site, key)
-        except WireError as exc:
-            self.log(f"ignored a heartbeat for {site}: {exc}")
-            return
+        site, beat = verified
         if beat.get("site") == site:
             self.heartbeat_seconds = float(beat.get("interval", self.heartbeat_seconds))
             self.store.record_heartbeat(site, beat)

@@ -38,6 +38,18 @@ class Network:
 
     # ------------------------------------------------------------------ processes
 
+    @classmethod
+    def started(cls, root: Path, sites: list[str], fill=None) -> "Network":
+        """A running network: one filled CDM and node agent per site, and the coordinator."""
+        net = cls(root, sites)
+        for site in sites:
+            net.make_cdm(site, fill)
+        net.start_coordinator()
+        for site in sites:
+            net.start_node(site, wait=False)
+        net.wait_online(sites)
+        return net
+
     @property
     def api(self) -> str:
         return self.home.api_url

@@ -57,13 +57,7 @@ AGE = {"cohort": COHORT, "variables": {"age": {"kind": "age"}}, "analysis": {"ty
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    net = Network(tmp_path_factory.mktemp("e2e"), list(SITES))
-    for site in SITES:
-        net.make_cdm(site, fill)
-    net.start_coordinator()
-    for site in SITES:
-        net.start_node(site, wait=False)
-    net.wait_online(list(SITES))
+    net = Network.started(tmp_path_factory.mktemp("e2e"), list(SITES), fill)
     yield net
     net.close()
 
