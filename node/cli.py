@@ -117,6 +117,8 @@ def ingest() -> None:
 
 # Commands owned by other modules register here, one line each, e.g.
 #   from node.ingest.fhir_cli import fhir_command; ingest.add_command(fhir_command, "fhir")
+from node.ingest.fhir_cli import fhir_command, mapping_report_command  # noqa: E402  (issue 3: FHIR ingest)
+ingest.add_command(fhir_command, "fhir"); main.add_command(mapping_report_command, "mapping-report")  # noqa: E702
 from node.agent import serve_command  # noqa: E402  (issue 7: the bus agent)
 main.add_command(serve_command, "serve")
 from node.synth.cli import synth_command  # noqa: E402  (issue 5: synthetic cohorts)
@@ -125,3 +127,11 @@ from node.dicom.cli import dicom_group, features_command, ingest_dicom_command  
 ingest.add_command(ingest_dicom_command, "dicom"); main.add_command(dicom_group, "dicom"); main.add_command(features_command, "features")  # noqa: E702,E501
 from node.query_cli import audit_group, query_command  # noqa: E402  (issue 6: queries, disclosure, audit)
 main.add_command(query_command, "query"); main.add_command(audit_group, "audit")  # noqa: E702
+from node.config_cli import config_group  # noqa: E402  (issue 10: radfed-node config check)
+main.add_command(config_group, "config")
+from node.approvals import approvals_group  # noqa: E402  (issue 6: manual approval queue)
+main.add_command(approvals_group, "approvals")
+from node.model_cli import concordance_command, forecast_command  # noqa: E402  (issue 8: per-patient rounds)
+main.add_command(concordance_command, "concordance"); main.add_command(forecast_command, "forecast")  # noqa: E702
+from node.learn.supernode import flower_key_command  # noqa: E402  (issue 9: Flower SuperNode key)
+main.add_command(flower_key_command, "flower-key")

@@ -304,7 +304,9 @@ class FeatureExtractor:
         return self.vocabulary.concept_for(vocabulary, code[:50], code, "Measurement", conn).concept_id
 
     def segmentation_rows(self, series_uid: str | None = None) -> list:
-        query = select(IMAGE_OCCURRENCE).where(IMAGE_OCCURRENCE.c.modality_source_value.in_(("SEG", "RTSTRUCT")))
+        # only series held here as files: an ImagingStudy known from FHIR alone has nothing to segment yet
+        query = select(IMAGE_OCCURRENCE).where(IMAGE_OCCURRENCE.c.modality_source_value.in_(("SEG", "RTSTRUCT")),
+                                               IMAGE_OCCURRENCE.c.local_path.is_not(None))
         if series_uid:
             query = query.where(or_(IMAGE_OCCURRENCE.c.image_series_uid == series_uid,
                                     IMAGE_OCCURRENCE.c.referenced_series_uid == series_uid))

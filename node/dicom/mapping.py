@@ -342,7 +342,8 @@ class SeriesIndexer:
         keys = {f"dicom|{uid}": path for uid, path in item.instances.items()}
         known = set(conn.execute(
             select(SOURCE_RECORD.c.source_key).where(
-                SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.cdm_id == series_id)
+                SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.cdm_id == series_id,
+                SOURCE_RECORD.c.source_key.startswith("dicom|"))  # an ImagingStudy's record is no instance
         ).scalars())
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         new = [{"source_key": key, "cdm_table": "image_occurrence", "cdm_id": series_id,

@@ -1,0 +1,187 @@
+"""The :class:`~node.ingest.contract.MapContext` of one ingest run.
+
+Mappers ask it for ids, persons, references and concepts; it answers from what this run has
+mapped so far and, for what earlier runs loaded, from the CDM (a person is the ``person`` row whose
+id is ``row_id("Patient", id)``; any other target the row of its stable id in the table asked for).
+Answers are cached, so a reference costs one query per distinct target and run.
+
+Conditional references (``Practitioner?identifier=system|value``, as Synthea's bulk export writes
+them, FHIR R4 §3.1.0.4.5 "conditional references") resolve through the identifiers of the
+Organization / Location / Practitioner resources: within a run from memory, across runs through
+``source_record`` alias keys the engine writes for those identifiers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import Engine, select
+
+from cdm.ids import stable_id
+from cdm.schema import tables
+from cdm.vocabulary import ConceptMatch, Vocabulary, vocabulary_for_uri
+from node.fhir_profile import DEFAULT_MRN_SYSTEM, UCUM
+from node.ingest.contract import Unmappable
+
+UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
+#: Site-local concepts (created at ingest for unknown codes) start here; RADFED project concepts are below.
+SITE_LOCAL_MIN = 2_000_100_000
+NO_CONCEPT = ConceptMatch(0, 0, None, False)
+#: Resource types whose identifiers conditional references may use.
+IDENTIFIED_TYPES = ("Organization", "Location", "Practitioner")
+#: Types nothing references by id: not remembered, so memory grows with patients, not with events.
+UNREFERENCED = frozenset({"Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
+                          "MedicationAdministration", "Immunization", "AllergyIntolerance"})
+SOURCE_RECORD = tables["source_record"]
+
+
+def source_key(resource_type: str, resource_id: str) -> str:
+    """The ``source_record.source_key`` of a resource: ``fhir|Type|id``."""
+    return f"fhir|{resource_type}|{resource_id}"
+
+
+def identifier_key(resource_type: str, system: str | None, value: str) -> str:
+    """The alias key of a conditional reference target: ``fhir|Type?identifier=system|value``."""
+    return f"fhir|{resource_type}?identifier={system or ''}|{value}"
+
+
+def is_unmapped(match: ConceptMatch) -> bool:
+    """True for a code the node has no standard concept for (0, or a site-local concept)."""
+    return match.concept_id == 0 or match.concept_id >= SITE_LOCAL_MIN
+
+
+class RunContext:
+    """Answers mappers' questions during one run (see :class:`~node.ingest.contract.MapContext`)."""
+
+    def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM):
+        self.engine = engine
+        self.mrn_system = mrn_system
+        self.vocabulary = Vocabulary(engine)
+        # (resource_type, id) of resources this run mapped (-> table of their main row) or found
+        # unchanged (-> None: the table is asked of the CDM).  Only referenceable types are kept.
+        self._present: dict[tuple[str, str], str | None] = {}
+        self._detail_visit: dict[int, int] = {}  # visit_detail id -> its visit_occurrence id
+        self._db_hits: dict[tuple[str, int], bool] = {}
+        self._aliases: dict[str, int] = {}  # identifier key -> row id
+        #: resourceType -> number of codings mapped to no standard concept, for the run summary.
+        self.unmapped: Counter[str] = Counter()
+        self.current_type: str | None = None
+
+    # -- bookkeeping the engine calls ------------------------------------------------------------
+
+    def mark_present(self, resource_type: str, resource_id: str, table: str | None = None) -> None:
+        if resource_type not in UNREFERENCED:
+            self._present[(resource_type, resource_id)] = table
+
+    def mark_visit_detail(self, visit_detail_id: int, visit_occurrence_id: int) -> None:
+        """A sub-encounter became a visit_detail: references to it as a visit mean its parent visit."""
+        self._detail_visit[visit_detail_id] = visit_occurrence_id
+
+    def add_alias(self, key: str, row_id: int) -> None:
+        self._aliases[key] = row_id
+
+    # -- MapContext -------------------------------------------------------------------------------
+
+    def row_id(self, resource_type: str, resource_id: str, *part: object) -> int:
+        return stable_id("fhir", resource_type, resource_id, *part)
+
+    def _split(self, reference: str | None) -> tuple[str, str] | None:
+        """``(Type, id)`` of a literal reference (relative, absolute or versioned), else ``None``."""
+        if not reference or "?" in reference:
+            return None
+        parts = reference.rstrip("/").split("/")
+        if len(parts) >= 4 and parts[-2] == "_history":  # Type/id/_history/version
+            parts = parts[:-2]
+        if len(parts) < 2 or not parts[-1]:
+            return None
+        return parts[-2], parts[-1]
+
+    def _conditional(self, reference: str, cdm_table: str) -> int | None:
+        """The row a ``Type?identifier=system|value`` reference names, through the identifier aliases."""
+        resource_type, _, query = reference.partition("?identifier=")
+        system, _, value = query.rpartition("|")
+        key = identifier_key(resource_type, system or None, value)
+        if key not in self._aliases:
+            with self.engine.connect() as conn:
+                found = conn.execute(select(SOURCE_RECORD.c.cdm_id).where(
+                    SOURCE_RECORD.c.source_key == key, SOURCE_RECORD.c.cdm_table == cdm_table).limit(1)).first()
+            if found is None:
+                return None
+            self._aliases[key] = found[0]
+        return self._aliases[key]
+
+    def _exists(self, table: str, column: str, row_id: int) -> bool:
+        key = (table, row_id)
+        if key not in self._db_hits:
+            target = tables[table]
+            with self.engine.connect() as conn:
+                found = conn.execute(select(target.c[column]).where(target.c[column] == row_id).limit(1)).first()
+            if found is None:
+                return False  # not cached: a later batch of this run may write it
+            self._db_hits[key] = True
+        return True
+
+    def person_id(self, reference: str | None) -> int:
+        target = self._split(reference)
+        if target is None or target[0] != "Patient":
+            raise Unmappable(UNKNOWN_PATIENT, f"subject {reference!r} is not a Patient reference")
+        person_id = self.row_id("Patient", target[1])
+        if target in self._present or self._exists("person", "person_id", person_id):
+            return person_id
+        raise Unmappable(UNKNOWN_PATIENT, f"{reference} was not loaded in this run or an earlier one")
+
+    def reference_id(self, reference: str | None, cdm_table: str) -> int | None:
+        if reference and "?identifier=" in reference:
+            return self._conditional(reference, cdm_table)
+        target = self._split(reference)
+        if target is None:
+            return None
+        row_id = self.row_id(*target)
+        known = self._present.get(target, False)
+        if known == cdm_table:
+            return row_id
+        if cdm_table == "visit_occurrence" and (known in ("visit_detail", None)) and target[0] == "Encounter":
+            parent = self._parent_visit(row_id)
+            if parent is not None:
+                return parent
+        if known not in (None, False):
+            return None  # loaded in this run, but as another table
+        table = tables.get(cdm_table)
+        if table is None or len(table.primary_key.columns) != 1:
+            return None
+        column = next(iter(table.primary_key.columns)).name
+        return row_id if self._exists(cdm_table, column, row_id) else None
+
+    def _parent_visit(self, visit_detail_id: int) -> int | None:
+        if visit_detail_id not in self._detail_visit:
+            detail = tables["visit_detail"]
+            with self.engine.connect() as conn:
+                found = conn.execute(select(detail.c.visit_occurrence_id)
+                                     .where(detail.c.visit_detail_id == visit_detail_id)).first()
+            if found is None:
+                return None
+            self._detail_visit[visit_detail_id] = found[0]
+        return self._detail_visit[visit_detail_id]
+
+    def concept(self, codeable: dict | None, domain_hint: str | None = None) -> ConceptMatch:
+        codings = [c for c in (codeable or {}).get("coding") or () if c.get("code")]
+        if not codings:
+            return NO_CONCEPT
+        for coding in codings:
+            vocabulary_id = vocabulary_for_uri(coding.get("system"))
+            known = self.vocabulary.lookup(vocabulary_id, str(coding["code"]).strip())
+            if known is not None and not is_unmapped(known):
+                return known
+        first = codings[0]
+        match = self.vocabulary.concept_for(vocabulary_for_uri(first.get("system")), str(first["code"])[:50],
+                                            first.get("display") or (codeable or {}).get("text"), domain_hint)
+        if is_unmapped(match):
+            self.unmapped[self.current_type or "?"] += 1
+        return match
+
+    def unit(self, quantity: dict | None) -> ConceptMatch:
+        if not quantity or not quantity.get("code"):
+            return NO_CONCEPT
+        system = quantity.get("system") or UCUM
+        return self.concept({"coding": [{"system": system, "code": quantity["code"],
+                                         "display": quantity.get("unit")}]}, "Unit")

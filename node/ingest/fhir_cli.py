@@ -1,0 +1,80 @@
+"""``radfed-node ingest fhir`` and ``radfed-node mapping-report``.
+
+The MRN system comes from node.toml ``[fhir] mrn_system`` (default ``urn:radfed:mrn``).  As with
+``ingest dicom``: bad input is quarantined and counted, never fatal — a finished run exits 0 even
+with quarantined resources; a missing CDM, a path that does not exist or a bad option is one
+``error:`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cdm.db import CDMError, open_engine, schema_version
+from node.fhir_profile import DEFAULT_MRN_SYSTEM
+
+
+def _engine(ctx: click.Context):
+    engine = open_engine(ctx.find_root().obj.database_url)
+    if schema_version(engine) is None:
+        raise CDMError("no radfed CDM in this database: run `radfed-node init` first")
+    return engine
+
+
+class _Bar:
+    """A tqdm progress bar over the bytes of the input (shown on a terminal only)."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="fhir", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("fhir")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5_000, show_default=True,
+              help="Resources per transaction.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.pass_context
+def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batch_size: int,
+                 progress: bool | None) -> None:
+    """Load FHIR R4 Bundles (.json) and Bulk Data NDJSON (.ndjson[.gz]) files or folders into the CDM."""
+    from node.ingest.engine import ingest_paths
+
+    config = ctx.find_root().obj
+    mrn_system = str(config.section("fhir").get("mrn_system") or DEFAULT_MRN_SYSTEM)
+    engine = _engine(ctx)
+    bar = _Bar(sys.stderr.isatty() if progress is None else progress)
+    try:
+        summary = ingest_paths(engine, paths, mrn_system=mrn_system, batch_size=batch_size, progress=bar)
+    finally:
+        bar.close()
+    click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.text())
+
+
+@click.command("mapping-report")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(1), help="Only the N most frequent codes.")
+@click.pass_context
+def mapping_report_command(ctx: click.Context, as_json: bool, limit: int | None) -> None:
+    """List the source codes without a standard concept, most frequent first."""
+    from node.ingest.mapping_report import report_json, report_text, unmapped_codes
+
+    codes = unmapped_codes(_engine(ctx), limit)
+    click.echo(json.dumps(report_json(codes), indent=2) if as_json else report_text(codes))

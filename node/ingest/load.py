@@ -1,0 +1,214 @@
+"""Writing mapped resources to the CDM in batches, idempotently, with ``source_record`` bookkeeping.
+
+A batch is one transaction: the previous rows of every updated resource are deleted (found through
+``source_record``), the new rows are inserted table by table with one executemany each, and one
+``source_record`` row per CDM row remembers which resource wrote it and the resource's content hash.
+An interrupted load therefore keeps whole batches, and re-running it rewrites nothing unchanged.
+
+Rows are identified by their table's primary key; the OMOP tables without one are keyed by
+:data:`KEY_COLUMNS` (``death`` has one row per person).  A row that already exists but belongs to
+another source (an ``image_occurrence`` the DICOM index wrote first, say) is not replaced: the
+columns it left empty are filled, the rest is kept, as :mod:`node.dicom.mapping` does the other way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+
+from cdm.schema import tables
+from node.ingest.contract import Row
+from node.quarantine import quarantine
+
+SOURCE_RECORD = tables["source_record"]
+#: Key column of the OMOP tables that have no single-column primary key.
+KEY_COLUMNS = {"death": "person_id", "episode_event": "event_id", "fact_relationship": "fact_id_1"}
+#: Bound parameters per IN list (SQLite's default limit is 32,766; PostgreSQL's 65,535).
+CHUNK = 2_000
+ALIAS_MARK = "?identifier="
+
+
+@lru_cache(maxsize=None)
+def key_column(table_name: str) -> str:
+    """The column identifying a row of ``table_name``."""
+    if table_name in KEY_COLUMNS:
+        return KEY_COLUMNS[table_name]
+    primary = list(tables[table_name].primary_key.columns)
+    if len(primary) != 1:
+        raise KeyError(f"table {table_name} has no single-column key")
+    return primary[0].name
+
+
+@lru_cache(maxsize=None)
+def _columns(table_name: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(all columns, required columns: NOT NULL or the key) of a table."""
+    table, key = tables[table_name], key_column(table_name)
+    return frozenset(table.c.keys()), tuple(c.name for c in table.columns if not c.nullable or c.name == key)
+
+
+def row_problem(row: Row) -> str | None:
+    """Why a mapper's row cannot be written (a mapper bug, reported as such), else ``None``."""
+    if row.table not in tables:
+        return f"mapper produced a row for unknown table {row.table!r}"
+    try:
+        known, required = _columns(row.table)
+    except KeyError as exc:
+        return str(exc)
+    if not known.issuperset(row.values):
+        return f"mapper produced unknown {row.table} column(s) {sorted(set(row.values) - known)}"
+    missing = [c for c in required if row.values.get(c) is None]
+    if missing:
+        return f"{row.table} row lacks required column(s) {missing}"
+    return None
+
+
+@dataclass
+class Mapped:
+    """One resource ready to write: its key, content hash, rows and conditional-reference aliases."""
+
+    key: str
+    content_hash: str
+    rows: list[Row]
+    aliases: list[tuple[str, str, int]] = field(default_factory=list)  # (alias key, cdm_table, row id)
+    replaces: bool = False
+
+
+@dataclass
+class Rejected:
+    """One piece of input for the quarantine table."""
+
+    reason_code: str
+    reason: str
+    source_file: str
+    line: int
+    resource_type: str | None
+    resource_id: str | None
+    payload: bytes | None
+
+
+def _chunks(values: list, size: int = CHUNK) -> Iterable[list]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def existing_hashes(engine: Engine, keys: list[str]) -> dict[str, str]:
+    """``source_key -> content_hash`` of the resources among ``keys`` an earlier run loaded."""
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for chunk in _chunks(sorted(set(keys))):
+            for key, content_hash in conn.execute(
+                select(SOURCE_RECORD.c.source_key, SOURCE_RECORD.c.content_hash)
+                .where(SOURCE_RECORD.c.source_key.in_(chunk))
+            ):
+                found[key] = content_hash
+    return found
+
+
+class BatchWriter:
+    """Writes batches of :class:`Mapped` resources and :class:`Rejected` input, one transaction each."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def write(self, mapped: list[Mapped], rejected: list[Rejected]) -> set[int]:
+        """Write one batch; returns the person ids whose rows it wrote."""
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        with self.engine.begin() as conn:
+            replaced = [m.key for m in mapped if m.replaces]
+            if replaced:
+                self._delete_previous(conn, replaced)
+            rows = self._dedupe(mapped)
+            for table_name, by_key in rows.items():
+                self._insert_or_fill(conn, table_name, by_key)
+            self._record(conn, mapped, now)
+            for item in rejected:
+                quarantine(conn, "fhir", item.reason_code, item.reason, source_file=item.source_file,
+                           source_line=item.line, resource_type=item.resource_type,
+                           resource_id=item.resource_id, payload=item.payload)
+        return {r.values["person_id"] for m in mapped for r in m.rows if r.values.get("person_id") is not None}
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _delete_previous(self, conn: Connection, keys: list[str]) -> None:
+        """Delete the rows these resources wrote last time, unless another source also wrote them."""
+        old: dict[str, set[int]] = {}
+        for chunk in _chunks(keys):
+            for table_name, cdm_id in conn.execute(
+                select(SOURCE_RECORD.c.cdm_table, SOURCE_RECORD.c.cdm_id).where(SOURCE_RECORD.c.source_key.in_(chunk))
+            ):
+                old.setdefault(table_name, set()).add(cdm_id)
+            conn.execute(delete(SOURCE_RECORD).where(SOURCE_RECORD.c.source_key.in_(chunk)))
+        for table_name, ids in old.items():
+            if table_name not in tables:
+                continue
+            table, column = tables[table_name], key_column(table_name)
+            for chunk in _chunks(sorted(ids)):
+                shared = set(conn.execute(select(SOURCE_RECORD.c.cdm_id).where(
+                    SOURCE_RECORD.c.cdm_table == table_name, SOURCE_RECORD.c.cdm_id.in_(chunk),
+                    ~SOURCE_RECORD.c.source_key.contains(ALIAS_MARK, autoescape=True))).scalars())
+                own = [i for i in chunk if i not in shared]
+                if own:
+                    conn.execute(delete(table).where(table.c[column].in_(own)))
+                    conn.execute(delete(SOURCE_RECORD).where(  # the identifiers of a deleted row go with it
+                        SOURCE_RECORD.c.cdm_table == table_name, SOURCE_RECORD.c.cdm_id.in_(own)))
+
+    @staticmethod
+    def _dedupe(mapped: list[Mapped]) -> dict[str, dict[int, dict]]:
+        """Rows by table and key; a row written twice in one batch keeps its last version."""
+        out: dict[str, dict[int, dict]] = {}
+        for item in mapped:
+            for row in item.rows:
+                out.setdefault(row.table, {})[row.values[key_column(row.table)]] = row.values
+        return out
+
+    def _insert_or_fill(self, conn: Connection, table_name: str, by_key: dict[int, dict]) -> None:
+        table, column = tables[table_name], key_column(table_name)
+        present: set[int] = set()
+        for chunk in _chunks(list(by_key)):
+            present.update(conn.execute(select(table.c[column]).where(table.c[column].in_(chunk))).scalars())
+        columns = table.c.keys()
+        new = [{c: values.get(c) for c in columns} for key, values in by_key.items() if key not in present]
+        if new:
+            conn.execute(insert(table), new)
+        for key in present:
+            existing = conn.execute(select(table).where(table.c[column] == key).limit(1)).mappings().first()
+            changes = {c: v for c, v in by_key[key].items()
+                       if v is not None and existing[c] in (None, 0) and c != column}
+            if changes:
+                conn.execute(update(table).where(table.c[column] == key).values(**changes))
+
+    def _record(self, conn: Connection, mapped: list[Mapped], now: dt.datetime) -> None:
+        records: dict[tuple[str, str, int], str] = {}
+        aliases: dict[tuple[str, str, int], str] = {}
+        for item in mapped:
+            for row in item.rows:
+                records[(item.key, row.table, row.values[key_column(row.table)])] = item.content_hash
+            for alias_key, table_name, row_id in item.aliases:
+                aliases.setdefault((alias_key, table_name, row_id), item.content_hash)
+        if aliases:
+            # First resource to claim an identifier keeps it (an identifier should name one resource).
+            taken: set[str] = set()
+            alias_keys = sorted({k for k, _t, _i in aliases})
+            for chunk in _chunks(alias_keys):
+                taken.update(conn.execute(select(SOURCE_RECORD.c.source_key)
+                                          .where(SOURCE_RECORD.c.source_key.in_(chunk))).scalars())
+            claimed: set[str] = set()
+            for (alias_key, table_name, row_id), content_hash in aliases.items():
+                if alias_key not in taken and alias_key not in claimed:
+                    claimed.add(alias_key)
+                    records[(alias_key, table_name, row_id)] = content_hash
+        if records:
+            conn.execute(insert(SOURCE_RECORD), [
+                {"source_key": k, "cdm_table": t, "cdm_id": i, "content_hash": h, "loaded_at": now}
+                for (k, t, i), h in records.items()])
+
+
+def records_of(conn: Connection, key: str) -> list[tuple[str, int]]:
+    """``(cdm_table, cdm_id)`` of every row one resource wrote (for tests and tools)."""
+    return [tuple(r) for r in conn.execute(
+        select(SOURCE_RECORD.c.cdm_table, SOURCE_RECORD.c.cdm_id)
+        .where(and_(SOURCE_RECORD.c.source_key == key)).order_by(SOURCE_RECORD.c.cdm_table))]

@@ -1,0 +1,85 @@
+"""What one FHIR ingest run did, per resource type: the counts a site administrator reads at the end.
+
+Every resource read ends in exactly one of: **loaded** (new), **updated** (content changed since
+the run that loaded it: its rows were replaced), **unchanged** (same content hash: skipped),
+**quarantined** (with a reason code; see the ``quarantine`` table) or **skipped** (a resource type
+radfed keeps no CDM rows for, a type no mapper handles yet, or a resource that maps to no row — each
+with its reason).  **unmapped** counts codings that found no standard concept (site-local concepts
+were created; ``radfed-node mapping-report`` lists them).  Nothing read is left out of the counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+STATES = ("loaded", "updated", "unchanged", "quarantined", "skipped")
+
+
+@dataclass
+class IngestSummary:
+    files: int = 0
+    metadata_files: int = 0
+    #: resourceType -> state -> count (``?`` when the input had no readable resourceType).
+    by_type: dict[str, Counter] = field(default_factory=dict)
+    quarantined: Counter = field(default_factory=Counter)  # reason code -> count
+    skipped: Counter = field(default_factory=Counter)  # "Type: reason" -> count
+    unmapped: Counter = field(default_factory=Counter)  # resourceType -> codings without a standard concept
+    persons_with_periods: int = 0
+    seconds: float = 0.0
+
+    def count(self, resource_type: str | None, state: str, reason: str | None = None) -> None:
+        resource_type = resource_type if isinstance(resource_type, str) and resource_type else "?"
+        self.by_type.setdefault(resource_type, Counter())[state] += 1
+        if state == "quarantined":
+            self.quarantined[reason or "?"] += 1
+        elif state == "skipped":
+            self.skipped[f"{resource_type}: {reason}"] += 1
+
+    def total(self, state: str | None = None) -> int:
+        return sum(sum(c.values()) if state is None else c[state] for c in self.by_type.values())
+
+    @property
+    def resources_per_second(self) -> float:
+        return self.total() / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "export_metadata_files": self.metadata_files,
+            "resources": self.total(),
+            **{state: self.total(state) for state in STATES},
+            "quarantined_by_reason": dict(sorted(self.quarantined.items())),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "by_type": {t: {**{s: c[s] for s in STATES}, "unmapped_codes": self.unmapped[t]}
+                        for t, c in sorted(self.by_type.items())},
+            "unmapped_codes": sum(self.unmapped.values()),
+            "observation_periods": self.persons_with_periods,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def headline(self) -> str:
+        """One line in the style of ``radfed-node ingest dicom``."""
+        bad = ", ".join(f"{k} {v}" for k, v in sorted(self.quarantined.items()))
+        return (f"{self.files} files: {self.total():,} resources, {self.total('loaded'):,} loaded, "
+                f"{self.total('updated'):,} updated, {self.total('unchanged'):,} unchanged, "
+                f"{self.total('quarantined'):,} quarantined" + (f" ({bad})" if bad else "")
+                + f", {self.total('skipped'):,} skipped")
+
+    def text(self) -> str:
+        """The headline, a table per resource type, and the skip reasons."""
+        lines = [self.headline()]
+        if self.by_type:
+            width = max(12, *(len(t) for t in self.by_type))
+            lines.append(f"  {'type':<{width}} " + " ".join(f"{s:>11}" for s in (*STATES, "unmapped")))
+            for resource_type, counts in sorted(self.by_type.items()):
+                cells = [counts[s] for s in STATES] + [self.unmapped[resource_type]]
+                lines.append(f"  {resource_type:<{width}} " + " ".join(f"{n:>11,}" for n in cells))
+        for reason, n in sorted(self.skipped.items()):
+            lines.append(f"  skipped {n:,}: {reason}")
+        if sum(self.unmapped.values()):
+            lines.append(f"  {sum(self.unmapped.values()):,} codings without a standard concept "
+                         "(see `radfed-node mapping-report`)")
+        lines.append(f"  observation periods recomputed for {self.persons_with_periods:,} persons "
+                     f"in {self.seconds:.1f} s")
+        return "\n".join(lines)
