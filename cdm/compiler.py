@@ -392,16 +392,22 @@ class Frame:
     resolver: Resolver
 
 
+def variable_columns(variables: list, ctx: Context, resolver: Resolver, site: str = "local") -> tuple[list, list]:
+    """Columns labelled ``v0``, ``v1``... for ``variables`` (models) and their decoders."""
+    cols, decoders = [], []
+    for i, var in enumerate(variables):
+        expr, decode = variable_column(var, ctx, resolver, site)
+        cols.append((expr if expr is not None else func.coalesce(None, 0)).label(f"v{i}"))
+        decoders.append(decode)
+    return cols, decoders
+
+
 def frame(spec: S.Spec, names: list[str], resolver: Resolver, site: str = "local") -> Frame:
     """Per-person rows: person_id, index_date, then one column ``v<i>`` per variable in ``names``."""
     cohort = cohort_cte(spec, resolver)
     person = T["person"]
     ctx = Context(cohort.c.person_id, cohort.c.index_date, person)
-    cols, decoders = [], []
-    for i, name in enumerate(names):
-        expr, decode = variable_column(spec.variables[name], ctx, resolver, site)
-        cols.append((expr if expr is not None else func.coalesce(None, 0)).label(f"v{i}"))
-        decoders.append(decode)
+    cols, decoders = variable_columns([spec.variables[n] for n in names], ctx, resolver, site)
     q = (select(cohort.c.person_id, cohort.c.index_date, *cols)
          .select_from(cohort.join(person, person.c.person_id == cohort.c.person_id))
          .order_by(cohort.c.person_id))

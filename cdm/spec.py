@@ -567,14 +567,155 @@ class GLMRound(Model):
         return self
 
 
+# -- node rounds: concordance and spatial biopsy --------------------------------------------------
+
+Probability = Annotated[float, Field(gt=0, lt=1)]
+
+
+class ConcordanceRound(Model):
+    """Agreement of two progression calls per cohort member, and where Bayes' rule puts them.
+
+    ``imaging`` and ``ctdna`` name 0/1 variables: progression by imaging and by ctDNA at the
+    assessment, e.g. ``{kind: episode, codes: ["RADFED:progression"], window: {start: 60, end: 120}}``
+    and ``{kind: ctdna, field: detected, reduce: last, window: {start: 60, end: 120}}``.  Each call's
+    sensitivity/specificity and the ``prior`` probability of progression give every member a
+    posterior (conditionally independent tests); ``band`` = (lo, hi) splits posteriors into likely
+    response (<= lo), indeterminate, likely progression (>= hi).
+    """
+
+    type: Literal["concordance"] = "concordance"
+    imaging: Name
+    ctdna: Name
+    imaging_sens: Probability
+    imaging_spec: Probability
+    ctdna_sens: Probability
+    ctdna_spec: Probability
+    prior: Probability
+    band: tuple[Probability, Probability] = (0.2, 0.8)
+
+    @model_validator(mode="after")
+    def _band(self):
+        if self.band[0] >= self.band[1]:
+            raise ValueError("band must be [lo, hi] with lo < hi")
+        return self
+
+
+class HabitatRound(Model):
+    """One Newton round of a weighted logistic model over the cohort's spatially located biopsies:
+    outcome = the biopsy's specimen carries a variant of ``gene`` / ``variant_type``; design =
+    intercept + one 0/1 column per habitat in ``habitats[1:]`` (``habitats[0]`` is the reference);
+    weight = P(the biopsy lies in its labelled habitat) from its distance to the habitat border and
+    its registration error.  Biopsies labelled with a habitat not in ``habitats`` are left out."""
+
+    type: Literal["habitat_round"] = "habitat_round"
+    gene: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = None
+    variant_type: VariantType | None = None
+    habitats: Annotated[list[Label], Field(min_length=2, max_length=20)]
+    beta: Beta
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.gene is None and self.variant_type is None:
+            raise ValueError("habitat_round needs gene or variant_type (the biopsy outcome)")
+        if self.gene is not None and ":" in self.gene:
+            _check_code(self.gene)  # a gene given as a code (HGNC:...) must be one
+        if len(set(self.habitats)) != len(self.habitats):
+            raise ValueError("habitats must be distinct")
+        if len(self.beta) != len(self.habitats):
+            raise ValueError(f"beta needs {len(self.habitats)} values (intercept, then habitats[1:]), got {len(self.beta)}")
+        return self
+
+
+# -- multi-round analyses (run by the coordinator) ---------------------------------------------------
+# A researcher asks for one of these; the coordinator (coordinator/stats/) runs it as rounds of the
+# node analyses above and pools them.  Nodes refuse them (NOT_ALLOWED): they never see one.
+
+MaxIter = Annotated[int, Field(ge=1, le=200)]
+Tolerance = Annotated[float, Field(gt=0, le=1e-3)]
+
+
+class KMAnalysis(Model):
+    """Kaplan-Meier curves (by ``group``) and the log-rank test on a shared ``bin_days`` time grid."""
+
+    type: Literal["km"] = "km"
+    time: SurvivalTime
+    group: Name | None = None
+    bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
+
+
+class CoxAnalysis(Model):
+    """Cox proportional hazards by Newton-Raphson: ``stratified`` (each site a stratum, sites share
+    score and information) or ``pooled`` (one baseline; sites share per-time risk-set sums)."""
+
+    type: Literal["cox"] = "cox"
+    time: SurvivalTime
+    covariates: Vars
+    ties: Literal["breslow", "efron"] = "efron"
+    mode: Literal["stratified", "pooled"] = "pooled"
+    time_varying: bool = False
+    max_iter: MaxIter = 50
+    tol: Tolerance = 1e-9
+
+
+class GLMAnalysis(Model):
+    """Logistic (Newton rounds) or linear (normal equations, one round) regression, optionally weighted."""
+
+    type: Literal["glm"] = "glm"
+    family: Literal["binomial", "gaussian"]
+    outcome: Name
+    covariates: Vars
+    weights: Name | None = None
+    max_iter: MaxIter = 50
+    tol: Tolerance = 1e-9
+
+
+class QuantileAnalysis(Model):
+    """Exact pooled quantiles (numpy's default linear interpolation) by bisection on counts."""
+
+    type: Literal["quantile"] = "quantile"
+    variable: Name
+    probs: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=20)] = [0.5]
+    max_rounds: Annotated[int, Field(ge=1, le=100)] = 40
+
+
+class CorrelationAnalysis(Model):
+    """Pooled means, covariance and Pearson correlation matrix from one ``crossprod`` round."""
+
+    type: Literal["correlation"] = "correlation"
+    variables: Annotated[list[Name], Field(min_length=2, max_length=50)]
+
+
+class HabitatAnalysis(Model):
+    """Habitat-genomics association: weighted logistic regression over ``habitat_round`` rounds."""
+
+    type: Literal["habitat"] = "habitat"
+    gene: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = None
+    variant_type: VariantType | None = None
+    habitats: Annotated[list[Label], Field(min_length=2, max_length=20)]
+    max_iter: MaxIter = 50
+    tol: Tolerance = 1e-9
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.gene is None and self.variant_type is None:
+            raise ValueError("habitat needs gene or variant_type (the biopsy outcome)")
+        if len(set(self.habitats)) != len(self.habitats):
+            raise ValueError("habitats must be distinct")
+        return self
+
+
+MULTI_ROUND_ANALYSES = ("km", "cox", "glm", "quantile", "correlation", "habitat")
+
+
 Analysis = Annotated[
     Union[CountAnalysis, CrosstabAnalysis, SummaryAnalysis, QuantileRound, HistogramAnalysis, CrossprodAnalysis,
-          KMRound, CoxRound, GLMRound],
+          KMRound, CoxRound, GLMRound, ConcordanceRound, HabitatRound,
+          KMAnalysis, CoxAnalysis, GLMAnalysis, QuantileAnalysis, CorrelationAnalysis, HabitatAnalysis],
     Field(discriminator="type"),
 ]
 ANALYSIS_TYPES = ("count", "crosstab", "summary", "quantile_round", "histogram", "crossprod",
-                  "km_round", "cox_round", "glm_round")
-MODEL_ANALYSES = ("crossprod", "cox_round", "glm_round")
+                  "km_round", "cox_round", "glm_round", "concordance", "habitat_round") + MULTI_ROUND_ANALYSES
+MODEL_ANALYSES = ("crossprod", "cox_round", "glm_round", "habitat_round")
 
 
 def analysis_variables(analysis) -> list[tuple[str, str]]:
@@ -583,7 +724,7 @@ def analysis_variables(analysis) -> list[tuple[str, str]]:
     for field in ("by", "variables", "covariates"):
         for i, name in enumerate(getattr(analysis, field, None) or []):
             used.append((f"{field}[{i}]", name))
-    for field in ("variable", "outcome", "weights", "group"):
+    for field in ("variable", "outcome", "weights", "group", "imaging", "ctdna"):
         name = getattr(analysis, field, None)
         if name is not None:
             used.append((field, name))
@@ -618,15 +759,21 @@ class Spec(Model):
             for i, name in enumerate(analysis.by):
                 if name not in categorical and name not in analysis.bins and not _binary(self.variables[name]):
                     problems.append(f"analysis.by[{i}]: numeric variable {name!r} needs bins")
-        elif isinstance(analysis, (CoxRound, GLMRound, SummaryAnalysis, CrossprodAnalysis, QuantileRound, HistogramAnalysis)):
+        elif isinstance(analysis, (CoxRound, GLMRound, SummaryAnalysis, CrossprodAnalysis, QuantileRound, HistogramAnalysis,
+                                   CoxAnalysis, GLMAnalysis, QuantileAnalysis, CorrelationAnalysis)):
             numeric_only = [(w, n) for w, n in analysis_variables(analysis)]
-        elif isinstance(analysis, KMRound) and analysis.group and analysis.group not in categorical:
+        elif isinstance(analysis, ConcordanceRound):
+            for where in ("imaging", "ctdna"):
+                if not _binary(self.variables[getattr(analysis, where)]):
+                    problems.append(f"analysis.{where}: {getattr(analysis, where)!r} must be a 0/1 variable "
+                                    "(episode, condition list, variant presence or ctdna detected)")
+        elif isinstance(analysis, (KMRound, KMAnalysis)) and analysis.group and analysis.group not in categorical:
             if not _binary(self.variables[analysis.group]):
                 problems.append(f"analysis.group: {analysis.group!r} must be categorical or 0/1")
         for where, name in numeric_only:
             if name in categorical:
                 problems.append(f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable")
-        if isinstance(analysis, CoxRound):
+        if isinstance(analysis, (CoxRound, CoxAnalysis)):
             tv = [n for n in analysis.covariates if self.variables[n].time_varying]
             if tv and not analysis.time_varying:
                 problems.append(f"analysis.time_varying: covariates {tv} are time-varying; set time_varying: true")

@@ -230,8 +230,10 @@ async def _serve(agent: Agent) -> None:
 
 @click.command("serve")
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
+@click.option("--flower", is_flag=True, help="Also start and supervise this site's Flower SuperNode ([learning] in node.toml).")
+@click.option("--flower-port", type=int, default=9094, show_default=True, help="The SuperNode's local runtime API port.")
 @click.pass_context
-def serve_command(ctx: click.Context, quiet: bool) -> None:
+def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_port: int = 9094) -> None:
     """Answer federated queries: connect out to the coordinator's NATS bus with this site's credentials."""
     from cdm.db import open_engine
 
@@ -239,6 +241,11 @@ def serve_command(ctx: click.Context, quiet: bool) -> None:
     settings = bus_settings(config)
     engine = open_engine(config.database_url)
     agent = Agent(settings, default_executor(engine, config), quiet=quiet)
+    supernode = None
+    if flower:  # issue 9: federated training (node/learn/supernode.py); the ClientApp reads this node.toml
+        from node.learn.supernode import start_supernode
+
+        supernode = start_supernode(config, flower_port, log=lambda m: log(config.site_name, m))
     try:
         asyncio.run(_serve(agent))
     except Exception as exc:  # connection refused, authorization violation, TLS failure
@@ -252,3 +259,6 @@ def serve_command(ctx: click.Context, quiet: bool) -> None:
             reason = str(exc) or type(exc).__name__
         click.echo(f"error: cannot serve on the bus at {settings.url} as {settings.user}: {reason}", err=True)
         sys.exit(2)
+    finally:
+        if supernode is not None:
+            supernode.stop()

@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdm.tomlkeys import unknown_or_mistyped
+
 DEFAULT_DB = "radfed-node.sqlite"
 
 
@@ -70,3 +72,30 @@ def load_config(path: str | Path | None = None, db: str | None = None) -> NodeCo
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"node config {str(path)!r} is not valid TOML: {exc}") from None
     return NodeConfig(path.resolve(), raw, db)
+
+
+# -- validation (``radfed-node config check``) ------------------------------------------------------
+# Every key some part of the node reads, with the TOML types it accepts.  The loaders themselves
+# ignore keys they do not know, so a misspelt key (``min_cel_count``) would silently fall back to a
+# default; ``validate`` is what catches it.  A concern that reads a new key adds it here.
+_STR, _INT, _NUM, _BOOL, _LIST = (str,), (int,), (int, float), (bool,), (list,)
+KNOWN_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "site": {"name": _STR, "data_dir": _STR},
+    "database": {"url": _STR},
+    "state": {"url": _STR},
+    "bus": {"url": _STR, "user": _STR, "password": _STR, "password_file": _STR, "signing_key": _STR,
+            "coordinator_key": _STR, "heartbeat_seconds": _NUM, "tls_ca": _STR, "max_concurrent": _INT,
+            "durable": _BOOL},
+    "policy": {"min_cell_count": _INT, "min_rows_model": _INT, "rows_per_parameter": _INT, "differencing_k": _INT,
+               "max_requests_per_hour": _INT, "allowed_analyses": _LIST,
+               "approval": (str, list), "noise": (dict,), "audit_linked_releases": _BOOL},  # issue 6 (H7)
+    "dicom": {"ae_title": _STR, "host": _STR, "port": _INT, "move_port": _INT, "patient_id_issuer": _STR},
+    "fhir": {"mrn_system": _STR},
+    "learning": {"superlink": _STR, "root_certificates": _STR, "allowed_features": _LIST,  # node/learn/ (issue 9)
+                 "rows_per_parameter": _INT, "insecure": _BOOL},
+}
+
+
+def validate(config: NodeConfig) -> list[str]:
+    """Problems with ``config``'s keys: unknown tables or keys, and values of the wrong TOML type."""
+    return unknown_or_mistyped(config.raw, KNOWN_KEYS)

@@ -12,6 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import combinations
 
+import numpy as np
+import scipy.linalg
+
+from cdm.spec import ANALYSIS_TYPES
+from node.config import ConfigError
+
 
 class Refusal(Exception):
     def __init__(self, code: str, message: str):
@@ -27,7 +33,11 @@ class Policy:
     differencing_k: int = 5
     max_requests_per_hour: int = 1000
     allowed_analyses: tuple = ("count", "crosstab", "summary", "quantile_round", "histogram", "crossprod",
-                               "km_round", "cox_round", "glm_round")
+                               "km_round", "cox_round", "glm_round", "concordance", "habitat_round")
+    # "none", "all", or the analysis types a site administrator approves by hand (node/approvals.py)
+    approval: str | tuple = "none"
+    # audit each release against everything released to the same requester (recoverable_cells)
+    audit_linked_releases: bool = True
 
     @classmethod
     def from_config(cls, config) -> "Policy":
@@ -39,10 +49,32 @@ class Policy:
                 setattr(p, name, int(raw[name]))
         if "allowed_analyses" in raw:
             p.allowed_analyses = tuple(raw["allowed_analyses"])
+        if "approval" in raw:
+            p.approval = _approval_mode(raw["approval"])
+        if "audit_linked_releases" in raw:
+            if not isinstance(raw["audit_linked_releases"], bool):
+                raise ConfigError(f"[policy] audit_linked_releases must be true or false, not {raw['audit_linked_releases']!r}")
+            p.audit_linked_releases = raw["audit_linked_releases"]
         return p
+
+    def needs_approval(self, analysis_type: str) -> bool:
+        return self.approval == "all" or (isinstance(self.approval, tuple) and analysis_type in self.approval)
 
     def small(self, n: int) -> bool:
         return 0 < n < self.min_cell_count
+
+
+def _approval_mode(value) -> str | tuple:
+    """``[policy] approval``: "none" | "all" | a list of analysis types (a typo must not silently
+    let an analysis through unapproved, so unknown types are an error)."""
+    if value in ("none", "all"):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        unknown = sorted(set(value) - set(ANALYSIS_TYPES))
+        if unknown:
+            raise ConfigError(f"[policy] approval: unknown analysis type(s) {unknown}; known: {', '.join(ANALYSIS_TYPES)}")
+        return tuple(value)
+    raise ConfigError(f'[policy] approval must be "none", "all" or a list of analysis types, not {value!r}')
 
 
 def suppress_cells(keys: list[tuple], counts: list[int], policy: Policy) -> set[int]:
@@ -73,3 +105,43 @@ def suppress_cells(keys: list[tuple], counts: list[int], policy: Policy) -> set[
                 suppressed.add(shown[0])
                 changed = True
     return suppressed
+
+
+# atoms x released cells above which the audit refuses instead of solving (about 1 s of QR on one
+# core; benchmarks/README.md)
+MAX_AUDIT_ENTRIES = 5_000_000
+
+
+def recoverable_cells(released: list[np.ndarray], hidden: list[np.ndarray], min_cell_count: int) -> list[int]:
+    """Indexes of the ``hidden`` person sets (suppressed cells, 0 < size < min_cell_count) whose size
+    follows exactly from the sizes of the ``released`` person sets — an audit of linked tables.
+
+    Secondary suppression protects each table against its own margins, but not tables linked through
+    other queries (sub-cohorts, other cross-classifications: Hundepool et al., *Statistical
+    Disclosure Control*, 2012, sec. 4.5).  Every released count is the size of a set of persons, so
+    over the *atoms* of all the sets (persons grouped by which sets contain them) each release is
+    one linear equation in the unknown atom sizes, and a suppressed cell is disclosed exactly when
+    its indicator lies in the row space of the released ones (the audit of Chin & Ozsoyoglu, 1982,
+    "Auditing and inference control in statistical databases", IEEE TSE 8(6)).  Non-negativity can
+    pin a cell too in principle; in the attacks of tests/test_policy_attacks.py every exact recovery
+    by linear programming was a row-space one.  Conservative: the attacker is credited with knowing
+    which atoms are empty.
+    """
+    small = [i for i, h in enumerate(hidden) if 0 < len(h) < min_cell_count]
+    if not small or not released:
+        return []
+    released = list({np.unique(s).tobytes(): np.unique(s) for s in released}.values())  # repeats add nothing
+    sets = released + [np.unique(hidden[i]) for i in small]
+    persons = np.unique(np.concatenate(sets))
+    member = np.zeros((len(persons), len(sets)), dtype=bool)
+    for j, s in enumerate(sets):
+        member[np.searchsorted(persons, s), j] = True
+    atoms = np.unique(np.packbits(member, axis=1), axis=0)  # one row per distinct membership pattern
+    if len(atoms) * len(released) > MAX_AUDIT_ENTRIES:  # fail closed rather than stall the node
+        raise Refusal("DIFFERENCING", f"this result cannot be audited against the {len(released)} cells already "
+                                      "released to you in reasonable time; ask the site administrator")
+    atoms = np.unpackbits(atoms, axis=1, count=len(sets)).astype(float)
+    A, H = atoms[:, :len(released)], atoms[:, len(released):]  # atoms x sets
+    coef = scipy.linalg.lstsq(A, H, lapack_driver="gelsy")[0]  # QR with pivoting: rank-revealing, cheaper than SVD
+    residual = np.linalg.norm(A @ coef - H, axis=0)
+    return [small[k] for k in range(len(small)) if residual[k] < 1e-7 * max(1.0, float(np.linalg.norm(H[:, k])))]

@@ -40,6 +40,8 @@ def query_command(ctx, spec_path, requester, as_json, schema):
     engine = open_engine(config.database_url)
     response = run_request(engine, config, {"request_id": str(uuid.uuid4()), "requester": requester,
                                             "spec": spec.model_dump(mode="json", by_alias=True)})
+    for warning in [] if as_json else response.get("warnings") or []:  # e.g. UNKNOWN_CODE, on stderr
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps(response, indent=2))
     elif response["status"] == "ok":

@@ -64,7 +64,7 @@ def test_count_crosstab_summary(any_cdm):
 def test_unknown_code_matches_nothing_and_malformed_is_bad_spec(sqlite_cdm):
     _load(sqlite_cdm)
     r = _run(sqlite_cdm, {"type": "count"}, {"index": {"kind": "condition", "codes": ["SNOMED:999999"]}})
-    assert r["result"] == {"n": 0}
+    assert r["code"] == "UNKNOWN_CODE" and r["result"] is None  # issue 6: refused, never a silent 0
     r = _run(sqlite_cdm, {"type": "count"}, {"index": {"kind": "condition", "codes": ["bad code"]}})
     assert r["code"] == "BAD_SPEC" and "cohort.index" in r["message"]
 

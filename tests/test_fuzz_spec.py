@@ -31,15 +31,16 @@ def test_parser_never_crashes(data):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evil, evil, evil)
 def test_injected_text_never_in_sql(sqlite_cdm, gene, roi, hgvs):
-    marker = "Q" + gene  # make the marker distinctive
+    # A prefix no SQL keyword or identifier contains, so a hit is the spec's text and not, say, a
+    # generated "target" matching the column variant_occurrence.target_gene1_symbol.
+    gene, roi, hgvs = ("Qz9" + gene, "Qz8" + roi, "Qz7" + hgvs)
     spec = parse_spec({
         "cohort": {"index": {"kind": "condition", "codes": [f"SNOMED:{hgvs[:40]}"]},
-                   "inclusion": [{"kind": "variant", "gene": marker[:60], "hgvs": hgvs}]},
+                   "inclusion": [{"kind": "variant", "gene": gene[:60], "hgvs": hgvs}]},
         "variables": {"v": {"kind": "image_feature", "code": "RADFED:adc_mean", "roi": roi[:64]},
                       "c": {"kind": "condition", "codes": {roi[:64]: "SNOMED:1"}}},
         "analysis": {"type": "summary", "variables": ["v"]},
     })
     sql = str(compile_spec(spec, sqlite_cdm).query.compile(sqlite_cdm, compile_kwargs={"literal_binds": False}))
-    for text in (marker[:60], roi[:64], hgvs):
-        if len(text.strip()) > 5:
-            assert text not in sql
+    for text in (gene[:60], roi[:64], hgvs):
+        assert text[:6] not in sql
