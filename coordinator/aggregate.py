@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from coordinator.stats.chisq import chi_square
+
 
 class AggregationError(ValueError):
     """A site's result does not have the shape its analysis type promises."""
@@ -121,7 +123,8 @@ def pool(analysis: dict, results: dict[str, dict]) -> dict | None:
     if kind == "count":
         return pool_count(results)
     if kind == "crosstab":
-        return pool_crosstab(results, analysis.get("by"))
+        table = pool_crosstab(results, analysis.get("by"))
+        return {**table, "chi_square": chi_square(table)}  # Pearson test of independence (two-way tables)
     if kind == "summary":
         return pool_summary(results)
     if kind == "histogram":

@@ -122,14 +122,24 @@ def add_researcher_command(home, name, role):
 @click.option("--api-host")
 @click.option("--api-port", type=int)
 @click.option("--external-nats", help="Use this NATS URL instead of starting nats-server.")
-def serve_command(home, api_host, api_port, external_nats):
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="coordinator.toml: its settings are applied to its home first (replaces --home).")
+@click.option("--flower", is_flag=True, help="Also start and supervise the Flower SuperLink (federated training).")
+def serve_command(home, api_host, api_port, external_nats, config_path, flower):
     """Run the coordinator: nats-server with per-site permissions, and the HTTP API."""
     from coordinator.server import serve
 
+    if config_path:  # issue 10: deployments run on coordinator.toml (coordinator/config.py)
+        from coordinator.config import apply, load_coordinator_config
+
+        config = load_coordinator_config(config_path)
+        h, _ = apply(config)
+        external_nats = external_nats or config.external_nats_url
+        return serve(h, api_host, api_port, external_nats, flower)
     h = _home(home, must_exist=False)
     if not h.exists():
         h.init()
-    serve(h, api_host, api_port, external_nats)
+    serve(h, api_host, api_port, external_nats, flower)
 
 
 # ---------------------------------------------------------------------------- researcher
@@ -166,16 +176,17 @@ def query_group() -> None:
 @click.option("--hold-offline", type=float, help="Seconds to hold the job for offline sites to come back.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole job as JSON.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write pooled + per-site table as CSV.")
-def query_run(spec_path, url, token, sites, quorum, timeout, hold_offline, as_json, csv_out):
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots (KM curves, forest plots...) here.")
+def query_run(spec_path, url, token, sites, quorum, timeout, hold_offline, as_json, csv_out, plots_dir):
     """Run SPEC across the network; print pooled and per-site results side by side."""
     client = Client(url, token)
     job = client.run(load_spec(spec_path), list(sites) or None, quorum, timeout, hold_offline=hold_offline)
-    _show(job, as_json, csv_out)
+    _show(job, as_json, csv_out, plots_dir)
     if job["status"] == "failed":
         sys.exit(1)
 
 
-def _show(job: dict, as_json: bool, csv_out: str | None) -> None:
+def _show(job: dict, as_json: bool, csv_out: str | None, plots_dir: str | None = None) -> None:
     if as_json:
         click.echo(json.dumps(job, indent=2, default=str))
     else:
@@ -183,6 +194,13 @@ def _show(job: dict, as_json: bool, csv_out: str | None) -> None:
     if csv_out:
         Path(csv_out).write_text(job_csv(job), encoding="utf-8")
         click.echo(f"CSV written to {csv_out}", err=True)
+    if plots_dir:  # KM curves with risk tables, forest plots of HR/OR, count bars (coordinator/plots.py)
+        from coordinator.plots import plot_job, slug
+
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        kind = (job.get("pooled") or {}).get("type", "result")
+        written = plot_job(job, f"{kind} {job['job_id'][:8]}", Path(plots_dir) / f"{slug(kind)}-{job['job_id'][:8]}.png")
+        click.echo(f"plot written to {written}" if written else "no plot for this result", err=True)
 
 
 @click.command("jobs")
@@ -206,14 +224,28 @@ def jobs_command(url, token, all_, limit, as_json):
 @click.option("--wait", default=0.0, help="Seconds to wait for a running job.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False))
-def result_command(job_id, url, token, wait, as_json, csv_out):
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots here.")
+@click.option("--model-out", type=click.Path(dir_okay=False),
+              help="Write a pooled Cox fit as a radfed.cox-model/1 file for `radfed-node forecast`.")
+def result_command(job_id, url, token, wait, as_json, csv_out, plots_dir, model_out):
     """A job's pooled and per-site results."""
     try:
         job = Client(url, token).job(job_id, wait)
     except ClientError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    _show(job, as_json, csv_out)
+    _show(job, as_json, csv_out, plots_dir)
+    if model_out:  # publish the fitted model to the sites (docs/analysis-rounds.md, "Published models")
+        from coordinator.stats import StatsError
+        from coordinator.stats.cox import forecast_model
+
+        try:
+            document = forecast_model(job.get("pooled") or {}, job.get("spec") or {})
+        except StatsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        Path(model_out).write_text(json.dumps(document, indent=2), encoding="utf-8")
+        click.echo(f"model written to {model_out}", err=True)
 
 
 @click.command("sites")

@@ -36,11 +36,27 @@ def specs(truth: dict) -> list[tuple[str, dict]]:
                       "age": {"kind": "age"}},
         "analysis": {"type": "summary", "variables": ["adc", "age"]},
     }))
-    out.append(("Kaplan-Meier round: time to progression in NF1 by malignant transformation", {
-        "cohort": {"index": {"kind": "condition", "codes": [refs.get("plexiform_neurofibroma", "ICDO3:9550/0")]}},
-        "variables": {"mpnst": {"kind": "condition", "codes": {"MPNST": refs.get("mpnst", "ICDO3:9540/3")}}},
-        "analysis": {"type": "km_round", "time": {"start": "index", "event": {
-            "kind": "episode", "code": refs.get("disease_progression", "RADFED:progression")},
-            "censor": "observation_end"}, "group": "mpnst", "bin_days": 90},
+    out.append(("Kaplan-Meier: overall survival in EGFR-mutant lung adenocarcinoma", {
+        "cohort": {"index": {"kind": "condition", "codes": [refs.get("lung_adenocarcinoma", "ICDO3:8140/3")]}},
+        "analysis": {"type": "km", "time": {"start": "index", "event": {"kind": "death"},
+                                            "censor": "observation_end"}, "bin_days": 90},
+    }))
+    out.append(("time-dependent Cox: death by latest ctDNA tumour fraction in EGFR-mutant lung cancer", {
+        "cohort": {"index": {"kind": "condition", "codes": [refs.get("lung_adenocarcinoma", "ICDO3:8140/3")]}},
+        "variables": {"tf": {"kind": "measurement", "code": refs.get("ctdna_tumour_fraction", "RADFED:ctdna_tumour_fraction"),
+                             "time_varying": True, "window": {"start": -3650}}},
+        "analysis": {"type": "cox", "time": {"event": {"kind": "death"}}, "covariates": ["tf"],
+                     "time_varying": True, "mode": "stratified"},
+    }))
+    out.append(("exact pooled median of the first ctDNA tumour fraction in lung cancer (federated bisection)", {
+        "cohort": {"index": {"kind": "condition", "codes": [refs.get("lung_adenocarcinoma", "ICDO3:8140/3")]}},
+        "variables": {"tf": {"kind": "measurement", "code": refs.get("ctdna_tumour_fraction", "RADFED:ctdna_tumour_fraction"),
+                             "reduce": "first", "window": {"start": -3650}}},
+        "analysis": {"type": "quantile", "variable": "tf", "probs": [0.5]},
+    }))
+    out.append(("spatial biopsy validation: EGFR amplification by glioblastoma habitat, weighted for registration error", {
+        "cohort": {"index": {"kind": "condition", "codes": [refs.get("glioblastoma", "ICDO3:9440/3")]}},
+        "analysis": {"type": "habitat", "gene": "EGFR", "variant_type": "cnv",
+                     "habitats": ["low_cellularity", "hypercellular", "enhancing"]},
     }))
     return out

@@ -83,8 +83,10 @@ class Federation:
             check_response(response, rid, site)
         except WireError as exc:
             return reply("bad_signature", "BAD_SIGNATURE", f"reply rejected: {exc}")
-        return reply(response["status"], response.get("code"), str(response.get("message") or ""),
-                     response.get("result"))
+        message, warnings = str(response.get("message") or ""), response.get("warnings")
+        if isinstance(warnings, list) and warnings:  # e.g. UNKNOWN_CODE: kept with the site's message
+            message = f"{message}; warnings: {'; '.join(str(w) for w in warnings[:20])}".lstrip("; ")
+        return reply(response["status"], response.get("code"), message, response.get("result"))
 
     async def round(self, sites: list[str], spec: dict, requester: str, job_id: str, timeout: float,
                     on_reply: Callable[[SiteReply], Awaitable[None] | None] | None = None,

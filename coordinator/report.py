@@ -10,6 +10,8 @@ import csv
 import io
 import json
 
+from coordinator.stats.text import render as stats_text
+
 SUPPRESSED = "suppressed"
 
 
@@ -70,7 +72,7 @@ def render_job(job: dict) -> str:
     site_rows = []
     for s in job.get("per_site", []):
         note = s.get("code") or ""
-        if s.get("status") not in ("ok",) and s.get("message"):
+        if s.get("message") and (s.get("status") != "ok" or "warnings:" in s["message"]):
             note = f"{note} {s['message']}".strip()
         elapsed = f"{s['elapsed_ms']:.0f} ms" if s.get("elapsed_ms") is not None else ""
         site_rows.append([s["site"], s["status"], elapsed, note])
@@ -79,6 +81,8 @@ def render_job(job: dict) -> str:
     if job.get("pooled") and job["pooled"].get("rows") is not None:
         headers, rows, foot = pooled_rows(job)
         out += ["", _table(headers, rows)] + foot
+    elif job.get("pooled") and (text := stats_text(job["pooled"])):  # multi-round results (issue 8)
+        out += ["", text]
     elif job.get("pooled"):
         out += ["", "pooled:", json.dumps(job["pooled"], indent=2, default=str)[:4000]]
     else:

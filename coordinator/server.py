@@ -16,7 +16,7 @@ def log(message: str) -> None:
 
 
 def serve(home: CoordinatorHome, api_host: str | None = None, api_port: int | None = None,
-          external_nats: str | None = None) -> None:
+          external_nats: str | None = None, flower: bool = False) -> None:
     import uvicorn
 
     from coordinator.api import create_app
@@ -25,7 +25,7 @@ def serve(home: CoordinatorHome, api_host: str | None = None, api_port: int | No
     settings = home.settings
     api_host = api_host or settings["api_host"]
     api_port = int(api_port or settings["api_port"])
-    nats = None
+    nats = superlink = None
     pid_file = home.path / "nats.pid"
     try:
         if external_nats is None:
@@ -33,6 +33,10 @@ def serve(home: CoordinatorHome, api_host: str | None = None, api_port: int | No
             nats = NatsServer(conf, settings["nats_host"], int(settings["nats_port"]), home.path / "nats.log").start()
             pid_file.write_text(str(nats.process.pid))
             log(f"nats-server listening on {home.nats_url} ({len(home.store.public_keys())} site(s) enrolled)")
+        if flower:  # issue 9: the Flower SuperLink for federated training (coordinator/learn/superlink.py)
+            from coordinator.learn.superlink import start_for_home
+
+            superlink = start_for_home(home, log)
         coordinator = Coordinator(home, external_nats or home.nats_url, log=log)
         app = create_app(coordinator)
         log(f"API on http://{api_host}:{api_port}")
@@ -43,6 +47,8 @@ def serve(home: CoordinatorHome, api_host: str | None = None, api_port: int | No
         uvicorn.Server(uvicorn.Config(app, host=api_host, port=api_port, log_level="warning",
                                       access_log=False)).run()
     finally:
+        if superlink is not None:
+            superlink.stop()
         if nats is not None:
             nats.stop()
             pid_file.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""Imaging vs ctDNA progression calls across the network: agreement table, Cohen's kappa, bands.
+
+Each node computes, per patient, the posterior probability of true progression from both calls
+(:func:`cdm.rounds.posterior_progression`: Bayes' rule with each test's sensitivity/specificity and a
+prior, tests conditionally independent given the truth) and releases only counts
+(:func:`cdm.rounds.concordance_table`): the 2 x 2 agreement table and the number of patients whose
+posterior puts them in "likely progression" (``>= hi``), "indeterminate", "likely response" (``<= lo``).
+Counts add over sites; Cohen's (1960) kappa ``(p_o - p_e) / (1 - p_e)`` is computed on the pooled
+table, with the large-sample standard errors of Fleiss, Cohen & Everitt (1969): in general (for the
+interval) and under kappa = 0 (for the test), as statsmodels ``cohens_kappa``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from coordinator.stats.inference import Z95
+from coordinator.stats.session import Session, StatsError, array, need
+
+BANDS = ("likely_progression", "indeterminate", "likely_response")
+
+
+def cohens_kappa(table) -> dict:
+    """Kappa and its standard error for a square agreement table (rows rater 1, columns rater 2)."""
+    t = np.asarray(table, dtype=float)
+    n = t.sum()
+    if n == 0:
+        raise StatsError("the pooled agreement table is empty")
+    p = t / n
+    rows, cols = p.sum(axis=1), p.sum(axis=0)
+    p_o, p_e = float(np.trace(p)), float(rows @ cols)
+    if p_e >= 1:
+        return {"kappa": None, "p_observed": p_o, "p_expected": p_e, "note": "both raters constant: kappa undefined"}
+    kappa = (p_o - p_e) / (1 - p_e)
+    # Fleiss, Cohen & Everitt (1969) large-sample variance (kappa != 0)
+    term_a = float(np.sum(np.diag(p) * (1 - (rows + cols) * (1 - kappa)) ** 2))
+    off = p * (cols[:, None] + rows[None, :]) ** 2
+    np.fill_diagonal(off, 0.0)
+    term_b = (1 - kappa) ** 2 * float(off.sum())
+    term_c = (kappa - p_e * (1 - kappa)) ** 2
+    se = math.sqrt(max(term_a + term_b - term_c, 0.0) / ((1 - p_e) ** 2 * n))
+    se0 = math.sqrt((p_e + p_e ** 2 - float(np.sum(rows * cols * (rows + cols)))) / (n * (1 - p_e) ** 2))
+    return {"kappa": kappa, "se": se, "ci_lower_95": kappa - Z95 * se, "ci_upper_95": kappa + Z95 * se,
+            "se_null": se0, "z": kappa / se0 if se0 > 0 else None, "p_observed": p_o, "p_expected": p_e}
+
+
+def run(analysis, session: Session) -> dict:
+    request = analysis.model_dump(mode="json")
+    results = session.round(request)
+    table, bands, n, suppressed_at = np.zeros((2, 2)), dict.fromkeys(BANDS, 0), 0, set()
+    for site, r in results.items():
+        n += int(need(r, "n", site, "concordance"))
+        cells = need(r, "table", site, "concordance")
+        if any(c is None for row in cells for c in row):
+            suppressed_at.add(site)  # a small cell the site held back: the pooled table is incomplete
+            cells = [[0 if c is None else c for c in row] for row in cells]
+        table = table + array({"table": cells}, "table", site, "concordance", (2, 2))
+        for band in BANDS:
+            if r.get(band) is None:
+                suppressed_at.add(site)
+            else:
+                bands[band] += int(r[band])
+    out = {"type": "concordance", "sites": list(session.sites or []), "n": n,
+           "table": {"rows": "imaging progression (yes, no)", "columns": "ctDNA progression (yes, no)",
+                     "cells": table.astype(int).tolist()},
+           "bands": bands, "band": list(analysis.band), "complete": not suppressed_at,
+           "suppressed_at": sorted(suppressed_at), "rounds": session.rounds}
+    if suppressed_at:  # kappa of a table with cells missing would be a guess, not the pooled kappa
+        out["agreement"] = {"kappa": None, "note": f"not computed: cells suppressed at {', '.join(sorted(suppressed_at))}; "
+                                                   "the table and band counts are lower bounds"}
+    else:
+        out["agreement"] = cohens_kappa(table)
+    return out

@@ -1,0 +1,148 @@
+"""Pooled Kaplan-Meier curves and the log-rank test from one ``km_round``.
+
+Every site reports, per group and per time bin on the shared grid (``ceil(t / bin_days) * bin_days``),
+the number at risk, events and censored (:func:`cdm.rounds.km_counts`).  At-risk counts are step
+functions of time: at a pooled time where a site reported nothing, its number at risk is the one
+at its next reported time (0 past its last).  Summed counts give exactly the pooled data's
+
+* Kaplan-Meier (1958) product-limit estimate ``S(t) = prod (1 - d/n)`` with Greenwood's variance
+  and the exponential ("log-log") 95% interval, as lifelines ``KaplanMeierFitter``;
+* log-rank test (Mantel 1966; Peto & Peto 1972) over k groups, chi-square with k - 1 df, as lifelines
+  ``logrank_test`` / ``multivariate_logrank_test`` on the binned times.
+
+A group a site suppressed entirely (``null``) is left out of that group's pooled curve, which then
+says ``complete: false`` and names the site.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import chi2
+
+from coordinator.stats.inference import Z95
+from coordinator.stats.session import Session, StatsError, array
+
+KEYS = ("at_risk", "events", "censored")
+
+
+def step_at(times: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """A left-continuous step function known at ``times``: the value at the first time ``>= query``."""
+    if times.shape[0] == 0:
+        return np.zeros(query.shape[0])
+    at = np.searchsorted(times, query, side="left")
+    return np.where(at < times.shape[0], values[np.minimum(at, times.shape[0] - 1)], 0.0)
+
+
+def _site_groups(result: dict, site: str) -> dict[str, dict]:
+    groups = result.get("groups", result)
+    if not isinstance(groups, dict):
+        raise StatsError(f"{site}: km_round result has no groups")
+    out = {}
+    for label, g in groups.items():
+        if g is None:  # the site suppressed this whole group (too few persons)
+            out[str(label)] = None
+            continue
+        if not isinstance(g, dict) or "times" not in g:
+            continue
+        times = array(g, "times", site, f"km_round group {label!r}")
+        m = times.shape[0]
+        if np.any(np.diff(times) <= 0):
+            raise StatsError(f"{site}: km_round times of group {label!r} are not strictly increasing")
+        out[str(label)] = {"times": times, **{k: array(g, k, site, f"km_round group {label!r}", (m,)) for k in KEYS}}
+    return out
+
+
+def pool_groups(results: dict[str, dict]) -> dict[str, dict]:
+    """Per group: pooled times, at risk, events and censored over all sites."""
+    per_site = {site: _site_groups(r, site) for site, r in results.items()}
+    labels = sorted({g for groups in per_site.values() for g in groups})
+    pooled = {}
+    for label in labels:
+        parts = [groups[label] for groups in per_site.values() if groups.get(label) is not None]
+        if not parts:
+            continue
+        suppressed_at = sorted(site for site, groups in per_site.items() if label in groups and groups[label] is None)
+        times = np.unique(np.concatenate([p["times"] for p in parts]))
+        out = {"times": times, **{k: np.zeros(times.shape[0]) for k in KEYS}, "suppressed_at": suppressed_at}
+        for part in parts:
+            out["at_risk"] += step_at(part["times"], part["at_risk"], times)
+            exact = np.isin(times, part["times"])
+            where = np.searchsorted(part["times"], times[exact])
+            out["events"][exact] += part["events"][where]
+            out["censored"][exact] += part["censored"][where]
+        pooled[label] = out
+    return pooled
+
+
+def kaplan_meier(at_risk: np.ndarray, events: np.ndarray) -> dict:
+    """Product-limit survival, Greenwood variance and lifelines' exponential 95% interval."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        survival = np.cumprod(np.where(at_risk > 0, 1 - events / np.where(at_risk > 0, at_risk, 1), 1.0))
+        greenwood = np.cumsum(np.where(at_risk > events, events / (at_risk * (at_risk - events)), 0.0))
+        log_s = np.log(survival)
+        lower = np.exp(-np.exp(np.log(-log_s) - Z95 * np.sqrt(greenwood) / log_s))
+        upper = np.exp(-np.exp(np.log(-log_s) + Z95 * np.sqrt(greenwood) / log_s))
+    lower = np.where(np.isfinite(lower), lower, np.where(survival >= 1, 1.0, 0.0))
+    upper = np.where(np.isfinite(upper), upper, np.where(survival >= 1, 1.0, 0.0))
+    return {"survival": survival, "variance": survival ** 2 * greenwood, "ci_lower_95": lower, "ci_upper_95": upper}
+
+
+def median_survival(times: np.ndarray, survival: np.ndarray) -> float | None:
+    """The first time the curve is at or below 0.5 (lifelines' convention); None if it never is."""
+    below = np.nonzero(survival <= 0.5)[0]
+    return float(times[below[0]]) if below.size else None
+
+
+def logrank(groups: dict[str, dict]) -> dict | None:
+    """k-sample log-rank statistic ``(O - E)' V^-1 (O - E)`` over the first k - 1 groups."""
+    labels = sorted(groups)
+    k = len(labels)
+    if k < 2:
+        return None
+    times = np.unique(np.concatenate([groups[g]["times"] for g in labels]))
+    n = np.stack([step_at(groups[g]["times"], groups[g]["at_risk"], times) for g in labels])  # k x T
+    d = np.zeros_like(n)
+    for i, g in enumerate(labels):
+        exact = np.isin(times, groups[g]["times"])
+        d[i, exact] = groups[g]["events"][np.searchsorted(groups[g]["times"], times[exact])]
+    n_all, d_all = n.sum(axis=0), d.sum(axis=0)
+    use = (n_all > 0) & (d_all > 0)
+    n, d, n_all, d_all = n[:, use], d[:, use], n_all[use], d_all[use]
+    expected = (d_all * n / n_all).sum(axis=1)
+    observed = d.sum(axis=1)
+    factor = np.where(n_all > 1, d_all * (n_all - d_all) / np.where(n_all > 1, n_all - 1, 1), 0.0) / n_all
+    share = n / n_all
+    v = np.einsum("t,it->i", factor, n)[:, None] * np.eye(k) - np.einsum("t,it,jt->ij", factor * n_all, share, share)
+    diff = (observed - expected)[:-1]
+    try:
+        statistic = float(diff @ np.linalg.solve(v[:-1, :-1], diff))
+    except np.linalg.LinAlgError:
+        return {"groups": labels, "statistic": None, "df": k - 1, "p": None,
+                "note": "variance matrix singular (a group without events at shared times?)"}
+    return {"groups": labels, "observed": observed.tolist(), "expected": expected.tolist(),
+            "statistic": statistic, "df": k - 1, "p": float(chi2.sf(statistic, k - 1))}
+
+
+def run(analysis, session: Session) -> dict:
+    request = {"type": "km_round", "time": analysis.time.model_dump(mode="json"), "group": analysis.group,
+               "bin_days": analysis.bin_days}
+    results = session.round(request)
+    pooled = pool_groups(results)
+    if not pooled:
+        raise StatsError("no site released any survival times")
+    groups = {}
+    for label, g in pooled.items():
+        curve = kaplan_meier(g["at_risk"], g["events"])
+        groups[label] = {"times": g["times"].tolist(), "at_risk": g["at_risk"].astype(int).tolist(),
+                         "events": g["events"].astype(int).tolist(), "censored": g["censored"].astype(int).tolist(),
+                         **{k: v.tolist() for k, v in curve.items()},
+                         "median": median_survival(g["times"], curve["survival"]),
+                         "n": int(g["at_risk"][0]) if g["at_risk"].size else 0,
+                         "complete": not g["suppressed_at"], "suppressed_at": g["suppressed_at"]}
+    test = logrank(pooled)
+    if test is not None and test["statistic"] is not None and not math.isfinite(test["statistic"]):
+        test["statistic"], test["p"] = None, None
+    return {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
+            "groups": groups, "logrank": test, "rounds": session.rounds}

@@ -1,0 +1,156 @@
+"""Exact pooled quantiles by federated bisection on counts.
+
+Sites only ever release counts ``n_le(t) = #{x <= t}`` at thresholds the coordinator picks
+(``quantile_round``).  The k-th order statistic of the pooled data is the smallest ``v`` with
+``n_le(v) >= k``.  The search runs over the 2^64 doubles in their *order-preserving integer* encoding,
+so each bracket ``(lo, hi]`` (``n_le(lo) < k <= n_le(hi)``) shrinks by a factor of
+(thresholds per target + 1) per round, and when ``hi`` is the double right after ``lo`` the order
+statistic is exactly ``hi``: the pooled data's value to its full resolution, with no assumption on
+its range.  Each round also probes the shortest decimals inside each bracket with the double just
+below each: recorded data (whole days, ages, rounded lab values) usually end there in 3-5 rounds.  A quantile uses numpy's default definition (Hyndman & Fan 1996 type 7):
+``x_(j) + g (x_(j+1) - x_(j))`` with ``h = (n - 1) p``, ``j = floor(h)``, ``g = h - j``, i.e. two
+order statistics, searched simultaneously.
+
+A count a site suppressed (``null``) gives no information; its threshold is ignored.  If the
+brackets have not closed within ``max_rounds``, or a round narrowed nothing because every useful
+count was suppressed (a small site near the quantile), the result says so and gives the bracket.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from coordinator.stats.session import Session, StatsError, need
+
+MAX_THRESHOLDS = 200  # cdm.spec.QuantileRound.thresholds
+SIGN = 1 << 63
+
+
+def ordered_key(x: float) -> int:
+    """Order-preserving map of a double to an integer (-0.0 and 0.0 share 0)."""
+    bits = struct.unpack("<q", struct.pack("<d", float(x)))[0]
+    return bits if bits >= 0 else -(bits & (SIGN - 1))
+
+
+def key_value(key: int) -> float:
+    bits = key if key >= 0 else (-key) | SIGN
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+LOWEST, HIGHEST = ordered_key(-math.inf), ordered_key(math.inf)
+
+
+def order_statistics(n: int, probs: list[float]) -> list[tuple[float, int, int, float]]:
+    """Per prob: (prob, j, j + 1, g) with 1-based order statistics j, j + 1 and weight g (type 7)."""
+    out = []
+    for p in probs:
+        h = (n - 1) * p
+        j = math.floor(h)
+        out.append((p, j + 1, min(j + 2, n), h - j))
+    return out
+
+
+def short_decimals(low: float, high: float, limit: int) -> list[float]:
+    """Up to ``limit`` numbers in ``(low, high]`` with the fewest significant decimal digits.
+
+    Recorded data are usually short decimals (whole days, ages, 3-digit lab values); probing such a
+    value ``v`` together with the double just below it closes a bracket at once when the order
+    statistic is ``v``.  ``float(f"{i}e{e}")`` is the correctly rounded double of that decimal, so it
+    equals the value the data was parsed to.
+    """
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        return []
+    if low < 0 <= high:
+        return [0.0]
+    scale = max(abs(low), abs(high))
+    top = math.floor(math.log10(scale)) if scale > 0 else 0
+    for digits in range(1, 18):
+        exponent = top - digits + 1
+        first, last = math.floor(low / 10.0 ** exponent) + 1, math.floor(high / 10.0 ** exponent)
+        if last >= first:
+            values = [float(f"{i}e{exponent}") for i in range(first, min(last, first + limit - 1) + 1)]
+            return [v for v in values if low < v <= high]
+    return []
+
+
+def _thresholds(brackets: dict[int, list[int]], budget: int) -> list[int]:
+    """Half the budget evenly over each open bracket (in key space), half on short decimals in it
+    and the doubles just below them."""
+    open_ = {tuple(b) for b in brackets.values() if b[1] - b[0] > 1}
+    if not open_:
+        return []
+    per = max(2, budget // len(open_))
+    keys = set()
+    for lo, hi in open_:
+        m = min(per // 2, hi - lo - 1)
+        keys.update(lo + (hi - lo) * i // (m + 1) for i in range(1, m + 1))
+        for value in short_decimals(key_value(lo), key_value(hi), max(1, per // 4)):
+            keys.update((ordered_key(value) - 1, ordered_key(value)))
+    return sorted(k for k in keys if LOWEST < k < HIGHEST)[:MAX_THRESHOLDS]
+
+
+def _pooled_counts(results: dict[str, dict], m: int) -> tuple[int, list[int | None]]:
+    n, counts = 0, [0] * m
+    for site, r in results.items():
+        n += int(need(r, "n", site, "quantile_round"))
+        site_counts = need(r, "n_le", site, "quantile_round")
+        if len(site_counts) != m:
+            raise StatsError(f"{site}: quantile_round gave {len(site_counts)} counts for {m} thresholds")
+        counts = [None if c is None or s is None else c + int(s) for c, s in zip(counts, site_counts)]
+    return n, counts
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def run(analysis, session: Session) -> dict:
+    variable, probs = analysis.variable, list(analysis.probs)
+    n, stalled = None, False
+    brackets: dict[int, list[int]] = {0: [LOWEST, HIGHEST]}  # before n is known: one bracket for all
+    while session.rounds < analysis.max_rounds:
+        keys = _thresholds(brackets, MAX_THRESHOLDS)
+        if not keys:
+            break
+        thresholds = [key_value(k) for k in keys]
+        results = session.round({"type": "quantile_round", "variable": variable, "thresholds": thresholds})
+        round_n, counts = _pooled_counts(results, len(keys))
+        if n is None:
+            n = round_n
+            if n == 0:
+                raise StatsError(f"no values of {variable!r} at any site")
+            start = brackets.pop(0)
+            brackets = {k: list(start) for stat in order_statistics(n, probs) for k in stat[1:3]}
+        elif round_n != n:
+            raise StatsError(f"the number of values changed between rounds ({n} -> {round_n}): data changed mid-analysis")
+        before = {k: tuple(b) for k, b in brackets.items()}
+        for k, bracket in brackets.items():
+            for key, count in zip(keys, counts):
+                if count is None or not bracket[0] < key < bracket[1]:
+                    continue
+                if count >= k:
+                    bracket[1] = min(bracket[1], key)
+                else:
+                    bracket[0] = max(bracket[0], key)
+        if len(before) == len(brackets) and all(tuple(brackets[k]) == before.get(k) for k in brackets):
+            stalled = True  # every useful count was suppressed: asking again would release nothing new
+            break
+    if n is None:
+        raise StatsError("max_rounds reached before any count was released")
+    rows = []
+    for p, j, j1, g in order_statistics(n, probs):
+        exact = all(brackets[k][1] - brackets[k][0] == 1 for k in (j, j1))
+        low, high = key_value(brackets[j][1]), key_value(brackets[j1][1])
+        row = {"prob": p, "order_statistics": [j, j1], "exact": exact}
+        if exact:
+            row["value"] = float(np.quantile(np.array([low, high]), g)) if j1 != j else low  # numpy's lerp
+        else:
+            row.update(value=None, lower_bound=_finite(key_value(brackets[j][0])), upper_bound=_finite(high),
+                       note=("the sites suppressed the counts needed to narrow the bracket further" if stalled
+                             else "max_rounds reached before the bracket closed"))
+        rows.append(row)
+    return {"type": "quantile", "variable": variable, "sites": list(session.sites or []), "n": n,
+            "quantiles": rows, "rounds": session.rounds, "max_rounds": analysis.max_rounds}

@@ -1,0 +1,141 @@
+"""Multi-round analyses through the real service: nats-server, coordinator, three node processes.
+
+Each site's SQLite CDM holds persons with an index condition, an observation period and deaths in
+groups of five on shared days (so the sites' disclosure policy releases every bin and tie group).
+The pooled results must equal lifelines / numpy on the same persons, computed here from the rows
+the fill function wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from sqlalchemy import insert
+
+from cdm.rounds import bin_time
+from cdm.schema import metadata
+from cdm.vocabulary import Vocabulary
+from federation import Network
+
+pytestmark = pytest.mark.slow  # starts nats-server, the coordinator and three nodes (~10-20 s)
+
+BIN = Path(sys.executable).parent
+SITES = {"site-a": 30, "site-b": 45, "site-c": 60}
+BASE = {"site-a": 1_000, "site-b": 2_000, "site-c": 3_000}
+CODE = "443487006"
+INDEX = dt.date(2015, 3, 1)
+END = dt.date(2020, 12, 31)
+COHORT = {"index": {"kind": "condition", "codes": [f"SNOMED:{CODE}"]}}
+TIME = {"event": {"kind": "death"}}
+
+
+def persons(site: str) -> pd.DataFrame:
+    """The rows fill() writes, with the survival time and age the node should derive from them."""
+    rows = []
+    for k in range(SITES[site]):
+        pid = BASE[site] + k
+        yob = 1940 + (pid * 7) % 40
+        group = k // 5  # deaths come in groups of five on one day; odd groups are censored at END
+        dies = group % 2 == 0
+        time = 100 * (group + 1) + (7 if site == "site-b" else 0) if dies else (END - INDEX).days
+        rows.append({"person_id": pid, "yob": yob, "age": 2015 - yob - 1, "time": float(time), "event": int(dies),
+                     "site": site})
+    return pd.DataFrame(rows)
+
+
+def fill(engine, site: str) -> None:
+    concept = Vocabulary(engine).concept_for("SNOMED", CODE, "index condition", "Condition").concept_id
+    df = persons(site)
+    with engine.begin() as conn:
+        conn.execute(insert(metadata.tables["person"]), [
+            {"person_id": int(r.person_id), "gender_concept_id": 8507, "year_of_birth": int(r.yob), "month_of_birth": 6,
+             "day_of_birth": 1, "race_concept_id": 0, "ethnicity_concept_id": 0} for r in df.itertuples()])
+        conn.execute(insert(metadata.tables["observation_period"]), [
+            {"observation_period_id": int(r.person_id), "person_id": int(r.person_id),
+             "observation_period_start_date": dt.date(2010, 1, 1), "observation_period_end_date": END,
+             "period_type_concept_id": 32817} for r in df.itertuples()])
+        conn.execute(insert(metadata.tables["condition_occurrence"]), [
+            {"condition_occurrence_id": int(r.person_id), "person_id": int(r.person_id), "condition_concept_id": concept,
+             "condition_start_date": INDEX, "condition_type_concept_id": 32817} for r in df.itertuples()])
+        conn.execute(insert(metadata.tables["death"]), [
+            {"person_id": int(r.person_id), "death_date": INDEX + dt.timedelta(days=int(r.time)),
+             "death_type_concept_id": 32817} for r in df.itertuples() if r.event])
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    net = Network.started(tmp_path_factory.mktemp("e2e-stats"), list(SITES), fill)
+    yield net
+    net.close()
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    return pd.concat([persons(s) for s in SITES], ignore_index=True)
+
+
+def spec(analysis: dict, variables: dict | None = None) -> dict:
+    return {"cohort": COHORT, "variables": variables or {"age": {"kind": "age"}}, "analysis": analysis}
+
+
+def test_stratified_cox_through_the_service(network, pooled):
+    job = network.run(spec({"type": "cox", "time": TIME, "covariates": ["age"], "mode": "stratified"}))
+    assert job["status"] == "done", job["message"]
+    result = job["pooled"]
+    ref = CoxPHFitter().fit(pooled[["time", "event", "age", "site"]], "time", "event", strata=["site"])
+    assert result["coefficients"][0]["coef"] == pytest.approx(ref.params_["age"], rel=1e-6)
+    assert result["coefficients"][0]["se"] == pytest.approx(ref.standard_errors_["age"], rel=1e-6)
+    assert result["loglik"] == pytest.approx(ref.log_likelihood_, rel=1e-6)
+    assert len(job["provenance"]["rounds"]) == result["rounds"] == result["convergence"]["iterations"] + 1
+
+
+def test_km_through_the_cli_with_plots(network, pooled, tmp_path):
+    path = tmp_path / "km.json"
+    path.write_text(json.dumps(spec({"type": "km", "time": TIME, "bin_days": 50})))
+    run = subprocess.run([str(BIN / "radfed"), "query", "run", str(path), "--plots", str(tmp_path / "plots")],
+                         capture_output=True, text=True, env=network.env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Kaplan-Meier" in run.stdout and len(list((tmp_path / "plots").glob("km-*.png"))) == 1
+    job = network.run(spec({"type": "km", "time": TIME, "bin_days": 50}))
+    curve = job["pooled"]["groups"]["all"]
+    ref = KaplanMeierFitter().fit(bin_time(pooled.time, 50), pooled.event)
+    np.testing.assert_allclose(curve["survival"], ref.survival_function_.loc[curve["times"]].to_numpy().ravel())
+    assert curve["n"] == len(pooled)
+
+
+def test_exact_median_age_through_the_service(network, pooled):
+    job = network.run(spec({"type": "quantile", "variable": "age", "probs": [0.5, 0.25]}))
+    assert job["status"] == "done", job["message"]
+    values = [q["value"] for q in job["pooled"]["quantiles"]]
+    assert values == [np.quantile(pooled.age, 0.5), np.quantile(pooled.age, 0.25)]
+
+
+def test_pooled_cox_published_and_forecast_at_a_site(network, pooled, tmp_path):
+    job = network.run(spec({"type": "cox", "time": TIME, "covariates": ["age"], "mode": "pooled", "ties": "efron"}))
+    assert job["status"] == "done", job["message"]
+    ref = CoxPHFitter().fit(pooled[["time", "event", "age"]], "time", "event")
+    assert job["pooled"]["coefficients"][0]["coef"] == pytest.approx(ref.params_["age"], rel=1e-6)
+    model = tmp_path / "model.json"
+    run = subprocess.run([str(BIN / "radfed"), "result", job["job_id"], "--model-out", str(model)],
+                         capture_output=True, text=True, env=network.env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    person = pooled.iloc[40]  # a site-b person
+    run = subprocess.run([str(BIN / "radfed-node"), "--config", str(network.bundles["site-b"].node_toml), "--db",
+                          str(network.dbs["site-b"]), "forecast", "--person", str(int(person.person_id)), "--model",
+                          str(model), "--at", INDEX.isoformat(), "--horizon", "307", "--horizon", "450", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    forecast = json.loads(run.stdout)
+    assert forecast["covariates"] == {"age": person.age}
+    # 307 is an event time; lifelines interpolates between event times, the published step function
+    # stays at its value until the next event (500), so day 450 reads the same as day 307
+    expected = ref.predict_survival_function(pd.DataFrame({"age": [person.age]}), times=[307.0]).to_numpy().ravel()[0]
+    assert [h["survival"] for h in forecast["horizons"]] == pytest.approx([expected, expected], rel=1e-6)
