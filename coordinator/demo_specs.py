@@ -54,6 +54,18 @@ def specs(truth: dict) -> list[tuple[str, dict]]:
                              "reduce": "first", "window": {"start": -3650}}},
         "analysis": {"type": "quantile", "variable": "tf", "probs": [0.5]},
     }))
+    out.append(("concordance: CT progression vs detectable ctDNA in EGFR-mutant lung cancer (Bayesian bands)", {
+        "cohort": {"index": {"kind": "condition", "codes": [refs.get("lung_adenocarcinoma", "ICDO3:8140/3")]}},
+        "variables": {
+            "ct_progression": {"kind": "episode", "codes": [refs.get("disease_progression", "RADFED:progression")],
+                               "window": {"start": 0}},
+            "ctdna_detected": {"kind": "ctdna", "field": "detected", "reduce": "last", "window": {"start": 0}},
+        },
+        # test characteristics of RECIST progression on CT and of a plasma EGFR assay; prior 50:50
+        "analysis": {"type": "concordance", "imaging": "ct_progression", "ctdna": "ctdna_detected",
+                     "imaging_sens": 0.80, "imaging_spec": 0.85, "ctdna_sens": 0.75, "ctdna_spec": 0.95,
+                     "prior": 0.5, "band": [0.2, 0.8]},
+    }))
     out.append(("spatial biopsy validation: EGFR amplification by glioblastoma habitat, weighted for registration error", {
         "cohort": {"index": {"kind": "condition", "codes": [refs.get("glioblastoma", "ICDO3:9440/3")]}},
         "analysis": {"type": "habitat", "gene": "EGFR", "variant_type": "cnv",

@@ -125,6 +125,8 @@ class Asker:
         self.timeout = timeout
         self.quorum = len(self.sites) if quorum is None else quorum
         self.rounds: list[dict] = []
+        #: each site's reply to the latest round it was asked, its time summed over all rounds
+        self.last: dict[str, SiteReply] = {}
 
     def __call__(self, analysis: dict) -> list[dict]:
         spec = {**self.spec, "analysis": analysis}
@@ -133,6 +135,11 @@ class Asker:
         replies = future.result()
         self.rounds.append({"analysis": analysis.get("type"),
                             "sites": {r.site: r.status for r in replies}})
+        for r in replies:
+            before = self.last.get(r.site)
+            total = (before.elapsed_ms or 0.0) + (r.elapsed_ms or 0.0) if before else r.elapsed_ms
+            self.last[r.site] = SiteReply(r.site, r.request_id, r.status, r.code, r.message, None,
+                                          None if total is None else round(total, 2))
         ok = [r for r in replies if r.status == "ok"]
         if len(ok) < max(self.quorum, 1):
             raise QuorumError(f"{len(ok)} of {len(replies)} sites answered (quorum {self.quorum}); "

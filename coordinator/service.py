@@ -7,16 +7,16 @@ reply as it arrives, pools the results and finishes it ``done`` (every site answ
 still ``queued`` or ``running`` is dispatched again.
 
 Analyses pooled in one round live in :mod:`coordinator.aggregate`; multi-round algorithms (KM, Cox,
-GLM, quantiles...) are looked up in ``coordinator.stats`` and driven through an ``ask`` callable.
+GLM, quantiles...) are :mod:`coordinator.stats`'s, driven through an ``ask`` callable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 
 from cdm import __version__
+from cdm.spec import SpecError, parse_spec
 from cdm.wire import (
     OFFLINE_PREFIX,
     OFFLINE_STREAM,
@@ -27,7 +27,7 @@ from cdm.wire import (
     spec_hash,
     verify,
 )
-from coordinator import aggregate
+from coordinator import aggregate, stats
 from coordinator.fanout import Federation, QuorumError, SiteReply, describe_missing
 from coordinator.home import CoordinatorHome
 
@@ -61,31 +61,9 @@ def validate_spec(spec: dict) -> None:
     if not isinstance(analysis, dict) or not isinstance(analysis.get("type"), str):
         raise SubmitError("spec.analysis.type is missing")
     try:
-        spec_module = importlib.import_module("cdm.spec")
-    except ImportError:
-        return
-    validator = getattr(spec_module, "parse_spec", None) or getattr(spec_module, "validate_spec", None)
-    if validator is None:
-        return
-    try:
-        validator(spec)
-    except Exception as exc:  # the spec module's own validation error, with field names
+        parse_spec(spec)
+    except SpecError as exc:  # names the field and why
         raise SubmitError(f"invalid spec: {exc}") from None
-
-
-def stats_runner(kind: str):
-    """``coordinator.stats`` entry point for a multi-round analysis type, if installed."""
-    try:
-        stats = importlib.import_module("coordinator.stats")
-    except ImportError:
-        return None
-    for name in ("run_analysis", "run"):
-        runner = getattr(stats, name, None)
-        if callable(runner):
-            supported = getattr(stats, "ANALYSES", None)
-            if supported is None or kind in supported:
-                return runner
-    return None
 
 
 class Coordinator:
@@ -292,9 +270,8 @@ class Coordinator:
         analysis = spec.get("analysis", {})
         started = time.perf_counter()
         try:
-            runner = None if analysis.get("type") in aggregate.POOLED_TYPES else stats_runner(analysis.get("type"))
-            if runner is not None:
-                pooled, replies, rounds = await self._run_stats(job, runner)
+            if analysis.get("type") in stats.ANALYSES:
+                pooled, replies, rounds = await self._run_stats(job)
             else:
                 replies = await self._run_one_round(job)
                 rounds = [{"analysis": analysis.get("type"), "sites": {r.site: r.status for r in replies}}]
@@ -312,7 +289,7 @@ class Coordinator:
                 status, message = "done", f"all {len(sites)} sites answered"
             if status != "failed" and pooled is None and analysis.get("type") not in aggregate.POOLED_TYPES:
                 message += f"; no coordinator-side pooling for {analysis.get('type')!r}: per-site results only"
-        except QuorumError as exc:
+        except (QuorumError, stats.StatsError) as exc:  # too few sites, or no exact answer from their sums
             pooled, rounds, status, message = None, [], "failed", str(exc)
         except asyncio.CancelledError:
             raise  # shutting down: the job stays running and is re-dispatched on the next start
@@ -370,19 +347,20 @@ class Coordinator:
         return await self.federation.ask_site(reply.site, request, self.store.public_keys().get(reply.site),
                                               job["timeout"])
 
-    async def _run_stats(self, job: dict, runner):
-        """Multi-round algorithm in a worker thread, asking the sites through the bus."""
+    async def _run_stats(self, job: dict):
+        """Multi-round algorithm in a worker thread, asking the sites through the bus.
+
+        Each site's last reply (its refusal code, say) is recorded however the algorithm ends."""
         import uuid
 
         self.store.start_job(job["job_id"], {site: str(uuid.uuid4()) for site in job["sites"]})
         ask = self.federation.asker(asyncio.get_running_loop(), job["sites"], job["spec"], job["researcher"],
                                     job["job_id"], job["timeout"], job["quorum"])
-        pooled = await asyncio.to_thread(runner, job["spec"]["analysis"], ask)
-        last = {}
-        for round_ in ask.rounds:
-            last.update(round_["sites"])
-        replies = [SiteReply(site, "", last.get(site, "error")) for site in job["sites"]]
-        for reply in replies:
-            self.store.record_site(job["job_id"], reply.site, reply.status, None,
-                                   f"{len(ask.rounds)} round(s)", None, None)
+        try:
+            pooled = await asyncio.to_thread(stats.run_analysis, job["spec"]["analysis"], ask)
+        finally:
+            replies = [ask.last.get(site) or SiteReply(site, "", "error", None, "never asked") for site in job["sites"]]
+            for reply in replies:
+                self.store.record_site(job["job_id"], reply.site, reply.status, reply.code,
+                                       reply.message or f"{len(ask.rounds)} round(s)", None, reply.elapsed_ms)
         return pooled, replies, ask.rounds

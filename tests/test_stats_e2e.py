@@ -139,3 +139,14 @@ def test_pooled_cox_published_and_forecast_at_a_site(network, pooled, tmp_path):
     # stays at its value until the next event (500), so day 450 reads the same as day 307
     expected = ref.predict_survival_function(pd.DataFrame({"age": [person.age]}), times=[307.0]).to_numpy().ravel()[0]
     assert [h["survival"] for h in forecast["horizons"]] == pytest.approx([expected, expected], rel=1e-6)
+
+
+def test_a_refusing_site_keeps_its_code_in_a_multi_round_job(network):
+    # no site holds a located biopsy, so each refuses the habitat round under its min-rows rule
+    job = network.run(spec({"type": "habitat", "gene": "EGFR", "habitats": ["a", "b"]}))
+    assert job["status"] == "failed" and "MIN_ROWS" in job["message"]
+    per_site = {s["site"]: s for s in job["per_site"]}
+    assert set(per_site) == set(SITES)
+    for row in per_site.values():
+        assert row["status"] == "refused" and row["code"] == "MIN_ROWS", row
+        assert "biopsies" in row["message"] and row["elapsed_ms"] > 0

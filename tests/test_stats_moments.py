@@ -11,6 +11,7 @@ from statsmodels.stats.inter_rater import cohens_kappa
 
 from cdm.rounds import posterior_progression
 from coordinator import aggregate
+from coordinator.stats.text import render as stats_text
 from coordinator.stats import run_analysis
 from coordinator.stats.concordance import cohens_kappa as pooled_kappa
 from test_stats_sites import network, split_uneven
@@ -112,3 +113,8 @@ def test_suppressed_concordance_cells_give_lower_bounds_and_no_kappa():
     assert result["table"]["cells"] == [[22, 5], [14, 25]] and not result["complete"]
     assert result["agreement"]["kappa"] is None and result["suppressed_at"] == ["a"]
     assert result["bands"]["indeterminate"] == 10
+    assert result["table"]["cells_complete"] == [[True, False], [True, True]]
+    assert result["bands_complete"] == {"likely_progression": True, "indeterminate": False, "likely_response": True}
+    text = stats_text(result)
+    assert ">=5*" in text and ">=10*" in text and "suppressed at a" in text  # lower bounds, marked
+    assert " 22 " in f" {text} " and "Cohen's kappa not computed" in text

@@ -47,26 +47,33 @@ def cohens_kappa(table) -> dict:
 
 
 def run(analysis, session: Session) -> dict:
+    """Pool the sites' counts.  A cell or band a site suppressed is summed without that site's share and
+    flagged incomplete (a lower bound, never a zero), and kappa is then not computed."""
     request = analysis.model_dump(mode="json")
     results = session.round(request)
-    table, bands, n, suppressed_at = np.zeros((2, 2)), dict.fromkeys(BANDS, 0), 0, set()
+    table, complete = np.zeros((2, 2)), np.ones((2, 2), dtype=bool)
+    bands, bands_complete = dict.fromkeys(BANDS, 0), dict.fromkeys(BANDS, True)
+    n, suppressed_at = 0, set()
     for site, r in results.items():
         n += int(need(r, "n", site, "concordance"))
         cells = need(r, "table", site, "concordance")
-        if any(c is None for row in cells for c in row):
-            suppressed_at.add(site)  # a small cell the site held back: the pooled table is incomplete
+        held_back = np.array([[c is None for c in row] for row in cells], dtype=bool).reshape(2, 2)
+        if held_back.any():
+            suppressed_at.add(site)
+            complete &= ~held_back
             cells = [[0 if c is None else c for c in row] for row in cells]
         table = table + array({"table": cells}, "table", site, "concordance", (2, 2))
         for band in BANDS:
             if r.get(band) is None:
                 suppressed_at.add(site)
+                bands_complete[band] = False
             else:
                 bands[band] += int(r[band])
     out = {"type": "concordance", "sites": list(session.sites or []), "n": n,
            "table": {"rows": "imaging progression (yes, no)", "columns": "ctDNA progression (yes, no)",
-                     "cells": table.astype(int).tolist()},
-           "bands": bands, "band": list(analysis.band), "complete": not suppressed_at,
-           "suppressed_at": sorted(suppressed_at), "rounds": session.rounds}
+                     "cells": table.astype(int).tolist(), "cells_complete": complete.tolist()},
+           "bands": bands, "bands_complete": bands_complete, "band": list(analysis.band),
+           "complete": not suppressed_at, "suppressed_at": sorted(suppressed_at), "rounds": session.rounds}
     if suppressed_at:  # kappa of a table with cells missing would be a guess, not the pooled kappa
         out["agreement"] = {"kappa": None, "note": f"not computed: cells suppressed at {', '.join(sorted(suppressed_at))}; "
                                                    "the table and band counts are lower bounds"}

@@ -77,12 +77,21 @@ def _correlation(result: dict) -> list[str]:
 
 
 def _concordance(result: dict) -> list[str]:
-    (a, b), (c, d) = result["table"]["cells"]
+    table = result["table"]
+    flags = table.get("cells_complete", [[True, True], [True, True]])
+    cell = lambda n, whole: str(n) if whole else f">={n}*"  # noqa: E731 - a lower bound, never a bare count
+    (a, b), (c, d) = [[cell(n, ok) for n, ok in zip(row, row_ok)] for row, row_ok in zip(table["cells"], flags)]
     k = result["agreement"]
-    return [f"imaging vs ctDNA progression: n={_num(result['n'])}", "",
-            *_grid(["", "ctDNA yes", "ctDNA no"], [["imaging yes", str(a), str(b)], ["imaging no", str(c), str(d)]]),
-            f"Cohen's kappa {_num(k.get('kappa'))} (95% CI {_num(k.get('ci_lower_95'))} to {_num(k.get('ci_upper_95'))})",
-            "posterior bands: " + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in result["bands"].items())]
+    band_ok = result.get("bands_complete", {})
+    out = [f"imaging vs ctDNA progression: n={_num(result['n'])}", "",
+           *_grid(["", "ctDNA yes", "ctDNA no"], [["imaging yes", a, b], ["imaging no", c, d]]),
+           (f"Cohen's kappa {_num(k.get('kappa'))} (95% CI {_num(k.get('ci_lower_95'))} to {_num(k.get('ci_upper_95'))})"
+            if k.get("kappa") is not None else f"Cohen's kappa {k.get('note') or 'undefined'}"),
+           "posterior bands: " + ", ".join(f"{name.replace('_', ' ')} {cell(n, band_ok.get(name, True))}"
+                                           for name, n in result["bands"].items())]
+    if result.get("suppressed_at"):
+        out.append(f"* lower bound: suppressed at {', '.join(result['suppressed_at'])} (small cells are never shown as 0)")
+    return out
 
 
 RENDERERS = {"cox": _model, "glm": _model, "habitat": _model, "km": _km, "quantile": _quantile,
