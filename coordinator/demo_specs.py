@@ -36,6 +36,14 @@ def specs(truth: dict) -> list[tuple[str, dict]]:
                       "age": {"kind": "age"}},
         "analysis": {"type": "summary", "variables": ["adc", "age"]},
     }))
+    out.append(("digital biopsy: ependymoma subtype (PFA vs PFB) by ADC mean, binned at 1050 um2/s", {
+        "cohort": {"index": {"kind": "condition", "codes": list(epen.values())}},
+        "variables": {
+            "subtype": {"kind": "condition", "codes": epen},
+            "adc": {"kind": "image_feature", "code": features.get("adc_mean", "RADFED:adc_mean"), "reduce": "first"},
+        },
+        "analysis": {"type": "crosstab", "by": ["subtype", "adc"], "bins": {"adc": [0, 1050, 5000]}},
+    }))
     out.append(("Kaplan-Meier: overall survival in EGFR-mutant lung adenocarcinoma", {
         "cohort": {"index": {"kind": "condition", "codes": [refs.get("lung_adenocarcinoma", "ICDO3:8140/3")]}},
         "analysis": {"type": "km", "time": {"start": "index", "event": {"kind": "death"},
