@@ -11,7 +11,10 @@ PostgreSQL), three sites from tests/test_e2e_federation.py's fill.  Measures:
 * node agent start until its first verified heartbeat (site online);
 * a federated count over all sites through the API (``POST /v1/jobs`` with ``wait``), ``--runs`` times;
 * rotate-site-key (CLI) for one site; until the bus refuses its old connection; the site's agent with the
-  new bundle until online again; a count over the other sites meanwhile.
+  new bundle until online again; a count over the other sites meanwhile;
+* the training units: ``radfed coordinator superlink`` (radfed-superlink.service) until its port
+  listens; per site ``flower-key`` + ``radfed flower-register`` (CLI); ``radfed-node ... supernode``
+  (radfed-supernode.service) until the SuperLink lists the site's SuperNode online.
 
 ``.venv/bin/python benchmarks/bench_deploy.py [--runs 30]``; results in benchmarks/results/deploy.json.
 """
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from cdm.db import open_engine  # noqa: E402
 from coordinator.natsproc import free_port, wait_for_port  # noqa: E402
 from test_deploy import BIN  # noqa: E402
-from test_deploy_e2e import Services, coordinator_toml, node_toml, run, wait_for_api  # noqa: E402
+from test_deploy_e2e import Services, coordinator_toml, node_toml, run, set_key, wait_for_api  # noqa: E402
 from test_e2e_federation import COUNT, fill  # noqa: E402
 
 SITES = ["site-a", "site-b", "site-c"]
@@ -61,7 +64,7 @@ class Bench:
         self.coordinator = Services(root / "coordinator")
         (root / "coordinator" / "etc").mkdir(parents=True)
         self.home = root / "coordinator" / "var" / "coordinator"
-        self.nats_port, self.api_port = free_port(), free_port()
+        self.nats_port, self.api_port, self.flower_port = free_port(), free_port(), free_port()
         self.sites: dict[str, Services] = {}
         self.token = ""
 
@@ -82,7 +85,7 @@ class Bench:
     def start_coordinator(self) -> dict:
         var = self.root / "coordinator" / "var"
         (self.root / "coordinator" / "etc" / "coordinator.toml").write_text(
-            coordinator_toml(var, self.nats_port, self.api_port, str(self.home / "jobs.sqlite")))
+            coordinator_toml(var, self.nats_port, self.api_port, str(self.home / "jobs.sqlite"), self.flower_port))
         started = time.perf_counter()
         self.coordinator.start("radfed-nats.service")
         wait_for_port("127.0.0.1", self.nats_port, timeout=60, process=self.coordinator.procs["radfed-nats.service"])
@@ -98,8 +101,10 @@ class Bench:
         shutil.rmtree(etc / "bundle", ignore_errors=True)
         shutil.copytree(bundle, etc / "bundle")
         (var / "node").mkdir(parents=True, exist_ok=True)
-        (etc / "node.toml").write_text(node_toml(var, etc / "bundle" / "node.toml", str(var / "node" / "cdm.sqlite"),
-                                                 free_port(), free_port()))
+        text = node_toml(var, etc / "bundle" / "node.toml", str(var / "node" / "cdm.sqlite"), free_port(), free_port(),
+                         f"127.0.0.1:{self.flower_port}")
+        # three sites on one host: each SuperNode's loopback runtime API needs its own port
+        (etc / "node.toml").write_text(set_key(text, "learning", "runtime_port", free_port()))
 
     def enroll(self, site: str, out: Path) -> float:
         started = time.perf_counter()
@@ -114,6 +119,32 @@ class Bench:
         services.start("radfed-node-agent.service")
         until(lambda: self.online(site, since - 0.5), 60, f"{site} online")
         return time.perf_counter() - started
+
+    def supernodes_online(self) -> int:
+        from coordinator.home import CoordinatorHome
+        from coordinator.learn.superlink import CONNECTION, FlowerLink
+
+        nodes = FlowerLink.for_home(CoordinatorHome(self.home)).flwr("supernode", "list", CONNECTION)["nodes"]
+        return sum(1 for n in nodes if n["status"] == "online")
+
+    def start_flower(self) -> dict:
+        started = time.perf_counter()
+        superlink = self.coordinator.start("radfed-superlink.service")
+        wait_for_port("127.0.0.1", self.flower_port, timeout=60, process=superlink)
+        figures = {"superlink_start_s": time.perf_counter() - started}
+        register, online = [], []
+        for site in SITES:
+            node = [str(BIN / "radfed-node"), "--config", str(self.root / site / "etc" / "node.toml")]
+            started = time.perf_counter()
+            key = run(node + ["flower-key"]).stdout.strip()
+            registered = run([str(BIN / "radfed"), "flower-register", "--home", str(self.home), key, site])
+            assert registered.returncode == 0, registered.stdout + registered.stderr
+            register.append(time.perf_counter() - started)
+            before = self.supernodes_online()
+            started = time.perf_counter()
+            self.sites[site].start("radfed-supernode.service")
+            online.append(until(lambda: self.supernodes_online() > before, 90, f"{site} SuperNode online"))
+        return figures | {"flower_register_s": statistics.mean(register), "supernode_online_s": statistics.mean(online)}
 
     def stop(self) -> None:
         for services in self.sites.values():
@@ -171,6 +202,7 @@ def main() -> None:
             figures["rotated_agent_online_s"] = bench.start_agent("site-a")
             ms, job = bench.count()
             assert {s["status"] for s in job["per_site"]} <= ANSWERED, job
+            figures |= bench.start_flower()
         finally:
             bench.stop()
     record = {"recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),

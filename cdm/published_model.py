@@ -13,7 +13,7 @@ The file is JSON::
                    "suv": {"kind": "image_feature", "code": "RADFED:suv_max", "time_varying": true}},
      "baseline": {"times": [12, 30, 61], "cumhaz": [0.01, 0.03, 0.08]},
      "fit": {"sites": ["site-a", "site-b"], "n": 412, "events": 97, "ties": "efron",
-             "mode": "stratified", "job_id": "...", "created": "2026-11-25T12:00:00Z"}}
+             "mode": "pooled", "job_id": "...", "created": "2026-11-25T12:00:00Z"}}
 
 ``variables`` use the spec's variable language (:data:`cdm.spec.Variable`), so a site evaluates them
 exactly as the rounds did.  ``baseline`` is the Breslow cumulative baseline hazard ``H0(t)`` at

@@ -23,3 +23,5 @@ from coordinator.rotation import rotate_site_key_command as _rotate  # noqa: E40
 _coordinator_group.add_command(_config_group, "config"); _coordinator_group.add_command(_rotate, "rotate-site-key")  # noqa: E702,E501
 from coordinator.learn.cli import LEARN_COMMANDS as _learn_commands  # noqa: E402  (issue 9: train, models, flower-register)
 for _name, _command in _learn_commands.items(): main.add_command(_command, _name)  # noqa: E701
+from coordinator.learn.superlink import superlink_command as _superlink  # noqa: E402  (issue 9/10: the SuperLink as a service)
+_coordinator_group.add_command(_superlink, "superlink")

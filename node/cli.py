@@ -133,5 +133,5 @@ from node.approvals import approvals_group  # noqa: E402  (issue 6: manual appro
 main.add_command(approvals_group, "approvals")
 from node.model_cli import concordance_command, forecast_command  # noqa: E402  (issue 8: per-patient rounds)
 main.add_command(concordance_command, "concordance"); main.add_command(forecast_command, "forecast")  # noqa: E702
-from node.learn.supernode import flower_key_command  # noqa: E402  (issue 9: Flower SuperNode key)
-main.add_command(flower_key_command, "flower-key")
+from node.learn.supernode import flower_key_command, flower_pins_command, supernode_run_command  # noqa: E402  (issue 9: Flower SuperNode)
+main.add_command(flower_key_command, "flower-key"); main.add_command(flower_pins_command, "flower-pins"); main.add_command(supernode_run_command, "supernode")  # noqa: E702,E501

@@ -216,7 +216,8 @@ def test_every_unit_starts_an_installed_cli_from_the_venv():
             for argv in argvs:
                 assert argv[0].startswith(INSTALL_BIN) and argv[0].removeprefix(INSTALL_BIN) in CLIS, (unit, argv)
     assert {u.name for u in UNITS} == {"radfed-node-agent.service", "radfed-dicom-listener.service",
-                                      "radfed-coordinator.service", "radfed-nats.service"}
+                                      "radfed-supernode.service", "radfed-coordinator.service",
+                                      "radfed-nats.service", "radfed-superlink.service"}
 
 
 @pytest.mark.parametrize("where,argv", [pytest.param(where, argv, id=where) for where, argv in _deployed_commands()])
@@ -269,7 +270,8 @@ def test_units_and_compose_run_the_same_commands():
     site = compose_services(DEPLOY / "compose" / "site.yml")
     coordinator = compose_services(DEPLOY / "compose" / "coordinator.yml")
     pairs = [("radfed-node-agent.service", site["agent"]), ("radfed-dicom-listener.service", site["dicom"]),
-             ("radfed-coordinator.service", coordinator["coordinator"])]
+             ("radfed-supernode.service", site["supernode"]), ("radfed-coordinator.service", coordinator["coordinator"]),
+             ("radfed-superlink.service", coordinator["superlink"])]
     for unit, service in pairs:
         argv = unit_commands(DEPLOY / "systemd" / unit)["ExecStart"][0]
         assert [argv[0].removeprefix(INSTALL_BIN)] + argv[1:] == service["command"], unit
@@ -278,40 +280,53 @@ def test_units_and_compose_run_the_same_commands():
     assert nats["ExecStart"][0][1:3] == coordinator["nats"]["command"][1:3]
 
 
-def _flags(argv: list[str]) -> dict[str, str | None]:
-    """``--flag value`` pairs of a command line (``None`` for a bare flag)."""
-    out: dict[str, str | None] = {}
-    for i, arg in enumerate(argv):
-        if arg.startswith("--"):
-            following = argv[i + 1] if i + 1 < len(argv) else None
-            out[arg] = None if following is None or following.startswith("--") else following
-    return out
+def test_flower_services_run_what_serve_flower_supervises(tmp_path, monkeypatch):
+    """`radfed coordinator superlink` / `radfed-node supernode` (the units' and compose's commands) exec
+    exactly the command line and environment that `serve --flower` supervises."""
+    import os
 
+    from click.testing import CliRunner
 
-def test_compose_flower_services_run_what_serve_flower_runs(tmp_path):
-    """The compose SuperLink/SuperNode services are the commands `serve --flower` supervises."""
+    from coordinator.cli import main as radfed
     from coordinator.learn.superlink import FlowerLink
-    from node.learn.supernode import supernode_command
+    from coordinator.tlsinit import make_tls
+    from node.cli import main as radfed_node
+    from node.learn.supernode import supernode_command, supernode_env
 
-    home = "/var/lib/radfed/coordinator"
-    tls = {"cert": Path(home, "tls/server.pem"), "key": Path(home, "tls/server.key"), "ca": Path(home, "tls/ca.pem")}
-    link = _flags(FlowerLink(Path(home, "flower"), "0.0.0.0", 9093, tls).command())
-    superlink = _flags(compose_services(DEPLOY / "compose" / "coordinator.yml")["superlink"]["command"])
-    assert superlink == link
+    execs = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: execs.append((path, list(argv), dict(env))))
+    home = tmp_path / "coordinator"
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f'[coordinator]\nhome = "{home}"\n[flower]\nhost = "127.0.0.1"\nport = 9193\n')
+    refused = CliRunner().invoke(radfed, ["coordinator", "superlink", "--config", str(config)])
+    assert refused.exit_code == 2 and "no coordinator" in refused.output and not execs
+    assert CliRunner().invoke(radfed, ["coordinator", "config", "apply", "--config", str(config)]).exit_code == 0
+    refused = CliRunner().invoke(radfed, ["coordinator", "superlink", "--config", str(config)])
+    assert refused.exit_code == 2 and "needs TLS" in refused.output and not execs   # [nats] tls not set
+    make_tls(home / "tls", ["127.0.0.1"])
+    done = CliRunner().invoke(radfed, ["coordinator", "superlink", "--config", str(config)])
+    assert done.exit_code == 0, done.output
+    (path, argv, env), = execs
+    tls = {"cert": home / "tls" / "server.pem", "key": home / "tls" / "server.key", "ca": home / "tls" / "ca.pem"}
+    assert argv == FlowerLink(home / "flower", "127.0.0.1", 9193, tls).command() and path == argv[0]
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["FLWR_HOME"] == str(home / "flower" / "home")
 
     (tmp_path / "ca.pem").write_text("CA")
     node_toml = tmp_path / "node.toml"
     node_toml.write_text((DEPLOY / "examples" / "node.toml").read_text()
                          .replace('data_dir = "/var/lib/radfed/node"', f'data_dir = "{tmp_path}/data"')
                          .replace('root_certificates = "bundle/ca.pem"', f'root_certificates = "{tmp_path}/ca.pem"'))
-    launched = _flags(supernode_command(load_config(node_toml), 9094))
-    supernode = _flags(compose_services(DEPLOY / "compose" / "site.yml")["supernode"]["command"])
-    assert set(supernode) == set(launched)
-    assert launched["--superlink"] in supernode["--superlink"]           # ${RADFED_SUPERLINK:-<example's>}
-    assert (launched["--host"], launched["--port"]) == (supernode["--host"], supernode["--port"])
-    assert launched["--auth-supernode-private-key"].endswith("/data/flower/flower-supernode.key")
-    assert supernode["--auth-supernode-private-key"] == "/var/lib/radfed/node/flower/flower-supernode.key"
-    assert supernode["--node-config"] == 'radfed-config="/etc/radfed/node.toml"'
+    done = CliRunner().invoke(radfed_node, ["--config", str(node_toml), "supernode"])
+    assert done.exit_code == 0, done.output
+    path, argv, env = execs[-1]
+    site = load_config(node_toml)
+    assert argv == supernode_command(site, 9094) == supernode_command(site) and path == argv[0]
+    assert argv[argv.index("--port") + 1] == "9094"
+    assert env == supernode_env(site)
+    shim = Path(env["PATH"].split(os.pathsep)[0]) / "flwr-clientapp"   # the FAB pin comes first on PATH
+    assert shim == tmp_path / "data" / "flower" / "bin" / "flwr-clientapp" and "node.learn.fabpin" in shim.read_text()
+    assert "--insecure" not in argv and argv[argv.index("--root-certificates") + 1] == f"{tmp_path}/ca.pem"
+    assert argv[argv.index("--superlink") + 1] == "bus.radfed.example.org:9093"
 
 
 # ---------------------------------------------------------------------------- example configs

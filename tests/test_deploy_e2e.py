@@ -6,7 +6,9 @@ install prefixes mapped into a temporary folder:  ``radfed coordinator config ap
 (radfed-nats.service, TLS + JetStream), ``radfed coordinator serve --config`` (radfed-coordinator.service,
 job store on PostgreSQL), ``radfed-node ... config check`` / ``serve`` (radfed-node-agent.service, CDM on
 PostgreSQL) and ``dicom listen`` (radfed-dicom-listener.service).  A researcher then runs the guide's
-docs/examples/count.yaml through ``radfed query run``."""
+docs/examples/count.yaml through ``radfed query run``.  Then the training units: ``radfed coordinator
+superlink`` (radfed-superlink.service) and, once the operator registered the site's key,
+``radfed-node ... supernode`` (radfed-supernode.service), which must come online at the SuperLink."""
 
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
 
 
-def coordinator_toml(var: Path, nats_port: int, api_port: int, database_url: str) -> str:
+def coordinator_toml(var: Path, nats_port: int, api_port: int, database_url: str, flower_port: int = 9093) -> str:
     """deploy/examples/coordinator.toml with this machine's paths, loopback ports and job store."""
     text = (DEPLOY / "examples" / "coordinator.toml").read_text().replace("/var/lib/radfed/", f"{var}/")
     for table, key, value in [("nats", "host", "127.0.0.1"), ("nats", "port", nats_port),
@@ -105,12 +107,14 @@ def coordinator_toml(var: Path, nats_port: int, api_port: int, database_url: str
                               ("nats", "external_url", f"tls://localhost:{nats_port}"),
                               ("nats", "tls_hosts", ["localhost", "127.0.0.1"]), ("api", "port", api_port),
                               ("api", "public_url", f"http://127.0.0.1:{api_port}"),
-                              ("database", "url", database_url)]:
+                              ("database", "url", database_url), ("flower", "host", "127.0.0.1"),
+                              ("flower", "port", flower_port)]:
         text = set_key(text, table, key, value)
     return text
 
 
-def node_toml(var: Path, bundle_toml: Path, database_url: str, dicom_port: int, move_port: int) -> str:
+def node_toml(var: Path, bundle_toml: Path, database_url: str, dicom_port: int, move_port: int,
+              superlink: str = "127.0.0.1:9093") -> str:
     """deploy/examples/node.toml with the bundle's values, this machine's paths, ports and CDM."""
     bus = tomllib.loads(bundle_toml.read_text())["bus"]
     text = (DEPLOY / "examples" / "node.toml").read_text().replace("/var/lib/radfed/", f"{var}/")
@@ -118,7 +122,8 @@ def node_toml(var: Path, bundle_toml: Path, database_url: str, dicom_port: int, 
                               ("bus", "user", bus["user"]), ("database", "url", database_url),
                               ("bus", "url", bus["url"]), ("bus", "coordinator_key", bus["coordinator_key"]),
                               ("bus", "heartbeat_seconds", 1), ("dicom", "host", "127.0.0.1"),
-                              ("dicom", "port", dicom_port), ("dicom", "move_port", move_port)]:
+                              ("dicom", "port", dicom_port), ("dicom", "move_port", move_port),
+                              ("learning", "superlink", superlink)]:
         text = set_key(text, table, key, value)
     return text
 
@@ -147,12 +152,13 @@ def test_deployment_entrypoints_answer_a_count_query(tmp_path, pg_url, coordinat
     etc.mkdir()
     (var / "node").mkdir(parents=True)
     services = Services(root)
-    nats_port, api_port, dicom_port, move_port = free_port(), free_port(), free_port(), free_port()
+    nats_port, api_port, dicom_port, move_port, flower_port = (free_port() for _ in range(5))
     pgpass = etc / "pgpass"
     pgpass.write_text("127.0.0.1:5432:*:postgres:unused-with-trust-auth\n")
     pgpass.chmod(0o600)
 
-    (etc / "coordinator.toml").write_text(coordinator_toml(var, nats_port, api_port, f"{coordinator_db}?passfile={pgpass}"))
+    (etc / "coordinator.toml").write_text(coordinator_toml(var, nats_port, api_port, f"{coordinator_db}?passfile={pgpass}",
+                                                           flower_port))
     home = var / "coordinator"
 
     try:
@@ -176,7 +182,7 @@ def test_deployment_entrypoints_answer_a_count_query(tmp_path, pg_url, coordinat
         bundle = tomllib.loads((etc / "bundle" / "node.toml").read_text())
         assert bundle["bus"]["durable"] is True and bundle["bus"]["tls_ca"] == "ca.pem"
         (etc / "node.toml").write_text(node_toml(var, etc / "bundle" / "node.toml", f"{pg_url}?passfile={pgpass}",
-                                                 dicom_port, move_port))
+                                                 dicom_port, move_port, f"127.0.0.1:{flower_port}"))
         node = [str(BIN / "radfed-node"), "--config", str(etc / "node.toml")]
         initialised = run(node + ["init"])                        # the compose `init` service
         assert initialised.returncode == 0, initialised.stderr
@@ -216,6 +222,33 @@ def test_deployment_entrypoints_answer_a_count_query(tmp_path, pg_url, coordinat
         assert per_site[SITE]["result"]["n"] == SITES[SITE], per_site
         assert job["pooled"]["rows"][0]["pooled"]["n"] == SITES[SITE], job["pooled"]
         assert f"connected to tls://localhost:{nats_port}" in services.log("radfed-node-agent.service")
+
+        # training: the SuperLink unit (TLS from the bus's CA, node auth, --database), the site's key
+        # registered by the operator, the SuperNode unit connecting out to it
+        superlink = services.start("radfed-superlink.service")
+        wait_for_port("127.0.0.1", flower_port, timeout=60, process=superlink)
+        assert (home / "flower").is_dir()
+        key = run(node + ["flower-key"])
+        assert key.returncode == 0, key.stderr
+        registered = run([str(BIN / "radfed"), "flower-register", "--home", str(home), key.stdout.strip(), SITE])
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        supernode = services.start("radfed-supernode.service")
+        from coordinator.home import CoordinatorHome
+        from coordinator.learn.superlink import CONNECTION, FlowerLink
+
+        link = FlowerLink.for_home(CoordinatorHome(home))
+        assert link.address == f"127.0.0.1:{flower_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            nodes = link.flwr("supernode", "list", CONNECTION)["nodes"]
+            if any(n["status"] == "online" for n in nodes):
+                break
+            assert supernode.poll() is None and superlink.poll() is None, services.log("radfed-supernode.service")
+            assert time.monotonic() < deadline, (nodes, services.log("radfed-supernode.service"))
+            time.sleep(0.5)
+        assert len(nodes) == 1 and (home / "flower" / "superlink.db").exists()
+        shim = var / "node" / "flower" / "bin" / "flwr-clientapp"   # the FAB pin the SuperExec will start
+        assert "node.learn.fabpin" in shim.read_text()
     finally:
         services.stop()
     # the listener stopped cleanly on the unit's KillSignal and reported what it received

@@ -28,9 +28,10 @@ from cdm.db import open_engine  # noqa: E402
 from cdm.learn.modelspec import parse_model_spec  # noqa: E402
 from cdm.learn.models import newton_fit  # noqa: E402
 from cdm.learn.process import Supervised, flower_env, wait_listening  # noqa: E402
+from cdm.learn.bundle import installed_fab_hash, write_app  # noqa: E402
 from coordinator.learn import runner  # noqa: E402
 from coordinator.learn.store import ModelStore  # noqa: E402
-from coordinator.learn.superlink import FlowerError, FlowerLink, register_supernode, start_superlink  # noqa: E402
+from coordinator.learn.superlink import CONNECTION, FlowerError, FlowerLink, register_supernode, start_superlink  # noqa: E402
 from coordinator.tlsinit import make_tls  # noqa: E402
 from node.audit import AuditLog  # noqa: E402
 from node.config import ConfigError, load_config  # noqa: E402
@@ -44,8 +45,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def federation(tmp_path):
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("flower")
     tls = make_tls(tmp_path / "tls", ["127.0.0.1"])
     link = FlowerLink(tmp_path / "coordinator" / "flower", "127.0.0.1", free_port(), tls)
     started = [start_superlink(link, log=lambda m: None)]
@@ -81,13 +83,13 @@ def test_federated_newton_on_real_superlink_matches_pooled_fit(federation, tmp_p
     np.testing.assert_allclose(saved["arrays"][0], newton_fit(X, y, rounds=3), rtol=0, atol=1e-10)
     np.testing.assert_allclose(saved["arrays"][0], newton_fit(X, y), rtol=0, atol=1e-2)
     assert saved["spec_digest"] == model.digest() and saved["provenance"]["requester"] == "alice"
-    assert saved["fab_hash"] and len(saved["fab_hash"]) == 64 and saved["flower_run_id"]
+    assert saved["fab_hash"] == installed_fab_hash() and saved["flower_run_id"]   # what the sites pin
     assert set(result["sites"]) == {"site0", "site1"} and result["pooled"]["n"] == 370
     assert len(result["round_seconds"]) == 3
     assert all(p.restarts == 0 for p in processes)
     for config in configs:  # one audit entry per round at each site, plus the final evaluation
         entries = [e for e in AuditLog.for_config(config).entries() if e["request_id"].startswith("flower:")]
-        assert [e["request_id"].rsplit(":", 2)[1:] for e in entries] == \
+        assert [e["request_id"].rsplit(":", 2)[1:] for e in entries[-4:]] == \
             [[str(r), "train"] for r in range(1, 4)] + [["3", "evaluate"]]
         assert AuditLog.for_config(config).verify() == []
 
@@ -96,6 +98,102 @@ def test_federated_newton_on_real_superlink_matches_pooled_fit(federation, tmp_p
     bad.write_text("ssh-ed25519 AAAA not-a-key\n")
     with pytest.raises(FlowerError):
         register_supernode(link, bad, "intruder")
+
+
+def test_sites_refuse_an_app_bundle_they_have_not_pinned(federation, tmp_path):
+    """A compromised coordinator submits a FAB whose ClientApp entry point runs its own code first.
+    site0 pins only its own install's FAB: the bundle is refused before it is installed or imported,
+    and audited.  site1 has added the bundle's hash to [learning] allowed_fab_hashes: it runs it."""
+    import json
+
+    link, configs, processes = federation
+    model = parse_model_spec(logistic_spec("newton", rounds=1))
+    work = runner.prepare_run(link.folder, model)
+    app = write_app(work / "app")
+    marker = tmp_path / "ran"
+    marker.mkdir()
+    (app / "radfed_app" / "client.py").write_text(   # proof of execution: one file per process, named by site
+        "import os, pathlib, uuid\n"
+        f"pathlib.Path({str(marker)!r}, os.environ['FLWR_HOME'].replace('/', '_') + uuid.uuid4().hex).touch()\n"
+        "from node.learn import clientapp\n\napp = clientapp.app\n")
+    evil = runner.fab_hash(app)
+    assert evil != installed_fab_hash()
+    site1 = configs[1].path
+    original = site1.read_text()
+    site1.write_text(original.replace("[learning]\n", f'[learning]\nallowed_fab_hashes = ["{evil}"]\n'))
+    try:
+        answer = link.flwr("run", str(app), CONNECTION, "--run-config", f"work-dir={json.dumps(str(work))}")
+        result = runner.wait_result(work, 150)
+    finally:
+        site1.write_text(original)
+    assert answer.get("run-id") and result["status"] == "error" and "site(s) answering" in result["message"]
+    ran = [p.name for p in marker.iterdir()]
+    assert ran and all("site1" in name for name in ran), ran          # site0 never imported the bundle
+    refused = [e for e in AuditLog.for_config(configs[0]).entries() if e["code"] == "FAB_NOT_ALLOWED"]
+    assert [e["request_id"].rsplit(":", 2)[1:] for e in refused] == [["1", "train"]]
+    assert refused[0]["decision"] == "refused" and refused[0]["released"] == {"fab_hash": evil}
+    assert AuditLog.for_config(configs[0]).verify() == []
+    site1_entries = [e for e in AuditLog.for_config(configs[1]).entries() if e["request_id"].startswith("flower:")]
+    assert site1_entries[-1]["decision"] == "ok" and site1_entries[-1]["code"] is None   # the pinned FAB ran the policy path
+
+
+def _superlink_pids(database: Path) -> list[int]:
+    """PIDs of flower-superlink processes whose command line names ``database`` (this test's only)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if any(a.endswith(b"flower-superlink") for a in argv[:2]) and str(database).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_coordinator_serve_flower_starts_and_supervises_the_superlink(tmp_path):
+    """`radfed coordinator serve --flower`: nats-server, API and a SuperLink with --database; a
+    SuperLink that dies is restarted; stopping serve stops it."""
+    import os
+    import signal
+    import subprocess
+
+    radfed = str(Path(sys.executable).parent / "radfed")
+    home = tmp_path / "coord"
+    flower_port = free_port()
+    ports = ["--nats-port", str(free_port()), "--api-port", str(free_port())]
+    assert subprocess.run([radfed, "coordinator", "init", "--home", str(home), *ports], capture_output=True).returncode == 0
+    settings = home / "settings.json"
+    import json
+
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "flower_port": flower_port}))
+    no_tls = subprocess.run([radfed, "coordinator", "serve", "--home", str(home), "--flower"], capture_output=True,
+                            text=True, timeout=60)
+    assert no_tls.returncode == 2 and "tls-init" in no_tls.stderr
+    assert subprocess.run([radfed, "coordinator", "tls-init", "--home", str(home), "--host", "127.0.0.1"],
+                          capture_output=True).returncode == 0
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen([radfed, "coordinator", "serve", "--home", str(home), "--flower"], stdout=log,
+                             stderr=subprocess.STDOUT)
+    database = home / "flower" / "superlink.db"
+    try:
+        wait_listening("127.0.0.1", flower_port, timeout=60)
+        (first,) = _superlink_pids(database)
+        os.kill(first, signal.SIGKILL)   # the SuperLink crashes ...
+        deadline = time.monotonic() + 60
+        while not [p for p in _superlink_pids(database) if p != first]:   # ... and serve starts it again
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        wait_listening("127.0.0.1", flower_port, timeout=60)
+        assert database.exists()
+        assert "flower-superlink exited with code" in (tmp_path / "serve.log").read_text()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+        log.close()
+    deadline = time.monotonic() + 10
+    while _superlink_pids(database) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _superlink_pids(database)
 
 
 def test_supervisor_restarts_an_exited_process(tmp_path):
@@ -134,5 +232,24 @@ def test_process_command_lines(tmp_path):
     cmd = supernode_command(load_config(toml), 9094)
     assert cmd[cmd.index("--root-certificates") + 1] == str(tls["ca"]) and "--insecure" not in cmd
     assert cmd[cmd.index("--node-config") + 1] == f'radfed-config="{toml.resolve()}"'
+    pinned = tmp_path / "pinned.toml"
+    pinned.write_text(toml.read_text() + 'runtime_port = 9555\nallowed_fab_hashes = ["not-a-hash"]\n')
+    with pytest.raises(ConfigError, match="not SHA-256 hex digests"):
+        supernode_command(load_config(pinned), None)
+    extra = "ab" * 32
+    pinned.write_text(toml.read_text() + f'runtime_port = 9555\nallowed_fab_hashes = ["{extra.upper()}"]\n')
+    ported = supernode_command(load_config(pinned))
+    assert ported[ported.index("--port") + 1] == "9555"                       # [learning] runtime_port
+    from node.learn.fabpin import allowed_hashes, require_verified
+    from node.policy import Refusal
+
+    assert allowed_hashes(load_config(pinned)) == {installed_fab_hash(): "this site's radfed install",
+                                                    extra: "node.toml [learning] allowed_fab_hashes"}
+
+    class Ctx:
+        node_config = {"radfed-config": str(pinned)}
+
+    with pytest.raises(Refusal, match="did not pass the site's FAB pin"):   # fail closed without the pin
+        require_verified(Ctx())
     key = Path(cmd[cmd.index("--auth-supernode-private-key") + 1])
     assert key.stat().st_mode & 0o077 == 0 and key.with_suffix(".pub").read_text().startswith("ecdsa-sha2-nistp384 ")

@@ -109,6 +109,19 @@ def test_site_policy_refusals_are_audited_and_fail_the_run(sites, tmp_path):
     assert AuditLog.for_config(config).verify() == []
 
 
+def test_a_round_one_site_refuses_fails_instead_of_fitting_the_others(sites, tmp_path):
+    """federation.min_sites = 2 and two sites, one of which refuses: no model from the other alone."""
+    narrow = tmp_path / "narrow" / "node.toml"
+    narrow.parent.mkdir()
+    narrow.write_text(Path(sites[1]).read_text().replace('"measurement:RADFED:*", ', ""))   # target only
+    with pytest.raises(RuntimeError, match=r"only 0 of 2 rounds had 2 site\(s\) answering.*round 1: 1, round 2: 1"):
+        run_local([sites[0], narrow], logistic_spec("newton", rounds=2), tmp_path)
+    spec = logistic_spec("newton", rounds=2)
+    spec["federation"] = {"min_sites": 1}   # the researcher may accept fewer sites, explicitly
+    result, _ = run_local([sites[0], narrow], spec, tmp_path)
+    assert set(result["sites"]) == {"site0"} and result["evaluation_refusals"]
+
+
 def test_data_path_refusals(sites, tmp_path):
     model = parse_model_spec(logistic_spec())
     config = load_config(sites[2])

@@ -6,6 +6,8 @@ The rossi recidivism data (432 persons, weekly times with many ties) is split ve
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,7 +88,7 @@ def test_breslow_equals_statsmodels_phreg(rossi, mode):
 
 
 @pytest.mark.parametrize("mode", ["pooled", "stratified"])
-def test_time_varying_equals_coxtimevaryingfitter(mode):
+def test_time_varying_equals_coxtimevaryingfitter(mode, tmp_path):
     df = load_stanford_heart_transplants()[["id", "start", "stop", "event", "age", "year", "surgery", "transplant"]]
     covariates = ["age", "year", "surgery", "transplant"]
     frames = split_uneven(df, 4, seed=2, by="id")  # a person's intervals stay at one site
@@ -101,8 +103,30 @@ def test_time_varying_equals_coxtimevaryingfitter(mode):
                            "ties": "efron", "mode": mode}, ask)
     np.testing.assert_allclose(coefs(result), ref.params_[covariates], rtol=REL)
     np.testing.assert_allclose(coefs(result, "se"), ref.standard_errors_[covariates], rtol=REL)
+    np.testing.assert_allclose(coefs(result, "exp(coef)"), ref.hazard_ratios_[covariates], rtol=REL)
+    np.testing.assert_allclose(coefs(result, "coef_upper_95"), ref.confidence_intervals_.iloc[:, 1][covariates], rtol=REL)
+    np.testing.assert_allclose(coefs(result, "p"), ref.summary["p"][covariates], rtol=1e-5)
     assert result["loglik"] == pytest.approx(ref.log_likelihood_, rel=REL)
-    assert result["n"] == len(df)
+    assert result["n"] == len(df) and result["convergence"]["converged"]
+    if mode == "pooled":
+        # CoxTimeVaryingFitter's baseline is at the intervals' covariate means; ours at covariates = 0
+        base = result["baseline"]
+        shift = np.exp(df[covariates].mean().to_numpy() @ coefs(result))
+        expected = ref.baseline_cumulative_hazard_.loc[base["times"]].to_numpy().ravel()
+        np.testing.assert_allclose(np.array(base["cumulative_hazard"]) * shift, expected, rtol=REL)
+        # and this is the model a site forecasts from: published with its time-varying definitions
+        from cdm.published_model import load_model
+
+        variables = {c: {"kind": "measurement", "code": f"RADFED:{c}", "time_varying": True} for c in covariates}
+        document = forecast_model(result, {"variables": variables, "analysis": {"time": TIME}})
+        path = tmp_path / "tv-model.json"
+        path.write_text(json.dumps(document))
+        model = load_model(path)
+        assert model.fit["time_varying"] and model.variables["transplant"].time_varying
+        x = df[covariates].iloc[0].to_numpy(float)
+        times, survival = rounds.cox_survival(model.baseline.times, model.baseline.cumhaz, model.beta, x)
+        lifelines_survival = np.exp(-expected * np.exp((x - df[covariates].mean().to_numpy()) @ ref.params_[covariates]))
+        np.testing.assert_allclose(survival, lifelines_survival, rtol=1e-6)
 
 
 def test_within_site_concordance_when_sites_release_pair_counts(rossi):

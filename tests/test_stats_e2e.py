@@ -95,6 +95,14 @@ def test_stratified_cox_through_the_service(network, pooled):
     assert result["coefficients"][0]["se"] == pytest.approx(ref.standard_errors_["age"], rel=1e-6)
     assert result["loglik"] == pytest.approx(ref.log_likelihood_, rel=1e-6)
     assert len(job["provenance"]["rounds"]) == result["rounds"] == result["convergence"]["iterations"] + 1
+    # Harrell's C over within-site pairs, from the pair counts each node adds to its last round
+    from lifelines.utils.concordance import _concordance_summary_statistics
+
+    beta = result["coefficients"][0]["coef"]
+    counts = [_concordance_summary_statistics(part.time.to_numpy(float), -beta * part.age.to_numpy(float),
+                                              part.event.to_numpy(bool)) for _, part in pooled.groupby("site")]
+    expected = sum(c + t / 2 for c, t, _ in counts) / sum(n for _, _, n in counts)
+    assert result["concordance"] == pytest.approx(expected, rel=1e-12) and "within-site" in result["concordance_note"]
 
 
 def test_km_through_the_cli_with_plots(network, pooled, tmp_path):
@@ -150,3 +158,32 @@ def test_a_refusing_site_keeps_its_code_in_a_multi_round_job(network):
     for row in per_site.values():
         assert row["status"] == "refused" and row["code"] == "MIN_ROWS", row
         assert "biopsies" in row["message"] and row["elapsed_ms"] > 0
+
+
+def test_summary_histogram_and_crosstab_through_the_service(network, pooled):
+    """One-round analyses through real nodes = numpy / scipy on the pooled persons of three sites."""
+    from scipy.stats import chi2_contingency
+
+    job = network.run(spec({"type": "summary", "variables": ["age"]}))
+    assert job["status"] == "done", job["message"]
+    (row,) = job["pooled"]["rows"]
+    assert row["pooled"]["complete"] and row["pooled"]["n"] == len(pooled)
+    assert row["pooled"]["mean"] == pytest.approx(pooled.age.mean(), rel=1e-12)
+    assert row["pooled"]["variance"] == pytest.approx(pooled.age.var(ddof=1), rel=1e-9)
+
+    edges = [0, 50, 60, 120]
+    job = network.run(spec({"type": "histogram", "variable": "age", "edges": edges}))
+    assert job["status"] == "done", job["message"]
+    counts = {r["key"][0]: r["pooled"]["n"] for r in job["pooled"]["rows"]}
+    expected, _ = np.histogram(pooled.age, bins=edges)
+    assert [counts[f"[{a}, {b})"] for a, b in zip(edges, edges[1:])] == expected.tolist()
+    assert all(r["pooled"]["complete"] for r in job["pooled"]["rows"])
+
+    job = network.run(spec({"type": "crosstab", "by": ["age", "site"], "bins": {"age": edges}},
+                           {"age": {"kind": "age"}, "site": {"kind": "site"}}))
+    assert job["status"] == "done", job["message"]
+    table = pd.crosstab(pd.cut(pooled.age, edges, right=False), pooled.site).to_numpy()
+    test = job["pooled"]["chi_square"]
+    ref = chi2_contingency(table, correction=False)
+    assert test["statistic"] == pytest.approx(ref.statistic, rel=1e-9) and test["df"] == ref.dof == 4
+    assert sorted(r["pooled"]["n"] for r in job["pooled"]["rows"]) == sorted(table.ravel().tolist())

@@ -27,7 +27,9 @@ class LocalGrid(Grid):
     def __init__(self, sites: dict[int, tuple[object, dict]]):
         self._run = Run.create_empty(next(self._run_ids))
         self._apps = {node_id: app for node_id, (app, _) in sites.items()}
-        self._contexts = {node_id: Context(run_id=self._run.run_id, node_id=node_id, node_config=dict(config),
+        # no FAB is shipped or installed here, so there is none to pin (node/learn/fabpin.py)
+        self._contexts = {node_id: Context(run_id=self._run.run_id, node_id=node_id,
+                                           node_config={**config, "radfed-grid": "in-process"},
                                            state=RecordDict(), run_config={})
                           for node_id, (_, config) in sites.items()}
         self._replies: dict[str, Message] = {}

@@ -132,8 +132,10 @@ def run(grid: Grid, work: Path) -> dict:
                             train_config=_train_config(model, text))
     arrays = result.arrays.to_numpy_ndarrays()
     if len(result.train_metrics_clientapp) < model.training.rounds:
+        short = ", ".join(f"round {r}: {n}" for r, n in getattr(strategy, "short_rounds", []))
         raise RuntimeError(f"only {len(result.train_metrics_clientapp)} of {model.training.rounds} rounds "
-                           f"had {model.federation.min_sites} site(s) answering (see the site audit logs)")
+                           f"had {model.federation.min_sites} site(s) answering (see the site audit logs)"
+                           + (f"; sites answering {short}" if short else ""))
     np.savez(work / "model.npz", *arrays)
     sites, pooled, refusals = evaluate_sites(grid, model, result.arrays, _evaluate_config(model, text))
     return {

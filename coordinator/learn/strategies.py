@@ -19,17 +19,31 @@ from cdm.learn.modelspec import ModelSpec
 
 
 def _timed(base):
-    """``base`` recording wall-clock seconds per round (configure_train to the end of aggregate_train)."""
+    """``base`` recording wall-clock seconds per round (configure_train to the end of aggregate_train),
+    and refusing to aggregate a round that fewer than ``min_train_nodes`` (``federation.min_sites``)
+    sites answered without error.
+
+    Flower's FedAvg uses ``min_train_nodes`` only to sample nodes and aggregates whatever valid
+    replies come back, so a site's refusal would silently leave a model fitted on the others.  Here
+    such a round aggregates nothing (the global model stays as it was, the round has no training
+    metrics), and the ServerApp fails the run (:func:`coordinator.learn.serverapp.run`)."""
 
     class Timed(base):
         round_seconds: list
+        short_rounds: list
 
         def configure_train(self, server_round, arrays, config, grid):
             self._t0 = time.perf_counter()
             return super().configure_train(server_round, arrays, config, grid)
 
         def aggregate_train(self, server_round, replies):
-            out = super().aggregate_train(server_round, replies)
+            replies = list(replies)
+            answered = sum(1 for msg in replies if not msg.has_error())
+            if answered < self.min_train_nodes:
+                self.short_rounds = [*getattr(self, "short_rounds", []), (server_round, answered)]
+                out = (None, None)
+            else:
+                out = super().aggregate_train(server_round, replies)
             self.round_seconds = [*getattr(self, "round_seconds", []), time.perf_counter() - self._t0]
             return out
 

@@ -11,16 +11,23 @@ port.  radfed starts it with
 * ``--disable-runtime-dependency-installation`` — no ``uv sync`` of whatever a FAB declares;
 * ``FLWR_TELEMETRY_ENABLED=0`` in its environment (and in every ``flwr`` CLI call).
 
-:class:`cdm.learn.process.Supervised` restarts the process when it exits (``radfed coordinator serve --flower``).
-``flwr`` CLI calls use ``HOME/flower/home`` as ``FLWR_HOME`` with one connection, ``radfed``.
+Two ways to run it: ``radfed coordinator serve --flower`` supervises it next to the API
+(:class:`cdm.learn.process.Supervised` restarts it when it exits); ``radfed coordinator superlink``
+*is* it (the process replaces itself with ``flower-superlink``, same command line and environment),
+for a service manager that supervises (deploy/systemd/radfed-superlink.service, the compose
+``superlink`` service).  ``flwr`` CLI calls use ``HOME/flower/home`` as ``FLWR_HOME`` with one
+connection, ``radfed``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import click
 
 from cdm.learn.process import Supervised, flower_env
 
@@ -120,3 +127,43 @@ def start_for_home(home, log=print, port: int | None = None) -> Supervised:
     log(f"Flower SuperLink on {link.address} (TLS; state in {link.database}; "
         f"register SuperNodes with `radfed flower-register`)")
     return process
+
+
+@click.command("superlink")
+@click.option("--home", default="radfed-coordinator", show_default=True, envvar="RADFED_COORDINATOR_HOME",
+              help="Coordinator folder (the SuperLink's state is HOME/flower, its TLS HOME/tls).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="coordinator.toml: its [coordinator] home and [flower] host/port (replaces --home).")
+def superlink_command(home: str, config_path: str | None) -> None:
+    """Run the Flower SuperLink in the foreground (for systemd / compose, which restart it).
+
+    The same command line and environment as `serve --flower` supervises (TLS, SuperNode
+    authentication, --database, no runtime dependency installation, telemetry off); the process
+    becomes `flower-superlink` (same PID).  The home must exist with its TLS material
+    (`radfed coordinator config apply`, which radfed-nats.service / the compose `setup` run first).
+    """
+    from coordinator.home import CoordinatorHome, HomeError
+
+    if config_path:
+        from coordinator.config import load_coordinator_config, validate
+
+        config = load_coordinator_config(config_path)
+        problems = validate(config)
+        if problems:
+            raise HomeError(f"{config.path}: " + "; ".join(problems))
+        home_path = config.home_path
+    else:
+        home_path = Path(home)
+    h = CoordinatorHome(home_path)
+    if not h.exists():
+        raise HomeError(f"no coordinator at {h.path}: run `radfed coordinator config apply` (or init) first")
+    link = FlowerLink.for_home(h)
+    if not link.tls:
+        raise HomeError(f"no TLS certificate in {h.path / 'tls'}: the Flower SuperLink needs TLS "
+                        "(SuperNode authentication requires it); set [nats] tls = true and apply, or run tls-init")
+    link.folder.mkdir(parents=True, exist_ok=True)
+    link.write_cli_config()
+    command = link.command()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, flower_env(link.flwr_home))

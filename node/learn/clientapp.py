@@ -1,7 +1,8 @@
 """The Flower ClientApp: one local training or evaluation step per message, on policy-checked rows.
 
 The SuperNode passes the site's identity in its node config (``radfed-config`` = path of node.toml,
-optional ``radfed-db`` = CDM URL; see :mod:`node.learn.supernode`).  Every message carries the model
+optional ``radfed-db`` = CDM URL; see :mod:`node.learn.supernode`).  A message is answered only in a
+process whose app bundle passed the site's FAB pin (:mod:`node.learn.fabpin`).  Every message carries the model
 spec (``config["model-spec"]``, JSON); the rows come from :func:`node.learn.data.training_rows`,
 so the site's ``[policy]`` and ``[learning]`` tables decide what is read, and each round is audited.
 What leaves the site: updated parameters (or, for ``newton``, the mean gradient and Hessian), the
@@ -20,6 +21,7 @@ from cdm.learn import models as M
 from cdm.learn.modelspec import ModelSpec, ModelSpecError, parse_model_spec
 from node.config import ConfigError
 from node.learn.data import audit_round, suppress_small_groups, training_rows
+from node.learn.fabpin import require_verified
 from node.policy import Refusal
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ def _handle(msg: Message, context: Context, stage: str) -> Message:
     config, model, rows = None, None, 0
     try:
         config, engine = site_context(context)
+        require_verified(context)  # the app bundle passed the site's FAB pin (node/learn/fabpin.py)
         model = parse_model_spec(str(cfg["model-spec"]))
         data = training_rows(engine, config, model, config.site_name)
         rows = len(data.y)
