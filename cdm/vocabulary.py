@@ -445,11 +445,21 @@ def _vocab_ids(path: Path) -> list[str]:
         return [row[0] for row in reader if row]
 
 
+#: The domain Athena gives (nearly) every concept of these vocabularies; others (SNOMED spans many
+#: domains) fall back to OMOP's catch-all, Observation, unless the site's file names one.
+USUAL_DOMAIN = {"LOINC": "Measurement", "UCUM": "Unit", "RxNorm": "Drug", "CVX": "Drug",
+                "ICDO3": "Condition", "ICD10CM": "Condition", "ICD10": "Condition", "HGNC": "Observation"}
+
+
 def load_source_to_concept_map(engine: Engine, path: str | Path) -> int:
     """Load a site's own code mappings (OMOP SOURCE_TO_CONCEPT_MAP columns, comma- or tab-separated).
 
     Target concepts may be named by id (``target_concept_id``) or, more conveniently for a site,
-    by reference (a ``target`` column holding ``LOINC:2160-0``), resolved through this node.
+    by reference (a ``target`` column holding ``LOINC:2160-0``), resolved through this node.  A
+    target the node has no concept for yet (no Athena load) is created site-local with the domain of
+    an optional ``target_domain_id`` column, else its vocabulary's usual domain
+    (:data:`USUAL_DOMAIN`): its domain decides the CDM table mapped records land in, so a local lab
+    code mapped to LOINC must reach ``measurement``, not OMOP's catch-all ``observation``.
     """
     table = tables["source_to_concept_map"]
     vocab = Vocabulary(engine)
@@ -462,7 +472,8 @@ def load_source_to_concept_map(engine: Engine, path: str | Path) -> int:
             target = vocab.resolve(r["target"])
             if target is None:
                 vocab_id, code = parse_reference(r["target"])
-                target = vocab.concept_for(vocab_id, code).concept_id
+                domain = r.get("target_domain_id") or USUAL_DOMAIN.get(vocab_id)
+                target = vocab.concept_for(vocab_id, code, domain_id=domain).concept_id
         elif r.get("target_concept_id"):
             target = int(r["target_concept_id"])
         else:

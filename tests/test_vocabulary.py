@@ -80,6 +80,24 @@ def test_site_mapping_file_maps_local_code_onto_standard(any_cdm, tmp_path):
     assert vocab.resolve("LOCALLAB:CREA") == vocab.resolve("LOINC:2160-0")
 
 
+def test_mapping_targets_unknown_to_the_node_get_their_vocabularys_domain(any_cdm, tmp_path):
+    # no Athena: LOINC:2160-0 is new to this node, so load-map creates it; as a LOINC code it is a
+    # Measurement (else mapped lab results would land in `observation`), unless the file says otherwise
+    mapping = tmp_path / "stcm.csv"
+    mapping.write_text(
+        "source_code,source_vocabulary_id,source_code_description,target,target_domain_id\n"
+        "CREA,LOCALLAB,Creatinine (site code),LOINC:2160-0,\n"
+        "SMOKE,LOCALQ,Smoker (site code),SNOMED:77176002,\n"
+        "ECOG,LOCALQ,ECOG score,SNOMED:423740007,Measurement\n"
+    )
+    assert load_source_to_concept_map(any_cdm, mapping) == 3
+    vocab = Vocabulary(any_cdm)
+    assert vocab.lookup("LOCALLAB", "CREA").domain_id == "Measurement"
+    assert vocab.lookup("LOCALQ", "SMOKE").domain_id == "Observation"
+    assert vocab.lookup("LOCALQ", "ECOG").domain_id == "Measurement"
+    assert vocab.lookup("LOCALLAB", "CREA").concept_id == vocab.resolve("LOINC:2160-0")
+
+
 def test_colliding_local_ids_are_probed(sqlite_cdm):
     from cdm.vocabulary import local_concept_id
 
