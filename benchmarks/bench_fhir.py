@@ -1,16 +1,22 @@
 """Benchmark the FHIR ingest: resources/s into SQLite and PostgreSQL next to the bare parse rate.
 
 A FHIR-only synthetic Bulk Data export (``radfed-node synth --no-dicom``; 23,000 patients give
-~1.14M resources, ~1 GB of NDJSON) is generated once under ``/tmp`` (never in the repository).  Then,
+~1.06M resources, ~0.9 GB of NDJSON) is generated once under ``/tmp`` (never in the repository).  Then,
 on the same machine in the same run:
 
 * **bare parse**: ``orjson.loads`` over every line of every NDJSON file — the floor of any ingest;
 * **SQLite** and **PostgreSQL**: ``ingest_paths`` into a fresh CDM, each in a fresh interpreter so
   its peak RSS is its own (streaming holds if the peak does not grow with the export);
-* with ``--rerun``, a second load of the same export (everything unchanged: hash check only).
+* then a second load of the same export into the same CDM (everything unchanged: hash check only;
+  ``--no-rerun`` skips it).
 
-    .venv/bin/python benchmarks/bench_fhir.py                        # 23,000 patients, SQLite + PostgreSQL
-    .venv/bin/python benchmarks/bench_fhir.py --patients 1000 --rerun
+Validation runs in ``auto_workers`` processes (one on a 2-core machine) unless ``--workers`` says
+otherwise; the load's peak RSS and its validation workers' peak RSS are reported apart.  The figures,
+the machine's load average before and after, and the command go to ``benchmarks/results/fhir.json``.
+Other engineers benchmark on the same machine: run it under ``flock /tmp/radfed-bench.lock``.
+
+    flock /tmp/radfed-bench.lock .venv/bin/python benchmarks/bench_fhir.py   # 23,000 patients, SQLite + PostgreSQL
+    .venv/bin/python benchmarks/bench_fhir.py --patients 2000 --no-postgres --workers 0
     RADFED_BENCH_PG=postgresql://postgres@127.0.0.1:5432/postgres    # the server to create a scratch DB on
 """
 
@@ -63,26 +69,34 @@ def bare_parse(folder: Path) -> dict:
             "resources_per_s": round(lines / seconds)}
 
 
-def load_once(url: str, folder: str, runs: int) -> list[dict]:
+def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dict]:
     """In a fresh interpreter: create the CDM at ``url``, load ``folder`` ``runs`` times."""
     from cdm.db import create_cdm, open_engine
-    from node.ingest.engine import ingest_paths
+    from node.ingest.engine import auto_workers, ingest_paths
 
     engine = open_engine(url)
     create_cdm(engine, source_name="bench")
+    size = sum(p.stat().st_size for p in Path(folder).iterdir())
+    used = auto_workers(size) if workers is None else workers
     out = []
     for _ in range(runs):
-        summary = ingest_paths(engine, [folder])
+        started = time.process_time()
+        summary = ingest_paths(engine, [folder], workers=used)
         out.append({"resources": summary.total(), "loaded": summary.total("loaded"),
                     "unchanged": summary.total("unchanged"), "quarantined": summary.total("quarantined"),
+                    "skipped": summary.total("skipped"), "workers": used,
                     "seconds": round(summary.seconds, 1), "resources_per_s": round(summary.resources_per_second),
-                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+                    "main_cpu_s": round(time.process_time() - started, 1),
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+                    if used else None})
     engine.dispose()
     return out
 
 
-def _in_subprocess(url: str, folder: Path, runs: int) -> list[dict]:
-    done = subprocess.run([sys.executable, __file__, "--one", url, str(folder), str(runs)],
+def _in_subprocess(url: str, folder: Path, runs: int, workers: int | None) -> list[dict]:
+    done = subprocess.run([sys.executable, __file__, "--one", url, str(folder), str(runs),
+                           "auto" if workers is None else str(workers)],
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -90,19 +104,24 @@ def _in_subprocess(url: str, folder: Path, runs: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=23_000)
-    parser.add_argument("--rerun", action="store_true", help="load twice (the second run is all unchanged)")
+    parser.add_argument("--no-rerun", action="store_true", help="load once (skip the all-unchanged second load)")
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=None, help="validation processes (default: auto)")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "fhir.json"),
+                        help="where to write the figures ('-' for nowhere)")
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(load_once(args.one[0], args.one[1], int(args.one[2]))))
+        workers = None if args.one[3] == "auto" else int(args.one[3])
+        print(json.dumps(load_once(args.one[0], args.one[1], int(args.one[2]), workers)))
         return
+    load_before = os.getloadavg()
     folder = export_folder(args.patients)
     size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     rows = [bare_parse(folder)]
-    runs = 2 if args.rerun else 1
+    runs = 1 if args.no_rerun else 2
     with tempfile.TemporaryDirectory() as tmp:
-        for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs)):
+        for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, args.workers)):
             rows.append({"what": "SQLite" + (" (re-run)" if n else ""), **r})
     if not args.no_postgres:
         import psycopg
@@ -113,19 +132,31 @@ def main() -> None:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
             url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-            for n, r in enumerate(_in_subprocess(url, folder, runs)):
+            for n, r in enumerate(_in_subprocess(url, folder, runs, args.workers)):
                 rows.append({"what": "PostgreSQL" + (" (re-run)" if n else ""), **r})
         finally:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     parse_rate = rows[0]["resources_per_s"]
-    print(f"export: {args.patients:,} patients, {rows[0]['resources']:,} lines, {size_mb:,.0f} MB")
-    print(f"| run | resources | seconds | resources/s | % of bare parse | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r["percent_of_bare_parse"] = round(100 * r["resources_per_s"] / parse_rate, 1)
+    load_after = os.getloadavg()
+    print(f"export: {args.patients:,} patients, {rows[0]['resources']:,} lines, {size_mb:,.0f} MB; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("| run | resources | seconds | resources/s | % of bare parse | peak RSS MB | worker peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['what']} | {r['resources']:,} | {r['seconds']} | {r['resources_per_s']:,} | "
-              f"{100 * r['resources_per_s'] / parse_rate:.1f}% | {r.get('peak_rss_mb', '-')} |")
-    print(json.dumps(rows))
+              f"{r['percent_of_bare_parse']}% | {r.get('peak_rss_mb', '-')} | {r.get('worker_peak_rss_mb') or '-'} |")
+    result = {"command": " ".join(["benchmarks/bench_fhir.py", *sys.argv[1:]]), "patients": args.patients,
+              "export_mb": round(size_mb), "cores": os.cpu_count(),
+              "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in load_after],
+              "recorded": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
+    if args.results != "-":
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -50,19 +50,61 @@ def is_unmapped(match: ConceptMatch) -> bool:
     return match.concept_id == 0 or match.concept_id >= SITE_LOCAL_MIN
 
 
+class RecentCache:
+    """A dict that forgets its oldest entries: two generations of at most ``size`` keys each.
+
+    The run remembers what it mapped so that references resolve without a query, but an export of
+    millions of resources must not make the run's memory grow with it.  A key forgotten here is
+    asked of the CDM (where the batch writer has put it by then: a generation holds far more than
+    the two batches in flight), so forgetting costs a query, never a wrong answer.
+    """
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self._new: dict = {}
+        self._old: dict = {}
+
+    def __setitem__(self, key, value) -> None:
+        if len(self._new) >= self.size:
+            self._old, self._new = self._new, {}
+        self._new[key] = value
+
+    def get(self, key, default=None):
+        found = self._new.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._old.get(key, _MISSING)
+        return default if found is _MISSING else found
+
+    def __contains__(self, key) -> bool:
+        return key in self._new or key in self._old
+
+    def __getitem__(self, key):
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            raise KeyError(key)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+
+_MISSING = object()
+
+
 class RunContext:
     """Answers mappers' questions during one run (see :class:`~node.ingest.contract.MapContext`)."""
 
-    def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM):
+    def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM, cache_size: int = 100_000):
         self.engine = engine
         self.mrn_system = mrn_system
         self.vocabulary = Vocabulary(engine)
         # (resource_type, id) of resources this run mapped (-> table of their main row) or found
         # unchanged (-> None: the table is asked of the CDM).  Only referenceable types are kept.
-        self._present: dict[tuple[str, str], str | None] = {}
-        self._detail_visit: dict[int, int] = {}  # visit_detail id -> its visit_occurrence id
-        self._db_hits: dict[tuple[str, int], bool] = {}
-        self._aliases: dict[str, int] = {}  # identifier key -> row id
+        # Bounded (RecentCache): memory stays flat however large the export.
+        self._present = RecentCache(cache_size)
+        self._detail_visit = RecentCache(cache_size)  # visit_detail id -> its visit_occurrence id
+        self._db_hits = RecentCache(cache_size)
+        self._aliases: dict[str, int] = {}  # identifier key -> row id (organisations, practitioners: few)
         #: resourceType -> number of codings mapped to no standard concept, for the run summary.
         self.unmapped: Counter[str] = Counter()
         self.current_type: str | None = None
@@ -137,20 +179,19 @@ class RunContext:
         if target is None:
             return None
         row_id = self.row_id(*target)
-        known = self._present.get(target, False)
+        known = self._present.get(target, False)  # table, None (unchanged: ask the CDM) or False (not seen)
         if known == cdm_table:
             return row_id
-        if cdm_table == "visit_occurrence" and (known in ("visit_detail", None)) and target[0] == "Encounter":
-            parent = self._parent_visit(row_id)
-            if parent is not None:
-                return parent
-        if known not in (None, False):
-            return None  # loaded in this run, but as another table
+        as_visit = cdm_table == "visit_occurrence" and target[0] == "Encounter"
+        if known not in (None, False):  # mapped in this run, to another table
+            return self._parent_visit(row_id) if as_visit and known == "visit_detail" else None
         table = tables.get(cdm_table)
         if table is None or len(table.primary_key.columns) != 1:
             return None
         column = next(iter(table.primary_key.columns)).name
-        return row_id if self._exists(cdm_table, column, row_id) else None
+        if self._exists(cdm_table, column, row_id):
+            return row_id
+        return self._parent_visit(row_id) if as_visit else None
 
     def _parent_visit(self, visit_detail_id: int) -> int | None:
         if visit_detail_id not in self._detail_visit:

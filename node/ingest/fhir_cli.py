@@ -51,9 +51,13 @@ class _Bar:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=5_000, show_default=True,
               help="Resources per transaction.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Validation processes (default: one per core but one, for inputs over 16 MB; 0: none).")
+@click.option("--force", is_flag=True,
+              help="Re-map resources even when unchanged since the last run (after loading vocabularies).")
 @click.pass_context
 def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batch_size: int,
-                 progress: bool | None) -> None:
+                 progress: bool | None, workers: int | None, force: bool) -> None:
     """Load FHIR R4 Bundles (.json) and Bulk Data NDJSON (.ndjson[.gz]) files or folders into the CDM."""
     from node.ingest.engine import ingest_paths
 
@@ -62,7 +66,8 @@ def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batc
     engine = _engine(ctx)
     bar = _Bar(sys.stderr.isatty() if progress is None else progress)
     try:
-        summary = ingest_paths(engine, paths, mrn_system=mrn_system, batch_size=batch_size, progress=bar)
+        summary = ingest_paths(engine, paths, mrn_system=mrn_system, batch_size=batch_size, progress=bar,
+                               workers=workers, force=force)
     finally:
         bar.close()
     click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.text())

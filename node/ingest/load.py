@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 
 from cdm.schema import tables
 from node.ingest.contract import Row
-from node.quarantine import quarantine
+from node.quarantine import QUARANTINE, quarantine
 
 SOURCE_RECORD = tables["source_record"]
 #: Key column of the OMOP tables that have no single-column primary key.
@@ -75,6 +75,7 @@ class Mapped:
     rows: list[Row]
     aliases: list[tuple[str, str, int]] = field(default_factory=list)  # (alias key, cdm_table, row id)
     replaces: bool = False
+    origin: tuple[str, int] | None = None  # (file, line) it was read from
 
 
 @dataclass
@@ -109,10 +110,19 @@ def existing_hashes(engine: Engine, keys: list[str]) -> dict[str, str]:
 
 
 class BatchWriter:
-    """Writes batches of :class:`Mapped` resources and :class:`Rejected` input, one transaction each."""
+    """Writes batches of :class:`Mapped` resources and :class:`Rejected` input, one transaction each.
+
+    A resource that loads also clears what *earlier* runs quarantined of it (same type and id, or the
+    same file and line): the site fixed it, and the quarantine should list only what is still wrong.
+    What this run quarantines stays, even when a later line of the run loads the same resource.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        with engine.connect() as conn:  # most loads meet an empty quarantine: then skip the clearing
+            self._old_quarantine = conn.execute(select(QUARANTINE.c.quarantine_id).where(
+                QUARANTINE.c.ingest_kind == "fhir", QUARANTINE.c.quarantined_at < self.started).limit(1)).first() is not None
 
     def write(self, mapped: list[Mapped], rejected: list[Rejected]) -> set[int]:
         """Write one batch; returns the person ids whose rows it wrote."""
@@ -125,6 +135,8 @@ class BatchWriter:
             for table_name, by_key in rows.items():
                 self._insert_or_fill(conn, table_name, by_key)
             self._record(conn, mapped, now)
+            if self._old_quarantine and mapped:
+                self._clear_quarantine(conn, mapped)
             for item in rejected:
                 quarantine(conn, "fhir", item.reason_code, item.reason, source_file=item.source_file,
                            source_line=item.line, resource_type=item.resource_type,
@@ -155,6 +167,24 @@ class BatchWriter:
                     conn.execute(delete(table).where(table.c[column].in_(own)))
                     conn.execute(delete(SOURCE_RECORD).where(  # the identifiers of a deleted row go with it
                         SOURCE_RECORD.c.cdm_table == table_name, SOURCE_RECORD.c.cdm_id.in_(own)))
+
+    def _clear_quarantine(self, conn: Connection, mapped: list[Mapped]) -> None:
+        by_type: dict[str, set[str]] = {}
+        by_file: dict[str, set[int]] = {}
+        for item in mapped:
+            _source, resource_type, resource_id = item.key.split("|", 2)
+            by_type.setdefault(resource_type, set()).add(resource_id)
+            if item.origin is not None:
+                by_file.setdefault(item.origin[0], set()).add(item.origin[1])
+        earlier = and_(QUARANTINE.c.ingest_kind == "fhir", QUARANTINE.c.quarantined_at < self.started)
+        for resource_type, ids in by_type.items():
+            for chunk in _chunks(sorted(ids)):
+                conn.execute(delete(QUARANTINE).where(earlier, QUARANTINE.c.resource_type == resource_type,
+                                                      QUARANTINE.c.resource_id.in_(chunk)))
+        for source_file, numbers in by_file.items():
+            for chunk in _chunks(sorted(numbers)):
+                conn.execute(delete(QUARANTINE).where(earlier, QUARANTINE.c.source_file == source_file,
+                                                      QUARANTINE.c.source_line.in_(chunk)))
 
     @staticmethod
     def _dedupe(mapped: list[Mapped]) -> dict[str, dict[int, dict]]:

@@ -3,7 +3,8 @@
 A code is unmapped when the rows it produced carry no standard concept: concept 0, or a site-local
 concept (id >= 2,000,100,000, created at ingest; :mod:`cdm.vocabulary`).  The report counts rows in
 the CDM itself, so it reflects every run so far and shrinks as the site loads Athena vocabularies or
-its ``source_to_concept_map`` and reloads.  The counting is one grouped UNION ALL in the database.
+its ``source_to_concept_map`` and reloads with ``radfed-node ingest fhir --force`` (an unchanged resource is
+not re-mapped otherwise).  The counting is one grouped UNION ALL in the database.
 """
 
 from __future__ import annotations

@@ -11,8 +11,12 @@ Two shapes arrive (FHIR R4 §2.36 Bundle; FHIR Bulk Data Access IG v2 "Bulk Data
   ``Type/id`` so they resolve like any other, and its entries are sorted into dependency order.
 
 The run processes resources in :data:`DEPENDENCY_ORDER` — what others reference first — so a
-reference inside one run always meets its target already loaded: NDJSON files are ordered by their
-resource type, Bundle entries by theirs.  Bundles are read before NDJSON files.
+reference inside one run meets its target already loaded: NDJSON files are ordered by their
+resource type, Bundle entries by theirs, and Bundle files among the NDJSON files by the first type
+they hold (a scan of their bytes for ``"resourceType"``), so Synthea's ``hospitalInformation`` /
+``practitionerInformation`` Bundles load before the patient Bundles that reference them, and a
+Bundle of Observations after the ``Patient`` NDJSON of the same run.  (The engine also retries, at
+the end of a run, resources whose patient had not been loaded yet.)
 
 Every yielded :class:`Item` carries its file and line (the entry index for a Bundle) so anything
 quarantined can be found again.  A line that is not JSON is yielded with ``error`` set; the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +48,15 @@ NOT_A_RESOURCE = "NOT_A_RESOURCE"
 BUNDLE_TYPE = "UNSUPPORTED_BUNDLE"
 
 
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
+
+
+def bundle_rank(path: Path) -> int:
+    """The load-order rank of the first-loading type a Bundle file holds (a byte scan, no parse)."""
+    types = {m.group(1).decode() for m in _RESOURCE_TYPE.finditer(path.read_bytes())} - {"Bundle"}
+    return min((rank(t) for t in types), default=len(DEPENDENCY_ORDER))
+
+
 def rank(resource_type: str | None) -> int:
     """Position of ``resource_type`` in the load order (unlisted types share the last place)."""
     return _RANK.get(resource_type or "", len(DEPENDENCY_ORDER))
@@ -58,6 +72,7 @@ class Item:
     resource: dict | None = None
     error: tuple[str, str] | None = None  # (reason code, reason)
     type_hint: str | None = None  # the file's resource type, for input that cannot say its own
+    validated: bool = False  # passed validation already (a resource retried at the end of a run)
 
 
 @dataclass
@@ -115,7 +130,8 @@ def classify(path: Path) -> InputFile | None:
 
 
 def discover(paths: Iterable[str | Path]) -> list[InputFile]:
-    """The input files under ``paths`` in load order: Bundles (by path), then NDJSON by resource type.
+    """The input files under ``paths`` in load order: by the rank of (the first) resource type they
+    hold; at equal rank Bundles first, then by path.
 
     A path that does not exist raises ``FileNotFoundError``; a file given explicitly is read even
     if its name is unusual (as NDJSON unless it ends in ``.json``).
@@ -136,9 +152,14 @@ def discover(paths: Iterable[str | Path]) -> list[InputFile]:
             if item.path.resolve() not in seen:
                 seen.add(item.path.resolve())
                 found.append(item)
-    order = {"export-metadata": 0, "bundle": 1, "ndjson": 2}
-    return sorted(found, key=lambda f: (order[f.kind], rank(f.resource_type) if f.kind == "ndjson" else 0,
-                                        str(f.path)))
+    def load_order(f: InputFile):
+        if f.kind == "export-metadata":
+            return (0, 0, 0, str(f.path))
+        if f.kind == "bundle":
+            return (1, bundle_rank(f.path), 0, str(f.path))
+        return (1, rank(f.resource_type), 1, str(f.path))
+
+    return sorted(found, key=load_order)
 
 
 class Progress:
