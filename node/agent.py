@@ -231,9 +231,10 @@ async def _serve(agent: Agent) -> None:
 @click.command("serve")
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
 @click.option("--flower", is_flag=True, help="Also start and supervise this site's Flower SuperNode ([learning] in node.toml).")
-@click.option("--flower-port", type=int, default=9094, show_default=True, help="The SuperNode's local runtime API port.")
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=None,
+              help="The SuperNode's local runtime API port (default: [learning] runtime_port, else 9094).")
 @click.pass_context
-def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_port: int = 9094) -> None:
+def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_port: int | None = None) -> None:
     """Answer federated queries: connect out to the coordinator's NATS bus with this site's credentials."""
     from cdm.db import open_engine
 

@@ -113,7 +113,7 @@ def supernode_env(config) -> dict:
     return env
 
 
-def start_supernode(config, runtime_port: int = 9094, log=print):
+def start_supernode(config, runtime_port: int | None = None, log=print):
     """Start and supervise ``flower-supernode`` (``radfed-node serve --flower``); returns the supervisor."""
     from cdm.learn.process import Supervised
 
