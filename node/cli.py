@@ -14,7 +14,16 @@ import click
 
 from cdm.db import CDMError, create_cdm, open_engine, schema_version, table_counts
 from cdm.vocabulary import AthenaError, UnknownCode, Vocabulary, load_athena, load_source_to_concept_map
+from node.agent import serve_command
+from node.approvals import approvals_group
 from node.config import ConfigError, NodeConfig, load_config
+from node.config_cli import config_group
+from node.dicom.cli import dicom_group, features_command, ingest_dicom_command
+from node.ingest.fhir_cli import fhir_command, mapping_report_command
+from node.learn.supernode import flower_key_command, flower_pins_command, supernode_run_command
+from node.model_cli import concordance_command, forecast_command
+from node.query_cli import audit_group, query_command
+from node.synth.cli import synth_command
 
 EXPECTED_ERRORS = (CDMError, ConfigError, AthenaError, UnknownCode, FileNotFoundError)
 
@@ -115,23 +124,14 @@ def ingest() -> None:
     """Load source data into the CDM (bad input is quarantined, never dropped)."""
 
 
-# Commands owned by other modules register here, one line each, e.g.
-#   from node.ingest.fhir_cli import fhir_command; ingest.add_command(fhir_command, "fhir")
-from node.ingest.fhir_cli import fhir_command, mapping_report_command  # noqa: E402  (issue 3: FHIR ingest)
-ingest.add_command(fhir_command, "fhir"); main.add_command(mapping_report_command, "mapping-report")  # noqa: E702
-from node.agent import serve_command  # noqa: E402  (issue 7: the bus agent)
-main.add_command(serve_command, "serve")
-from node.synth.cli import synth_command  # noqa: E402  (issue 5: synthetic cohorts)
-main.add_command(synth_command, "synth")
-from node.dicom.cli import dicom_group, features_command, ingest_dicom_command  # noqa: E402  (issue 4: DICOM)
-ingest.add_command(ingest_dicom_command, "dicom"); main.add_command(dicom_group, "dicom"); main.add_command(features_command, "features")  # noqa: E702,E501
-from node.query_cli import audit_group, query_command  # noqa: E402  (issue 6: queries, disclosure, audit)
-main.add_command(query_command, "query"); main.add_command(audit_group, "audit")  # noqa: E702
-from node.config_cli import config_group  # noqa: E402  (issue 10: radfed-node config check)
-main.add_command(config_group, "config")
-from node.approvals import approvals_group  # noqa: E402  (issue 6: manual approval queue)
-main.add_command(approvals_group, "approvals")
-from node.model_cli import concordance_command, forecast_command  # noqa: E402  (issue 8: per-patient rounds)
-main.add_command(concordance_command, "concordance"); main.add_command(forecast_command, "forecast")  # noqa: E702
-from node.learn.supernode import flower_key_command, flower_pins_command, supernode_run_command  # noqa: E402  (issue 9: Flower SuperNode)
-main.add_command(flower_key_command, "flower-key"); main.add_command(flower_pins_command, "flower-pins"); main.add_command(supernode_run_command, "supernode")  # noqa: E702,E501
+# Each concern's commands live in the module that owns it; they are only assembled here.
+ingest.add_command(fhir_command, "fhir")
+ingest.add_command(ingest_dicom_command, "dicom")
+for _name, _command in {
+    "mapping-report": mapping_report_command, "serve": serve_command, "synth": synth_command,
+    "dicom": dicom_group, "features": features_command, "query": query_command, "audit": audit_group,
+    "config": config_group, "approvals": approvals_group, "concordance": concordance_command,
+    "forecast": forecast_command, "flower-key": flower_key_command, "flower-pins": flower_pins_command,
+    "supernode": supernode_run_command,
+}.items():
+    main.add_command(_command, _name)
