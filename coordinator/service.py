@@ -134,10 +134,20 @@ class Coordinator:
         self.js = self.nc.jetstream()
         await self.js.add_stream(StreamConfig(name=OFFLINE_STREAM, subjects=[f"{OFFLINE_PREFIX}.*"],
                                               retention=RetentionPolicy.WORK_QUEUE, max_age=7 * 86400))
+        # Whatever is still queued was queued by the coordinator that ran before this one: either for
+        # a job that has finished since (its hold ran out) or for an unfinished job that start()
+        # re-dispatches next, queueing it afresh.  Dropping it keeps a returning site from running a
+        # request nobody waits for (work, and a release recorded against its differencing history).
+        info = await self.js.stream_info(OFFLINE_STREAM)
+        if info.state.messages:
+            await self.js.purge_stream(OFFLINE_STREAM)
+            self.log(f"JetStream: dropped {info.state.messages} request(s) queued before the restart "
+                     "(unfinished jobs are queued again)")
         await self.nc.subscribe(response_subject("*"), cb=self._on_durable_response)
         self.log(f"JetStream: requests for offline sites are queued on {OFFLINE_PREFIX}.<site>")
 
-    async def _queue_durably(self, site: str, request: dict) -> None:
+    async def _queue_durably(self, site: str, request: dict) -> int:
+        """Queue ``request`` for ``site``; its stream sequence number (to withdraw it)."""
         from nats.js.api import AckPolicy, ConsumerConfig
         from nats.js.errors import NotFoundError
 
@@ -147,7 +157,20 @@ class Coordinator:
             await self.js.add_consumer(OFFLINE_STREAM, ConsumerConfig(
                 durable_name=site, filter_subject=offline_subject(site), ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=300, max_deliver=5))
-        await self.js.publish(offline_subject(site), self.signer.seal(request))
+        ack = await self.js.publish(offline_subject(site), self.signer.seal(request))
+        return ack.seq
+
+    async def _withdraw(self, site: str, seq: int | None) -> None:
+        """Take a queued request out of the stream once nobody waits for its answer: the job is
+        finished without this site, which must not run it when it returns (a site that has
+        already fetched it answers into the void, harmlessly)."""
+        if seq is None:
+            return
+        try:
+            await self.js.delete_msg(OFFLINE_STREAM, seq)
+            self.log(f"JetStream: withdrew the request queued for {site} (hold expired)")
+        except Exception as exc:  # already delivered and acknowledged: nothing left to withdraw
+            self.log(f"JetStream: queued request for {site} already taken ({type(exc).__name__})")
 
     def _verified(self, msg, what: str) -> tuple[str, dict] | None:
         """(site, record) for a message on ``radfed.site.<site>.*`` signed by that site's enrolled key."""
@@ -176,12 +199,14 @@ class Coordinator:
         request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
         future = asyncio.get_running_loop().create_future()
         self.durable_waits[request_id] = future
+        seq = None
         try:
-            await self._queue_durably(site, request)
+            seq = await self._queue_durably(site, request)
             self.store.record_site(job["job_id"], site, "waiting", None,
                                    f"offline; request queued durably for up to {hold:g} s", None, None)
             _data, response = await asyncio.wait_for(future, hold)
         except asyncio.TimeoutError:
+            await self._withdraw(site, seq)
             return SiteReply(site, request_id, "offline", None, f"offline; queued request not answered within {hold:g} s")
         finally:
             self.durable_waits.pop(request_id, None)
