@@ -8,16 +8,18 @@ names come only from the allowlists below; every value from a spec is a bound pa
 columns are labelled positionally (``v0``, ``v1``...), never with a spec's variable names.
 
 Windows:  ``start <= days_between(event_date, index_date) <= end``.
-Age:      ``year(index) - year_of_birth - [birthday not yet reached in the index year]``.
+Age:      ``year(index) - year_of_birth - [birthday not yet reached in the index year]``; the age
+          *criterion* tests the same thing on ``YYYYMMDD`` integers (:func:`age_limits`).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from functools import singledispatch
 
 from sqlalchemy import (
-    Integer, and_, case, exists, extract, false, func, not_, or_, select, true,
+    Integer, and_, case, event, exists, extract, false, func, not_, or_, select, true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -48,6 +50,40 @@ def _days_default(element, compiler, **kw):
 def _days_sqlite(element, compiler, **kw):
     later, earlier = list(element.clauses)
     return f"CAST(julianday({compiler.process(later, **kw)}) - julianday({compiler.process(earlier, **kw)}) AS INTEGER)"
+
+
+class date_key(FunctionElement):
+    """A DATE as the integer ``YYYYMMDD`` (for age arithmetic without per-part date functions)."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "date_key"
+
+
+@compiles(date_key)
+def _date_key_default(element, compiler, **kw):
+    (d,) = list(element.clauses)
+    d = compiler.process(d, **kw)
+    return f"CAST(EXTRACT(YEAR FROM {d}) * 10000 + EXTRACT(MONTH FROM {d}) * 100 + EXTRACT(DAY FROM {d}) AS INTEGER)"
+
+
+@compiles(date_key, "postgresql")
+def _date_key_pg(element, compiler, **kw):
+    # date_part() is double precision (exact for these integers); EXTRACT is numeric since
+    # PostgreSQL 14 and twice as slow over 100k rows
+    (d,) = list(element.clauses)
+    d = compiler.process(d, **kw)
+    return f"CAST(date_part('year', {d}) * 10000 + date_part('month', {d}) * 100 + date_part('day', {d}) AS INTEGER)"
+
+
+@compiles(date_key, "sqlite")
+def _date_key_sqlite(element, compiler, **kw):
+    # SQLAlchemy stores a SQLite DATE as ISO text ('YYYY-MM-DD', DATETIME with a time after it):
+    # one replace() + CAST reads it, where three strftime() calls cost ~0.4 us each per row, which is
+    # most of an age-limited count's time on 100k persons (benchmarks/README.md).  CAST stops at the
+    # first non-digit, so a time part is ignored.
+    (d,) = list(element.clauses)
+    return f"CAST(replace({compiler.process(d, **kw)}, '-', '') AS INTEGER)"
 
 
 class Resolver:
@@ -275,12 +311,32 @@ def age_at(person, index_date):
     return year - case((birthday_later, 1), else_=0)
 
 
+def birth_key(person):
+    """Date of birth as ``YYYYMMDD``, a missing month or day counted as 1 (as :func:`age_at` does)."""
+    return (person.c.year_of_birth * 10000 + func.coalesce(person.c.month_of_birth, 1) * 100
+            + func.coalesce(person.c.day_of_birth, 1))
+
+
+def age_limits(person, index_date, low: int | None, high: int | None) -> list:
+    """``low <= age_at(person, index_date) <= high`` as comparisons of ``YYYYMMDD`` integers.
+
+    With ``I`` = :class:`date_key` of the index and ``B`` = :func:`birth_key`, ``I - B`` is
+    ``10000 * (year difference) + (month-day difference)`` with ``|month-day difference| < 10000``,
+    so ``floor((I - B) / 10000)`` equals ``age_at`` (years, less one when the birthday is later in
+    the year) and ``age >= a  <=>  I - B >= 10000 a``, ``age <= b  <=>  I - B < 10000 (b + 1)``: the
+    same persons, from one integer expression instead of six date-part extractions per person."""
+    diff = date_key(index_date) - birth_key(person)
+    out = []
+    if low is not None:
+        out.append(diff >= int(low) * 10000)
+    if high is not None:
+        out.append(diff < (int(high) + 1) * 10000)
+    return out
+
+
 def sex_clause(person, values) -> object:
-    clauses = []
-    if "M" in values:
-        clauses.append(person.c.gender_concept_id == MALE)
-    if "F" in values:
-        clauses.append(person.c.gender_concept_id == FEMALE)
+    known = [concept for label, concept in (("M", MALE), ("F", FEMALE)) if label in values]
+    clauses = [person.c.gender_concept_id.in_(known)] if known else []
     if "O" in values or "U" in values:
         clauses.append(person.c.gender_concept_id.notin_([MALE, FEMALE]))
     return or_(*clauses)
@@ -297,8 +353,7 @@ def criterion(model, ctx: Context, resolver: Resolver):
 
 @criterion.register
 def _(m: S.AgeCriterion, ctx, r):
-    age = age_at(ctx.person, ctx.index_date)
-    return and_(true(), *_range(age, S.Range(min=m.min, max=m.max)))
+    return and_(true(), *age_limits(ctx.person, ctx.index_date, m.min, m.max))
 
 
 @criterion.register
@@ -328,8 +383,9 @@ def index_select(cohort: S.Cohort, resolver: Resolver):
         .where(*ev.where).group_by(ev.person_id)
 
 
-def cohort_cte(spec: S.Spec, resolver: Resolver):
-    """CTE ``cohort(person_id, index_date)``."""
+def cohort_select(spec: S.Spec, resolver: Resolver):
+    """(``SELECT person_id, index_date`` of the cohort members, the :class:`Context` it is in): the
+    index CTE joined to ``person`` once, filtered by every criterion."""
     idx = index_select(spec.cohort, resolver).cte("idx")
     person = T["person"]
     ctx = Context(idx.c.person_id, idx.c.index_date, person)
@@ -340,9 +396,14 @@ def cohort_cte(spec: S.Spec, resolver: Resolver):
         where.append(criterion(c.age, ctx, resolver))
     if c.sex:
         where.append(sex_clause(person, c.sex))
-    return (select(idx.c.person_id, idx.c.index_date)
-            .select_from(idx.join(person, person.c.person_id == idx.c.person_id))
-            .where(*where).cte("cohort"))
+    q = (select(idx.c.person_id, idx.c.index_date)
+         .select_from(idx.join(person, person.c.person_id == idx.c.person_id)).where(*where))
+    return q, ctx
+
+
+def cohort_cte(spec: S.Spec, resolver: Resolver):
+    """CTE ``cohort(person_id, index_date)``."""
+    return cohort_select(spec, resolver)[0].cte("cohort")
 
 
 # -- variables --------------------------------------------------------------------------------------
@@ -386,10 +447,21 @@ def _num(v):
 
 @dataclass
 class Frame:
+    """``query`` rows: person_id, [index_date,] then variable ``names[i]`` at column ``offset + i``."""
+
     query: object
     names: list
     decoders: list
     resolver: Resolver
+    offset: int = 2
+
+
+def resolve_variables(variables: list, resolver: Resolver) -> None:
+    """Resolve the codes of ``variables`` without building their columns (what a frame that does not
+    select them still owes its ``resolver.unresolved``: the warnings a site returns)."""
+    for var in variables:
+        if var.kind not in ("age", "sex", "site"):
+            events(var, resolver)
 
 
 def variable_columns(variables: list, ctx: Context, resolver: Resolver, site: str = "local") -> tuple[list, list]:
@@ -402,19 +474,71 @@ def variable_columns(variables: list, ctx: Context, resolver: Resolver, site: st
     return cols, decoders
 
 
-def frame(spec: S.Spec, names: list[str], resolver: Resolver, site: str = "local") -> Frame:
-    """Per-person rows: person_id, index_date, then one column ``v<i>`` per variable in ``names``."""
-    cohort = cohort_cte(spec, resolver)
-    person = T["person"]
-    ctx = Context(cohort.c.person_id, cohort.c.index_date, person)
+def frame(spec: S.Spec, names: list[str], resolver: Resolver, site: str = "local",
+          index_date: bool = True) -> Frame:
+    """Per-person rows in person order: person_id, index_date (unless ``index_date=False``), then one
+    column ``v<i>`` per variable in ``names``.
+
+    The variables are correlated subqueries in the cohort's own SELECT (``person`` joined once).
+    Without ``index_date`` a count does not pay for turning tens of thousands of dates it never reads
+    into ``datetime.date`` objects (SQLite returns them as text)."""
+    q, ctx = cohort_select(spec, resolver)
+    if not index_date:
+        q = q.with_only_columns(ctx.person_id)
     cols, decoders = variable_columns([spec.variables[n] for n in names], ctx, resolver, site)
-    q = (select(cohort.c.person_id, cohort.c.index_date, *cols)
-         .select_from(cohort.join(person, person.c.person_id == cohort.c.person_id))
-         .order_by(cohort.c.person_id))
-    return Frame(q, names, decoders, resolver)
+    q = q.add_columns(*cols).order_by(ctx.person_id)
+    return Frame(q, names, decoders, resolver, 2 if index_date else 1)
 
 
-def compile_spec(spec: S.Spec, bind, site: str = "local") -> Frame:
+_tuned: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _jit_off(dbapi_connection, record, _proxy=None) -> None:
+    if _proxy is not None and record.info.get("radfed.jit_off"):  # a checkout of a connection already set
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET jit = off")  # a fixed statement: no request text
+    cursor.close()
+    dbapi_connection.commit()  # session-level, so it survives the pool's rollback on return
+    record.info["radfed.jit_off"] = True
+
+
+def tune_for_queries(engine) -> None:
+    """Session settings for the compiler's queries on ``engine`` (idempotent).
+
+    PostgreSQL: JIT off.  A cohort frame's correlated per-person subqueries get a planner cost of
+    ~10^6 (rows x subplan), above ``jit_above_cost``, so every crosstab or summary on 100k persons
+    paid 110-250 ms of LLVM compilation for an execution of 100-300 ms of index look-ups that JIT
+    does not speed up (EXPLAIN ANALYZE in benchmarks/README.md).  Results are unaffected."""
+    if engine.dialect.name != "postgresql" or engine in _tuned:
+        return
+    event.listen(engine, "connect", _jit_off)   # every new connection (a reconnect too)
+    event.listen(engine, "checkout", _jit_off)  # and those the pool held before this call
+    _tuned.add(engine)
+
+
+def fetch_rows(conn, query) -> list[tuple]:
+    """All rows of ``query`` as plain tuples, with the same values ``conn.execute(query).all()`` gives.
+
+    A cohort frame has tens of thousands of rows; building a SQLAlchemy ``Row`` for each costs more
+    than the SQL itself (1.2 us a row: 55 ms for 44,000 persons, benchmarks/README.md).  So the DBAPI
+    rows are taken as they are, and each column that has a result processor for this dialect (SQLite
+    dates, PostgreSQL numerics typed Float...) is passed through it exactly as SQLAlchemy would."""
+    result = conn.execute(query)
+    try:
+        dialect = conn.dialect
+        description = result.cursor.description or []
+        processors = [column.type.dialect_impl(dialect).result_processor(dialect, desc[1])
+                      for column, desc in zip(query.selected_columns, description)]
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    if not any(processors):
+        return rows
+    return [tuple(v if f is None else f(v) for f, v in zip(processors, row)) for row in rows]
+
+
+def compile_spec(spec: S.Spec, bind, site: str = "local", index_date: bool = True) -> Frame:
     """The frame of every variable the analysis uses."""
     names = list(dict.fromkeys(n for _, n in S.analysis_variables(spec.analysis)))
-    return frame(spec, names, Resolver(bind), site)
+    return frame(spec, names, Resolver(bind), site, index_date)

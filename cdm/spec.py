@@ -738,6 +738,11 @@ class Spec(Model):
     cohort: Cohort = Cohort()
     variables: Annotated[dict[Name, Variable], Field(max_length=60)] = {}
     analysis: Analysis = CountAnalysis()
+    #: ``warn``: a code a node does not know matches nothing there, with an ``UNKNOWN_CODE`` warning
+    #: (a node whose index codes are all unknown refuses anyway); ``refuse``: a node that cannot
+    #: resolve *every* code of the spec refuses with ``UNKNOWN_CODE`` rather than answer a different
+    #: question (an unknown exclusion code excludes nobody, an unknown variable code is all-missing)
+    unknown_codes: Literal["warn", "refuse"] = "warn"
 
     @model_validator(mode="after")
     def _references(self):
@@ -882,9 +887,18 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
+def _canonical_dump(spec: Spec) -> dict:
+    """The spec as hashed.  Options added after hashes were first stored (approvals, audit entries)
+    are left out while they have their default value, so an existing spec keeps its hash."""
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    if dumped.get("unknown_codes") == "warn":
+        del dumped["unknown_codes"]
+    return dumped
+
+
 def spec_hash(spec: Spec) -> str:
     """SHA-256 of the validated spec in canonical form (equivalent documents hash alike)."""
-    return _digest(spec.model_dump(mode="json", by_alias=True))
+    return _digest(_canonical_dump(spec))
 
 
 def cohort_hash(spec: Spec) -> str:
@@ -894,7 +908,7 @@ def cohort_hash(spec: Spec) -> str:
 def approval_key(spec: Spec) -> str:
     """What a site approves: the spec without per-round numbers (``beta``), so an approved model
     keeps running through its Newton iterations."""
-    dumped = spec.model_dump(mode="json", by_alias=True)
+    dumped = _canonical_dump(spec)
     dumped["analysis"].pop("beta", None)
     return _digest(dumped)
 

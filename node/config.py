@@ -91,6 +91,7 @@ KNOWN_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
                "approval": (str, list), "noise": (dict,), "audit_linked_releases": _BOOL},  # issue 6 (H7)
     "dicom": {"ae_title": _STR, "host": _STR, "port": _INT, "move_port": _INT, "patient_id_issuer": _STR},
     "fhir": {"mrn_system": _STR},
+    "query": {"frame_cache": _BOOL},  # node/execute.py FrameCache
     "learning": {"superlink": _STR, "root_certificates": _STR, "allowed_features": _LIST,  # node/learn/ (issue 9)
                  "rows_per_parameter": _INT, "allowed_fab_hashes": _LIST, "runtime_port": _INT},
 }

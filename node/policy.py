@@ -9,13 +9,13 @@ the line is suppressed too, repeated until stable — so no suppressed cell is r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 import scipy.linalg
 
-from cdm.spec import ANALYSIS_TYPES
+from cdm.spec import ANALYSIS_TYPES, analysis_variables
 from node.config import ConfigError
 
 
@@ -38,6 +38,8 @@ class Policy:
     approval: str | tuple = "none"
     # audit each release against everything released to the same requester (recoverable_cells)
     audit_linked_releases: bool = True
+    # per analysis type, the site's parameter limits (see LIMITS); from allowed_analyses entries
+    limits: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config) -> "Policy":
@@ -48,7 +50,7 @@ class Policy:
             if name in raw:
                 setattr(p, name, int(raw[name]))
         if "allowed_analyses" in raw:
-            p.allowed_analyses = tuple(raw["allowed_analyses"])
+            p.allowed_analyses, p.limits = _allowlist(raw["allowed_analyses"])
         if "approval" in raw:
             p.approval = _approval_mode(raw["approval"])
         if "audit_linked_releases" in raw:
@@ -57,11 +59,75 @@ class Policy:
             p.audit_linked_releases = raw["audit_linked_releases"]
         return p
 
+    def check_limits(self, spec) -> None:
+        """Refuse ``NOT_ALLOWED`` when ``spec``'s analysis exceeds a limit the site set for its type."""
+        a = spec.analysis
+        for name, limit in self.limits.get(a.type, {}).items():
+            problem = LIMITS[name][1](a, limit)
+            if problem:
+                raise Refusal("NOT_ALLOWED", f"{a.type}: {problem} (this site's limit {name} = {limit!r})")
+
     def needs_approval(self, analysis_type: str) -> bool:
         return self.approval == "all" or (isinstance(self.approval, tuple) and analysis_type in self.approval)
 
     def small(self, n: int) -> bool:
         return 0 < n < self.min_cell_count
+
+
+def _bins(a) -> int:
+    """The most bins any variable of the analysis is cut into (histogram edges, crosstab bins)."""
+    edges = [getattr(a, "edges", None) or []] + list((getattr(a, "bins", None) or {}).values())
+    return max((len(e) - 1 for e in edges if e), default=0)
+
+
+def _over(what: str, value: int, limit: int) -> str | None:
+    return f"{value} {what}, more than {limit}" if value > limit else None
+
+
+#: Parameter limits a site may attach to an analysis in ``allowed_analyses``, with how each is
+#: checked.  A small site limits what can be cut finely: many bins or thresholds put few persons in
+#: each released number; many covariates bring a model close to its rows.
+LIMITS = {
+    "max_variables": (int, lambda a, n: _over("variables", len(list(analysis_variables(a))), n)),
+    "max_bins": (int, lambda a, n: _over("bins", _bins(a), n)),
+    "max_thresholds": (int, lambda a, n: _over("thresholds", len(getattr(a, "thresholds", None) or []), n)),
+    "min_bin_days": (int, lambda a, n: f"bins of {a.bin_days} days, finer than {n}"
+                     if getattr(a, "bin_days", None) is not None and a.bin_days < n else None),
+    "modes": (list, lambda a, modes: f"mode {a.mode!r} is not one of {modes}"
+              if getattr(a, "mode", None) is not None and a.mode not in modes else None),
+}
+
+
+def _allowlist(value) -> tuple[tuple, dict]:
+    """``[policy] allowed_analyses``: analysis types, each a string or an inline table with its
+    parameter limits, e.g. ``["count", {type = "crosstab", max_variables = 2, max_bins = 10}]``.
+    Anything it cannot read is a configuration error (a typo must not lift a limit)."""
+    if not isinstance(value, list):
+        raise ConfigError("[policy] allowed_analyses must be a list")
+    types, limits = [], {}
+    for entry in value:
+        if isinstance(entry, str):
+            entry = {"type": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise ConfigError(f"[policy] allowed_analyses: {entry!r} is neither an analysis type nor a table with type")
+        kind = entry["type"]
+        if kind not in ANALYSIS_TYPES:
+            raise ConfigError(f"[policy] allowed_analyses: unknown analysis type {kind!r}; known: {', '.join(ANALYSIS_TYPES)}")
+        own = {}
+        for key, limit in entry.items():
+            if key == "type":
+                continue
+            if key not in LIMITS:
+                raise ConfigError(f"[policy] allowed_analyses: {kind}: unknown limit {key!r}; known: {', '.join(LIMITS)}")
+            expected = LIMITS[key][0]
+            if not isinstance(limit, expected) or isinstance(limit, bool) or (expected is int and limit < 0):
+                raise ConfigError(f"[policy] allowed_analyses: {kind}: {key} must be "
+                                  f"{'a non-negative integer' if expected is int else 'a list'}, not {limit!r}")
+            own[key] = limit
+        types.append(kind)
+        if own:
+            limits[kind] = own
+    return tuple(dict.fromkeys(types)), limits
 
 
 def _approval_mode(value) -> str | tuple:
