@@ -7,7 +7,10 @@ Part 1 builds three SQLite CDMs of ``--persons`` each (rows written with SQLAlch
 measures querying, not ingest), starts nats-server + ``radfed coordinator serve`` + three ``radfed-node
 serve`` processes, and times ``POST /v1/jobs`` (wait for the result) end to end: HTTP, job store, signed
 request over NATS, node execution (policy, SQL, disclosure, audit), signed reply, verification, pooling.
-Next to it: ``node.execute.run_request`` on one of the same CDMs, in process, same spec.
+Next to it: ``node.execute.run_request`` on one of the same CDMs, in process, same spec.  Part 1
+runs twice (``--cache both``, the default): with the nodes' frame cache off (every request reads the
+CDM: ``three_nodes_cold``) and on (a repeat over the unchanged CDM reuses the cohort frame:
+``three_nodes``).
 
 Part 2 enrolls ``--agents`` sites and runs that many real bus agents (:class:`node.agent.Agent`: own
 NATS credentials, signature checks, signed replies) in a few worker processes; their execution layer
@@ -87,8 +90,15 @@ def fill_persons(engine, site: str, persons: int, offset: int) -> None:
 # ---------------------------------------------------------------------------- part 1
 
 
-def part_three_nodes(root: Path, persons: int, runs: int, spec: dict) -> dict:
+def part_three_nodes(root: Path, persons: int, runs: int, spec: dict, frame_cache: bool = True) -> dict:
+    """``frame_cache=False`` writes ``[query] frame_cache = false`` into every node.toml: each request
+    then reads the CDM again (the cold figure); with it, repeats of the spec reuse the cohort frame
+    while the CDM is unchanged (node.execute.FrameCache) and still pass every policy check."""
     net = Network(root, ["site-a", "site-b", "site-c"], heartbeat=2.0)
+    if not frame_cache:
+        for bundle in net.bundles.values():
+            bundle.node_toml.write_text(bundle.node_toml.read_text() + "\n[query]\nframe_cache = false\n")
+    print(f"frame cache {'on' if frame_cache else 'off'}", flush=True)
     print(f"building 3 CDMs x {persons:,} persons ...", flush=True)
     started = time.perf_counter()
     for i, site in enumerate(net.site_names):
@@ -128,8 +138,10 @@ def part_three_nodes(root: Path, persons: int, runs: int, spec: dict) -> dict:
               f"{json.dumps(job['pooled']['rows'][0]['pooled']) if job.get('pooled') else None}", flush=True)
     finally:
         net.close()
-    return {"persons_per_site": persons, "local_one_node": stats(local), "federated_3_nodes": stats(federated),
-            "job_status": job["status"], "local_status": answer.get("status")}
+    per_site = {r["site"]: r.get("elapsed_ms") for r in job.get("per_site", [])}
+    return {"persons_per_site": persons, "frame_cache": frame_cache, "local_one_node": stats(local),
+            "federated_3_nodes": stats(federated), "job_status": job["status"], "local_status": answer.get("status"),
+            "last_job_site_round_trip_ms": per_site}
 
 
 # ---------------------------------------------------------------------------- part 2
@@ -208,6 +220,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--skip-nodes", action="store_true")
+    parser.add_argument("--cache", choices=("both", "on", "off"), default="both",
+                        help="node frame cache for part 1: run with it off (cold), on (warm), or both")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "federation.json"))
     parser.add_argument("--swarm-worker", nargs="*")
     args = parser.parse_args()
@@ -215,13 +229,18 @@ def main() -> None:
         swarm_worker(args.swarm_worker)
         return
     spec = json.loads(SPEC_FILE.read_text())
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                           "load_average_at_start": os.getloadavg()},
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "spec": spec}
     with tempfile.TemporaryDirectory(prefix="radfed-bench-") as tmp:
         if not args.skip_nodes:
-            results["three_nodes"] = part_three_nodes(Path(tmp) / "three", args.persons, args.runs, spec)
+            modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cache]
+            for on in modes:
+                results["three_nodes" + ("" if on else "_cold")] = part_three_nodes(
+                    Path(tmp) / f"three-{'warm' if on else 'cold'}", args.persons, args.runs, spec, on)
         if args.agents:
             results["fanout"] = part_fanout(Path(tmp) / "fanout", args.agents, args.runs, args.workers)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
