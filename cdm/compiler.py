@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import singledispatch
 
 from sqlalchemy import (
-    Integer, and_, case, event, exists, extract, false, func, not_, or_, select, true,
+    Date, Integer, and_, case, event, exists, extract, false, func, not_, or_, select, true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -50,6 +50,27 @@ def _days_default(element, compiler, **kw):
 def _days_sqlite(element, compiler, **kw):
     later, earlier = list(element.clauses)
     return f"CAST(julianday({compiler.process(later, **kw)}) - julianday({compiler.process(earlier, **kw)}) AS INTEGER)"
+
+
+class day_of(FunctionElement):
+    """The calendar day of a TIMESTAMP, as a DATE (so :class:`days_between` can take it)."""
+
+    type = Date()
+    inherit_cache = True
+    name = "day_of"
+
+
+@compiles(day_of)
+def _day_of_default(element, compiler, **kw):
+    (t,) = list(element.clauses)
+    return f"CAST({compiler.process(t, **kw)} AS DATE)"
+
+
+@compiles(day_of, "sqlite")
+def _day_of_sqlite(element, compiler, **kw):
+    # CAST(... AS DATE) has NUMERIC affinity in SQLite ('2024-03-01 10:00' -> 2024); date() keeps the day
+    (t,) = list(element.clauses)
+    return f"date({compiler.process(t, **kw)})"
 
 
 class date_key(FunctionElement):
@@ -268,6 +289,24 @@ def _(m: S.CtdnaVar, r):
     return Events(t, t.c.person_id, t.c.result_date, [value.isnot(None)], value, t.c.ctdna_result_id)
 
 
+def _signal(m, r):
+    t = T["signal_window"]
+    return Events(t, t.c.person_id, day_of(t.c.window_start_datetime),
+                  [t.c.signal_concept_id.in_(r.ids([m.code]))], t.c[m.stat], t.c.window_start_datetime)
+
+
+@events.register
+def _(m: S.SignalCriterion, r):
+    ev = _signal(m, r)
+    ev.where += _range(ev.value, m.value)
+    return ev
+
+
+@events.register
+def _(m: S.SignalVar, r):
+    return _signal(m, r)
+
+
 @events.register
 def _(m: S.DeathCriterion, r):
     t = T["death"]
@@ -438,7 +477,16 @@ def variable_column(var, ctx: Context, resolver: Resolver, site: str = "local"):
     if ev.value is None or (kind == "variant" and var.field == "presence") or kind in ("condition", "episode"):
         present = exists(select(ev.person_id).select_from(ev.table).where(*conds))
         return case((present, 1.0), else_=0.0), _num
+    if kind == "signal" and var.stat == "mean" and var.reduce == "mean":
+        return _sample_weighted_mean(ev, conds), _num
     return _reduce(ev, conds, var.reduce), _num
+
+
+def _sample_weighted_mean(ev: Events, conds: list):
+    """``sum(n_w * mean_w) / sum(n_w)`` over the matching windows: the mean of all their samples."""
+    n = ev.table.c.n
+    return (select(func.sum(n * ev.value) / func.nullif(func.sum(n), 0)).select_from(ev.table)
+            .where(*conds, ev.value.isnot(None), n > 0).scalar_subquery())
 
 
 def _num(v):

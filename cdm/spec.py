@@ -128,6 +128,8 @@ VariantType = Literal["snv", "indel", "cnv", "fusion", "loss"]
 CtdnaField = Literal["tumour_fraction", "max_vaf", "mean_vaf", "detected"]
 Reduce = Literal["first", "last", "min", "max", "mean", "count"]
 Sex = Literal["M", "F", "O", "U"]
+#: per-window statistics of a wearable stream (``signal_window``)
+SignalStat = Literal["mean", "sd", "min", "max"]
 
 
 # -- events: what criteria, index events, variables and survival ends are made of ------------------
@@ -201,6 +203,16 @@ class CtdnaCriterion(_Event):
         return self
 
 
+class SignalCriterion(_Event):
+    """Windows of a wearable stream (``signal_window``: summaries of second-level samples) whose
+    ``stat`` lies in ``value``; ``min_count`` counts such windows, ``window`` is on their start day."""
+
+    kind: Literal["signal"] = "signal"
+    code: Code
+    stat: SignalStat = "mean"
+    value: Range | None = None
+
+
 class EpisodeCriterion(_Event):
     kind: Literal["episode"] = "episode"
     codes: Codes
@@ -244,7 +256,8 @@ class Not(Model):
     not_: "Criterion" = Field(alias="not")
 
 
-EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode", "death")
+EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "signal",
+               "episode", "death")
 CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "all", "any", "not")
 
 
@@ -268,6 +281,7 @@ Criterion = Annotated[
         Annotated[VariantCriterion, Tag("variant")],
         Annotated[ImageFeatureCriterion, Tag("image_feature")],
         Annotated[CtdnaCriterion, Tag("ctdna")],
+        Annotated[SignalCriterion, Tag("signal")],
         Annotated[EpisodeCriterion, Tag("episode")],
         Annotated[DeathCriterion, Tag("death")],
         Annotated[AgeCriterion, Tag("age")],
@@ -287,7 +301,7 @@ for _m in (AllOf, AnyOf, Not):
 
 EventCriterion = Union[
     ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
-    ImageFeatureCriterion, CtdnaCriterion, EpisodeCriterion, DeathCriterion,
+    ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion,
 ]
 
 
@@ -375,6 +389,21 @@ class CtdnaVar(_EventVar):
     field: CtdnaField = "tumour_fraction"
 
 
+class SignalVar(_EventVar):
+    """A wearable stream's window summaries in ``window``, reduced over the windows.
+
+    ``stat: mean`` with ``reduce: mean`` is the mean of every sample in those windows, each window
+    weighted by its sample count: ``sum(n_w * mean_w) / sum(n_w)``.  Other combinations reduce the
+    per-window statistic as it is (``reduce: max`` of ``stat: max`` is the largest sample;
+    ``reduce: count`` counts windows).  Time-varying: each window's statistic is in force from its
+    start day."""
+
+    kind: Literal["signal"] = "signal"
+    code: Code
+    stat: SignalStat = "mean"
+    reduce: Reduce = "mean"
+
+
 class VariantVar(_Var):
     """1 if the person has a matching variant in the window, else 0 (``field: presence``), or a
     reduced VAF / copy number."""
@@ -441,10 +470,11 @@ class SiteVar(_Var):
 
 
 Variable = Annotated[
-    Union[ImageFeatureVar, MeasurementVar, CtdnaVar, VariantVar, ConditionVar, EpisodeVar, AgeVar, SexVar, SiteVar],
+    Union[ImageFeatureVar, MeasurementVar, CtdnaVar, SignalVar, VariantVar, ConditionVar, EpisodeVar, AgeVar, SexVar,
+          SiteVar],
     Field(discriminator="kind"),
 ]
-TIME_VARYING_KINDS = ("image_feature", "measurement", "ctdna")
+TIME_VARYING_KINDS = ("image_feature", "measurement", "ctdna", "signal")
 
 
 # -- survival time --------------------------------------------------------------------------------

@@ -133,3 +133,33 @@ def test_planted_egfr_rates_by_glioblastoma_habitat_are_recovered(sites):
     oedema = result["coefficients"][-1]
     assert oedema["covariate"] == "habitat[oedema]" and oedema["odds_ratio_upper_95"] < 1   # detected
     assert result["n"] >= 100   # located cores with a specimen, over both sites
+
+
+def test_planted_wearable_heart_rate_by_ctdna_tumour_fraction_is_recovered(sites):
+    """Multi-scale: 1 Hz heart rate from a wearable (``valueSampledData`` -> ``signal_window``) on the
+    morning of a ctDNA draw, planted as ``68 + 40 x TF`` bpm.  Day 0 is each lung patient's first
+    draw; the baseline session's mean of all samples (sample-weighted over its windows) against that
+    draw's tumour fraction (linear regression).  Wearers are few (22 over both sites, 5 at site-2),
+    so the sites' node.toml allow models from 5 rows."""
+    truth, engines, root = sites
+    configs = {}
+    for site in engines:
+        folder = root / f"{site}-wearable-node"
+        folder.mkdir(exist_ok=True)
+        (folder / "node.toml").write_text(f'[site]\nname = "{site}"\ndata_dir = "data"\n\n'
+                                          "[policy]\nmin_rows_model = 5\nrows_per_parameter = 2\n")
+        configs[site] = load_config(folder / "node.toml")
+    refs = query_references()
+    planted = truth["effect_sizes"]["wearables"]
+    day0 = {"start": 0, "end": 0}
+    spec = {"cohort": {"index": {"kind": "measurement", "code": refs["ctdna_tumour_fraction"]},
+                       "inclusion": [{"kind": "condition", "codes": [refs["lung_adenocarcinoma"]]}]},
+            "variables": {"hr": {"kind": "signal", "code": refs["heart_rate"], "window": day0},
+                          "tf": {"kind": "measurement", "code": refs["ctdna_tumour_fraction"], "window": day0}}}
+    ask, refusals = federated(engines, spec, configs)
+    result = run_analysis({"type": "glm", "family": "gaussian", "outcome": "hr", "covariates": ["tf"]}, ask)
+    assert not refusals and result["sites"] == sorted(engines), refusals
+    intercept, slope = result["coefficients"]
+    assert intercept["coef_lower_95"] < planted["hr_intercept"] < intercept["coef_upper_95"], intercept
+    assert slope["coef_lower_95"] < planted["hr_slope_per_tf"] < slope["coef_upper_95"], slope
+    assert slope["p"] < 1e-6 and result["n"] >= 20
