@@ -71,6 +71,18 @@ def federated(engines, spec: dict, configs: dict | None = None):
     return ask, refusals
 
 
+def model_configs(root: Path, engines: dict, tag: str, min_rows: int, per_parameter: int) -> dict:
+    """Each site's node config allowing models from ``min_rows`` rows (small planted cohorts)."""
+    configs = {}
+    for site in engines:
+        folder = root / f"{site}-{tag}-node"
+        folder.mkdir(exist_ok=True)
+        (folder / "node.toml").write_text(f'[site]\nname = "{site}"\ndata_dir = "data"\n\n[policy]\n'
+                                          f"min_rows_model = {min_rows}\nrows_per_parameter = {per_parameter}\n")
+        configs[site] = load_config(folder / "node.toml")
+    return configs
+
+
 def test_planted_time_varying_ctdna_effect_is_recovered(sites):
     truth, engines, _ = sites
     refs = query_references()
@@ -91,13 +103,7 @@ def test_planted_ependymoma_adc_by_molecular_group_is_recovered(sites):
     """adc ~ PFB: intercept = mean ADC of PFA, slope = PFB - PFA.  The smaller site holds 14 imaged
     ependymomas, so both sites' node.toml allow models from 10 rows (5 per parameter)."""
     truth, engines, root = sites
-    configs = {}
-    for site in engines:
-        folder = root / f"{site}-node"
-        folder.mkdir(exist_ok=True)
-        (folder / "node.toml").write_text(f'[site]\nname = "{site}"\ndata_dir = "data"\n\n'
-                                          "[policy]\nmin_rows_model = 10\nrows_per_parameter = 5\n")
-        configs[site] = load_config(folder / "node.toml")
+    configs = model_configs(root, engines, "adc", min_rows=10, per_parameter=5)
     refs = query_references()
     groups = refs["ependymoma_subtype"]
     spec = {"cohort": {"index": {"kind": "condition", "codes": [groups["PFA"], groups["PFB"]]}},
@@ -142,13 +148,7 @@ def test_planted_wearable_heart_rate_by_ctdna_tumour_fraction_is_recovered(sites
     draw's tumour fraction (linear regression).  Wearers are few (22 over both sites, 5 at site-2),
     so the sites' node.toml allow models from 5 rows."""
     truth, engines, root = sites
-    configs = {}
-    for site in engines:
-        folder = root / f"{site}-wearable-node"
-        folder.mkdir(exist_ok=True)
-        (folder / "node.toml").write_text(f'[site]\nname = "{site}"\ndata_dir = "data"\n\n'
-                                          "[policy]\nmin_rows_model = 5\nrows_per_parameter = 2\n")
-        configs[site] = load_config(folder / "node.toml")
+    configs = model_configs(root, engines, "wearable", min_rows=5, per_parameter=2)
     refs = query_references()
     planted = truth["effect_sizes"]["wearables"]
     day0 = {"start": 0, "end": 0}
