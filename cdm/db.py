@@ -138,6 +138,36 @@ def schema_version(engine: Engine) -> int | None:
     return None if value is None else int(value)
 
 
+#: rows a load must have written to a table before its planner statistics are refreshed
+STATISTICS_MIN_ROWS = 1000
+
+
+def refresh_statistics(engine: Engine, rows_written: dict[str, int]) -> list[str]:
+    """Update the query planner's statistics of the tables a bulk load grew; the tables analysed.
+
+    Why: the planner chooses index or scan, hash or nested loop, from row counts it last sampled.
+    Right after a load those describe the empty tables, until autovacuum (PostgreSQL) gets round to
+    them, or forever (SQLite keeps ``sqlite_stat1`` only when ANALYZE runs): on PostgreSQL a cohort
+    query over 100k fresh persons nested-looped a variant semi-join for > 60 s, against ~0.1 s once
+    analysed (benchmarks/README.md, query specs).  Tables with fewer than :data:`STATISTICS_MIN_ROWS`
+    new rows are left alone.  Names come from the CDM metadata only.  Cost: 0.8 s after a
+    71,000-resource load on PostgreSQL."""
+    names = sorted(name for name, n in rows_written.items() if n >= STATISTICS_MIN_ROWS and name in metadata.tables)
+    if not names:
+        return []
+    quote = engine.dialect.identifier_preparer.quote
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for name in names:
+                conn.exec_driver_sql(f"ANALYZE {quote(name)}")
+    elif engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA analysis_limit = 1000")  # sampled: bounded time on big tables
+            for name in names:
+                conn.exec_driver_sql(f"ANALYZE {quote(name)}")
+    return names
+
+
 def table_counts(engine: Engine) -> dict[str, int]:
     """Row count of every CDM table, in schema order."""
     if schema_version(engine) is None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy import Engine
 
+from cdm.db import refresh_statistics
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
 from node.ingest.context import IDENTIFIED_TYPES, UNKNOWN_PATIENT, RunContext, identifier_key, source_key
@@ -306,6 +307,7 @@ class IngestRun:
             raise
         self.pool.close()
         self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
+        refresh_statistics(self.engine, self.writer.rows_written)
         genomics = sys.modules.get("node.ingest.genomics")  # ctDNA flags need the loaded specimens (H2)
         if genomics is not None and self.persons:
             with self.engine.begin() as conn:

@@ -14,6 +14,7 @@ columns it left empty are filled, the rest is kept, as :mod:`node.dicom.mapping`
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -120,6 +121,8 @@ class BatchWriter:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        #: rows written per table this run (source_record included): what refresh_statistics needs
+        self.rows_written: Counter = Counter()
         with engine.connect() as conn:  # most loads meet an empty quarantine: then skip the clearing
             self._old_quarantine = conn.execute(select(QUARANTINE.c.quarantine_id).where(
                 QUARANTINE.c.ingest_kind == "fhir", QUARANTINE.c.quarantined_at < self.started).limit(1)).first() is not None
@@ -134,7 +137,8 @@ class BatchWriter:
             rows = self._dedupe(mapped)
             for table_name, by_key in rows.items():
                 self._insert_or_fill(conn, table_name, by_key)
-            self._record(conn, mapped, now)
+                self.rows_written[table_name] += len(by_key)
+            self.rows_written["source_record"] += self._record(conn, mapped, now)
             if self._old_quarantine and mapped:
                 self._clear_quarantine(conn, mapped)
             for item in rejected:
@@ -211,7 +215,7 @@ class BatchWriter:
             if changes:
                 conn.execute(update(table).where(table.c[column] == key).values(**changes))
 
-    def _record(self, conn: Connection, mapped: list[Mapped], now: dt.datetime) -> None:
+    def _record(self, conn: Connection, mapped: list[Mapped], now: dt.datetime) -> int:
         records: dict[tuple[str, str, int], str] = {}
         aliases: dict[tuple[str, str, int], str] = {}
         for item in mapped:
@@ -235,6 +239,7 @@ class BatchWriter:
             conn.execute(insert(SOURCE_RECORD), [
                 {"source_key": k, "cdm_table": t, "cdm_id": i, "content_hash": h, "loaded_at": now}
                 for (k, t, i), h in records.items()])
+        return len(records)
 
 
 def records_of(conn: Connection, key: str) -> list[tuple[str, int]]:
