@@ -32,6 +32,11 @@ T = tables
 MALE, FEMALE = 8507, 8532
 
 
+def _sql_args(element, compiler, **kw) -> list[str]:
+    """The SQL of a function element's arguments, in order (for the ``@compiles`` functions below)."""
+    return [compiler.process(clause, **kw) for clause in element.clauses]
+
+
 class days_between(FunctionElement):
     """Whole days from ``earlier`` to ``later`` (both DATE)."""
 
@@ -42,14 +47,14 @@ class days_between(FunctionElement):
 
 @compiles(days_between)
 def _days_default(element, compiler, **kw):
-    later, earlier = list(element.clauses)
-    return f"({compiler.process(later, **kw)} - {compiler.process(earlier, **kw)})"
+    later, earlier = _sql_args(element, compiler, **kw)
+    return f"({later} - {earlier})"
 
 
 @compiles(days_between, "sqlite")
 def _days_sqlite(element, compiler, **kw):
-    later, earlier = list(element.clauses)
-    return f"CAST(julianday({compiler.process(later, **kw)}) - julianday({compiler.process(earlier, **kw)}) AS INTEGER)"
+    later, earlier = _sql_args(element, compiler, **kw)
+    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
 
 
 class day_of(FunctionElement):
@@ -62,15 +67,15 @@ class day_of(FunctionElement):
 
 @compiles(day_of)
 def _day_of_default(element, compiler, **kw):
-    (t,) = list(element.clauses)
-    return f"CAST({compiler.process(t, **kw)} AS DATE)"
+    (t,) = _sql_args(element, compiler, **kw)
+    return f"CAST({t} AS DATE)"
 
 
 @compiles(day_of, "sqlite")
 def _day_of_sqlite(element, compiler, **kw):
     # CAST(... AS DATE) has NUMERIC affinity in SQLite ('2024-03-01 10:00' -> 2024); date() keeps the day
-    (t,) = list(element.clauses)
-    return f"date({compiler.process(t, **kw)})"
+    (t,) = _sql_args(element, compiler, **kw)
+    return f"date({t})"
 
 
 class date_key(FunctionElement):
@@ -83,8 +88,7 @@ class date_key(FunctionElement):
 
 @compiles(date_key)
 def _date_key_default(element, compiler, **kw):
-    (d,) = list(element.clauses)
-    d = compiler.process(d, **kw)
+    (d,) = _sql_args(element, compiler, **kw)
     return f"CAST(EXTRACT(YEAR FROM {d}) * 10000 + EXTRACT(MONTH FROM {d}) * 100 + EXTRACT(DAY FROM {d}) AS INTEGER)"
 
 
@@ -92,8 +96,7 @@ def _date_key_default(element, compiler, **kw):
 def _date_key_pg(element, compiler, **kw):
     # date_part() is double precision (exact for these integers); EXTRACT is numeric since
     # PostgreSQL 14 and twice as slow over 100k rows
-    (d,) = list(element.clauses)
-    d = compiler.process(d, **kw)
+    (d,) = _sql_args(element, compiler, **kw)
     return f"CAST(date_part('year', {d}) * 10000 + date_part('month', {d}) * 100 + date_part('day', {d}) AS INTEGER)"
 
 
@@ -103,8 +106,8 @@ def _date_key_sqlite(element, compiler, **kw):
     # one replace() + CAST reads it, where three strftime() calls cost ~0.4 us each per row, which is
     # most of an age-limited count's time on 100k persons (benchmarks/README.md).  CAST stops at the
     # first non-digit, so a time part is ignored.
-    (d,) = list(element.clauses)
-    return f"CAST(replace({compiler.process(d, **kw)}, '-', '') AS INTEGER)"
+    (d,) = _sql_args(element, compiler, **kw)
+    return f"CAST(replace({d}, '-', '') AS INTEGER)"
 
 
 class Resolver:
@@ -586,7 +589,7 @@ def fetch_rows(conn, query) -> list[tuple]:
     return [tuple(v if f is None else f(v) for f, v in zip(processors, row)) for row in rows]
 
 
-def compile_spec(spec: S.Spec, bind, site: str = "local", index_date: bool = True) -> Frame:
+def compile_spec(spec: S.Spec, bind, site: str = "local") -> Frame:
     """The frame of every variable the analysis uses."""
     names = list(dict.fromkeys(n for _, n in S.analysis_variables(spec.analysis)))
-    return frame(spec, names, Resolver(bind), site, index_date)
+    return frame(spec, names, Resolver(bind), site)

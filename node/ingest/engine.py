@@ -189,11 +189,7 @@ class IngestRun:
         # in both (a duplicate in the export) must be judged against what that batch wrote.
         stale = [k for k in batch.keys if k in self._written_keys]
         if stale:
-            fresh = existing_hashes(self.engine, stale)
-            known = {**known, **fresh}
-            for key in stale:
-                if key not in fresh:
-                    known.pop(key, None)
+            known = self._reread(known, stale)
         mapped: list[Mapped] = []
         in_batch: set[str] = set()
         for item, key, digest, submitted in zip(batch.items, batch.keys, batch.digests, batch.submitted):
@@ -202,8 +198,7 @@ class IngestRun:
                 # (unchanged / updated) against the one before it and the copy read last wins.
                 self._write(mapped)
                 mapped, in_batch = [], set()
-                fresh = existing_hashes(self.engine, [key])
-                known = {**known, **fresh} if key in fresh else {k: v for k, v in known.items() if k != key}
+                known = self._reread(known, [key])
             unchanged = not self.force and key in known and known[key] == digest
             if submitted:
                 found = next(problems)
@@ -217,6 +212,11 @@ class IngestRun:
                 in_batch.add(key)
         self._write(mapped)
         self._written_keys = {k for k in batch.keys if k}
+
+    def _reread(self, known: dict[str, str], keys: list[str]) -> dict[str, str]:
+        """``known`` with the content hashes of ``keys`` as the CDM holds them now (absent: not loaded)."""
+        reread = set(keys)
+        return {**{k: v for k, v in known.items() if k not in reread}, **existing_hashes(self.engine, keys)}
 
     def _write(self, mapped: list[Mapped]) -> None:
         rejected, self._rejected = self._rejected, []
@@ -298,13 +298,10 @@ class IngestRun:
 
     def finish(self) -> IngestSummary:
         """Write the last batch, retry what waited for its patient, recompute observation periods."""
-        try:
-            self.flush()
-            if self._deferred is not None:
-                self._retry_deferred()
-        except BaseException:
-            self.pool.terminate()
-            raise
+        # on an error ingest_paths' close() stops the workers
+        self.flush()
+        if self._deferred is not None:
+            self._retry_deferred()
         self.pool.close()
         self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
         refresh_statistics(self.engine, self.writer.rows_written)
