@@ -144,6 +144,17 @@ class Network:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.request(method, f"{self.api}{path}", headers=headers, timeout=120, **kwargs)
 
+    def submit(self, spec: dict, **options) -> str:
+        """Submit without waiting for the result (the job is still open: 202); its job id."""
+        response = self.call("POST", "/v1/jobs", json={"spec": spec, **options})
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def per_site(self, job_id: str, wait: float | None = None) -> tuple[dict, dict]:
+        """(the job, each site's record in it by site name), waiting up to ``wait`` s for it to end."""
+        job = self.call("GET", f"/v1/jobs/{job_id}", params={} if wait is None else {"wait": wait}).json()
+        return job, {s["site"]: s for s in job["per_site"]}
+
     def run(self, spec: dict, **options) -> dict:
         response = self.call("POST", "/v1/jobs", json={"spec": spec, "wait": 60, **options})
         assert response.status_code in (200, 202), response.text

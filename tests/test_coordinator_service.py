@@ -117,9 +117,7 @@ def test_restart_loses_no_submitted_job(network):
     network.start_node("site-a")
     network.nodes["site-a"].send_signal(signal.SIGSTOP)   # the site hangs: the job stays running
     try:
-        submitted = network.call("POST", "/v1/jobs", json={"spec": COUNT, "sites": ["site-a"], "timeout": 20})
-        assert submitted.status_code == 202
-        job_id = submitted.json()["job_id"]
+        job_id = network.submit(COUNT, sites=["site-a"], timeout=20)
         time.sleep(0.5)
         network.stop_coordinator(signal.SIGKILL)           # crash, no clean shutdown
     finally:
@@ -134,15 +132,11 @@ def test_restart_loses_no_submitted_job(network):
 
 def test_offline_site_gets_its_request_when_it_returns(network):
     network.start_node("site-a")
-    submitted = network.call("POST", "/v1/jobs", json={"spec": COUNT, "hold_offline": 60, "timeout": 20, "wait": 2})
-    assert submitted.status_code == 202                         # site-b is offline: the job is held open
-    job_id = submitted.json()["job_id"]
-    held = network.call("GET", f"/v1/jobs/{job_id}").json()
-    assert {s["site"]: s["status"] for s in held["per_site"]}["site-b"] == "waiting"
+    job_id = network.submit(COUNT, hold_offline=60, timeout=20, wait=2)  # site-b is offline: the job is held open
+    assert network.per_site(job_id)[1]["site-b"]["status"] == "waiting"
     network.start_node("site-b", wait=False)                    # the site comes back
-    job = network.call("GET", f"/v1/jobs/{job_id}", params={"wait": 60}).json()
-    per_site = {s["site"]: s["status"] for s in job["per_site"]}
-    assert per_site["site-b"] in ("ok", "refused", "error"), job   # answered, signed, after its return
+    job, per_site = network.per_site(job_id, wait=60)
+    assert per_site["site-b"]["status"] in ("ok", "refused", "error"), job   # answered, signed, after its return
     assert "offline" not in job["message"]
 
 
@@ -154,15 +148,12 @@ def test_jetstream_queues_requests_for_an_offline_site(tmp_path):
     try:
         network.start_coordinator()
         network.start_node("site-a")
-        submitted = network.call("POST", "/v1/jobs", json={"spec": COUNT, "hold_offline": 60, "timeout": 20, "wait": 2})
-        assert submitted.status_code == 202
-        job_id = submitted.json()["job_id"]
-        held = {s["site"]: s for s in network.call("GET", f"/v1/jobs/{job_id}").json()["per_site"]}
+        job_id = network.submit(COUNT, hold_offline=60, timeout=20, wait=2)
+        held = network.per_site(job_id)[1]
         assert held["site-b"]["status"] == "waiting" and "queued durably" in held["site-b"]["message"]
         network.start_node("site-b", wait=False)         # pulls its queue when it connects
-        job = network.call("GET", f"/v1/jobs/{job_id}", params={"wait": 60}).json()
-        per_site = {s["site"]: s["status"] for s in job["per_site"]}
-        assert per_site["site-b"] in ("ok", "refused", "error"), job
+        job, per_site = network.per_site(job_id, wait=60)
+        assert per_site["site-b"]["status"] in ("ok", "refused", "error"), job
         assert "answered queued request" in (network.root / "site-b.log").read_text()
         assert "site-b answered its queued request" in (network.root / "coordinator.log").read_text()
     finally:

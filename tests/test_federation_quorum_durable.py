@@ -85,17 +85,14 @@ def test_coordinator_restart_keeps_a_queued_job_and_delivers_it_once(tmp_path):
     try:
         net.start_coordinator()
         net.start_node("site-a")
-        submitted = net.call("POST", "/v1/jobs", json={"spec": COUNT, "hold_offline": 120, "timeout": 20, "wait": 2})
-        assert submitted.status_code == 202
-        job_id = submitted.json()["job_id"]
-        assert {s["site"]: s["status"] for s in net.call("GET", f"/v1/jobs/{job_id}").json()["per_site"]}["site-b"] \
-            == "waiting"
+        job_id = net.submit(COUNT, hold_offline=120, timeout=20, wait=2)
+        assert net.per_site(job_id)[1]["site-b"]["status"] == "waiting"
         net.stop_coordinator(signal.SIGKILL)   # crash with site-b's request in the durable queue
         net.start_coordinator()
         log = (net.root / "coordinator.log").read_text()
         assert "re-dispatching 1 unfinished job" in log and "dropped 1 request(s) queued before the restart" in log
         net.start_node("site-b", wait=False)   # comes back after the restart: pulls its queue
-        job = net.call("GET", f"/v1/jobs/{job_id}", params={"wait": 90}).json()
+        job = net.per_site(job_id, wait=90)[0]
         assert job["status"] == "done", job
         assert job["pooled"]["rows"][0]["pooled"]["n"] == PERSONS["site-a"] + PERSONS["site-b"]
         time.sleep(3 * net.heartbeat + 1)
