@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from cdm.db import open_engine  # noqa: E402
-from coordinator.natsproc import free_port, wait_for_port  # noqa: E402
+from coordinator.natsproc import free_port, free_ports, wait_for_port  # noqa: E402
 from test_deploy import BIN  # noqa: E402
 from test_deploy_e2e import Services, coordinator_toml, node_toml, run, set_key, wait_for_api  # noqa: E402
 from test_e2e_federation import COUNT, fill  # noqa: E402
@@ -64,7 +64,7 @@ class Bench:
         self.coordinator = Services(root / "coordinator")
         (root / "coordinator" / "etc").mkdir(parents=True)
         self.home = root / "coordinator" / "var" / "coordinator"
-        self.nats_port, self.api_port, self.flower_port = free_port(), free_port(), free_port()
+        self.nats_port, self.api_port, self.flower_port = free_ports(3)
         self.sites: dict[str, Services] = {}
         self.token = ""
 
@@ -101,7 +101,7 @@ class Bench:
         shutil.rmtree(etc / "bundle", ignore_errors=True)
         shutil.copytree(bundle, etc / "bundle")
         (var / "node").mkdir(parents=True, exist_ok=True)
-        text = node_toml(var, etc / "bundle" / "node.toml", str(var / "node" / "cdm.sqlite"), free_port(), free_port(),
+        text = node_toml(var, etc / "bundle" / "node.toml", str(var / "node" / "cdm.sqlite"), *free_ports(2),
                          f"127.0.0.1:{self.flower_port}")
         # three sites on one host: each SuperNode's loopback runtime API needs its own port
         (etc / "node.toml").write_text(set_key(text, "learning", "runtime_port", free_port()))

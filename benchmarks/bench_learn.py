@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from cdm.learn.process import wait_listening  # noqa: E402
 from coordinator.learn import serverapp  # noqa: E402
 from coordinator.learn.runner import prepare_run, train  # noqa: E402
 from coordinator.learn.store import ModelStore  # noqa: E402
+from coordinator.natsproc import free_port  # noqa: E402
 from coordinator.learn.superlink import FlowerLink, register_supernode, start_superlink  # noqa: E402
 from coordinator.tlsinit import make_tls  # noqa: E402
 from flwr.app import ArrayRecord  # noqa: E402
@@ -58,12 +58,6 @@ from node.learn.supernode import ensure_node_key, start_supernode  # noqa: E402
 from node.synth import rare  # noqa: E402
 
 FOLDS = [[code for code, *_ in rare.DISEASES][i::4] for i in range(4)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def grid(tomls) -> LocalGrid:

@@ -26,7 +26,7 @@ import httpx
 
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome
-from coordinator.natsproc import free_port, wait_for_port
+from coordinator.natsproc import free_coordinator_ports, wait_for_port
 from coordinator.report import render_job
 
 BIN = Path(sys.executable).parent
@@ -90,7 +90,7 @@ class Demo:
 
     def start_network(self) -> Client:
         say("setting up the coordinator: enrolling 3 sites, adding a researcher")
-        home = CoordinatorHome(self.out / "coordinator").init(nats_port=free_port(), api_port=free_port())
+        home = CoordinatorHome(self.out / "coordinator").init(**free_coordinator_ports())
         for site in self.sites:
             if home.store.site(site) is None:
                 bundle = home.enroll_site(site, self.out / "bundles")

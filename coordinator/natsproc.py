@@ -28,9 +28,27 @@ def nats_server_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free now.  All ``n`` sockets stay bound until every port is chosen: two
+    calls of a one-port helper can get the same port back (the kernel re-offers one just released),
+    and a NATS server and an API on one port fail at start-up."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_coordinator_ports(host: str = "127.0.0.1") -> dict[str, int]:
+    """``nats_port`` and ``api_port`` settings for a coordinator on this machine, never the same port."""
+    nats_port, api_port = free_ports(2, host)
+    return {"nats_port": nats_port, "api_port": api_port}
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:

@@ -14,7 +14,7 @@ import httpx
 
 from cdm.db import create_cdm, open_engine
 from coordinator.home import CoordinatorHome
-from coordinator.natsproc import free_port, wait_for_port
+from coordinator.natsproc import free_coordinator_ports, wait_for_port
 
 BIN = Path(sys.executable).parent
 
@@ -24,7 +24,7 @@ class Network:
         self.root = Path(root)
         self.site_names = list(sites)
         self.heartbeat = heartbeat
-        self.home = CoordinatorHome(self.root / "coord").init(nats_port=free_port(), api_port=free_port(),
+        self.home = CoordinatorHome(self.root / "coord").init(**free_coordinator_ports(),
                                                               jetstream=jetstream)
         self.bundles = {s: self.home.enroll_site(s, self.root / "bundles") for s in sites}
         self.token = self.home.store.add_researcher("alice", "researcher")

@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError
 from cdm import wire
 from coordinator.home import CoordinatorHome
 from coordinator.natsconf import COORDINATOR_USER
-from coordinator.natsproc import NatsServer, free_port
+from coordinator.natsproc import NatsServer, free_coordinator_ports
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +55,7 @@ def test_canonical_json_is_order_independent_and_response_must_answer_its_reques
 
 
 def test_site_names_must_be_subject_tokens(tmp_path):
-    home = CoordinatorHome(tmp_path / "coord").init(nats_port=free_port(), api_port=free_port())
+    home = CoordinatorHome(tmp_path / "coord").init(**free_coordinator_ports())
     for bad in ("a.b", "site>", "*", "", "x y"):
         with pytest.raises(ValueError):
             home.enroll_site(bad, tmp_path / "bundles")
@@ -73,7 +73,7 @@ def test_site_names_must_be_subject_tokens(tmp_path):
 
 @pytest.fixture
 def bus(tmp_path):
-    home = CoordinatorHome(tmp_path / "coord").init(nats_port=free_port(), api_port=free_port())
+    home = CoordinatorHome(tmp_path / "coord").init(**free_coordinator_ports())
     bundles = {s: home.enroll_site(s, tmp_path / "bundles") for s in ("site-a", "site-b")}
     server = NatsServer(home.nats_conf_path, "127.0.0.1", home.settings["nats_port"], tmp_path / "nats.log").start()
     yield home, bundles, server
@@ -175,7 +175,7 @@ def test_tls_bus_with_the_bundles_ca(tmp_path):
     from coordinator.tlsinit import make_tls
     from node.bus import connect, tls_context
 
-    home = CoordinatorHome(tmp_path / "coord").init(nats_port=free_port(), api_port=free_port())
+    home = CoordinatorHome(tmp_path / "coord").init(**free_coordinator_ports())
     make_tls(home.path / "tls", ["127.0.0.1", "localhost"])
     bundle = home.enroll_site("site-a", tmp_path / "bundles")
     assert home.nats_url.startswith("tls://") and 'tls_ca = "ca.pem"' in bundle.node_toml.read_text()
@@ -204,7 +204,7 @@ def test_tls_bus_with_the_bundles_ca(tmp_path):
 def test_a_site_cannot_pull_another_sites_durable_queue(tmp_path):
     from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-    home = CoordinatorHome(tmp_path / "coord").init(nats_port=free_port(), api_port=free_port(), jetstream=True)
+    home = CoordinatorHome(tmp_path / "coord").init(**free_coordinator_ports(), jetstream=True)
     bundles = {s: home.enroll_site(s, tmp_path / "bundles") for s in ("site-a", "site-b")}
 
     async def scenario():

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from cdm.db import open_engine
 from conftest import PG_ADMIN_URL
-from coordinator.natsproc import free_port, wait_for_port
+from coordinator.natsproc import free_ports, wait_for_port
 from test_deploy import BIN, DEPLOY, REPO, local_argv, unit_commands
 from test_e2e_federation import SITES, fill
 
@@ -152,7 +152,7 @@ def test_deployment_entrypoints_answer_a_count_query(tmp_path, pg_url, coordinat
     etc.mkdir()
     (var / "node").mkdir(parents=True)
     services = Services(root)
-    nats_port, api_port, dicom_port, move_port, flower_port = (free_port() for _ in range(5))
+    nats_port, api_port, dicom_port, move_port, flower_port = free_ports(5)
     pgpass = etc / "pgpass"
     pgpass.write_text("127.0.0.1:5432:*:postgres:unused-with-trust-auth\n")
     pgpass.chmod(0o600)

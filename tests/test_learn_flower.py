@@ -13,7 +13,6 @@ is checked on the in-process grid, tests/test_learn_local.py, where rounds are c
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
@@ -31,18 +30,13 @@ from cdm.learn.process import Supervised, flower_env, wait_listening  # noqa: E4
 from cdm.learn.bundle import installed_fab_hash, write_app  # noqa: E402
 from coordinator.learn import runner  # noqa: E402
 from coordinator.learn.store import ModelStore  # noqa: E402
+from coordinator.natsproc import free_port, free_ports  # noqa: E402
 from coordinator.learn.superlink import CONNECTION, FlowerError, FlowerLink, register_supernode, start_superlink  # noqa: E402
 from coordinator.tlsinit import make_tls  # noqa: E402
 from node.audit import AuditLog  # noqa: E402
 from node.config import ConfigError, load_config  # noqa: E402
 from node.learn.data import training_rows  # noqa: E402
 from node.learn.supernode import ensure_node_key, start_supernode, supernode_command  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +153,8 @@ def test_coordinator_serve_flower_starts_and_supervises_the_superlink(tmp_path):
 
     radfed = str(Path(sys.executable).parent / "radfed")
     home = tmp_path / "coord"
-    flower_port = free_port()
-    ports = ["--nats-port", str(free_port()), "--api-port", str(free_port())]
+    flower_port, nats_port, api_port = free_ports(3)
+    ports = ["--nats-port", str(nats_port), "--api-port", str(api_port)]
     assert subprocess.run([radfed, "coordinator", "init", "--home", str(home), *ports], capture_output=True).returncode == 0
     settings = home / "settings.json"
     import json
