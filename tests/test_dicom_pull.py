@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from cdm.schema import tables
+from coordinator.natsproc import free_port, free_ports
 from node.cli import main
 from node.dicom.pull import PullError, pull
 from test_dicom_fixtures import add_person, make_study
@@ -20,21 +20,15 @@ from test_dicom_fixtures import add_person, make_study
 IO = tables["image_occurrence"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
     """Orthanc on free loopback ports (HTTP off), holding two patients' studies; knows RADFEDPULL."""
     home = tmp_path_factory.mktemp("orthanc")
-    dicom_port, move_port = _free_port(), _free_port()
+    dicom_port, move_port, http_port = free_ports(3)
     config = {
         "Name": "radfed-test-pacs", "StorageDirectory": str(home / "db"), "IndexDirectory": str(home / "db"),
         "DicomServerEnabled": True, "DicomAet": "PACS", "DicomPort": dicom_port,
-        "HttpServerEnabled": False, "HttpPort": _free_port(), "RemoteAccessAllowed": False,
+        "HttpServerEnabled": False, "HttpPort": http_port, "RemoteAccessAllowed": False,
         "DicomCheckCalledAet": True, "DicomCheckModalityHost": True,
         "DicomModalities": {"radfed": ["RADFEDPULL", "127.0.0.1", move_port]},
         "DicomAlwaysAllowStore": True, "Plugins": [], "ConcurrentJobs": 1,
@@ -98,6 +92,6 @@ def test_pull_errors_are_clear(sqlite_cdm, tmp_path, orthanc):
     assert runner.invoke(main, ["--db", str(db), "init"]).exit_code == 0
     (tmp_path / "node.toml").write_text('[site]\ndata_dir = "store"\n')
     result = runner.invoke(main, ["--config", str(tmp_path / "node.toml"), "--db", str(db),
-                                  "dicom", "pull", "--pacs", f"127.0.0.1:{_free_port()}",
+                                  "dicom", "pull", "--pacs", f"127.0.0.1:{free_port()}",
                                   "--aet", "RADFEDPULL", "--called-aet", "PACS", "--mode", "get"])
     assert result.exit_code == 2 and "error: PACS" in result.output and "Traceback" not in result.output

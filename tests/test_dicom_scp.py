@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from sqlalchemy import func, select
 
 from cdm.ids import stable_id
 from cdm.schema import tables
+from coordinator.natsproc import free_port
 from node.dicom.network import NODELAY_HANDLERS, nodelay_is_set
 from node.dicom.scp import StorageSCP
 from node.quarantine import quarantine_counts
@@ -104,12 +104,6 @@ def test_unknown_patient_via_scp_is_kept_on_disk_and_quarantined(sqlite_cdm, tmp
     assert index_paths(sqlite_cdm, [tmp_path / "data" / "dicom"]).indexed == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_listen_receives_and_stops_cleanly(tmp_path):
     db = tmp_path / "cdm.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -120,7 +114,7 @@ def test_cli_listen_receives_and_stops_cleanly(tmp_path):
 
     engine = open_engine(db)
     add_person(engine, "1CT1")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*cli, "dicom", "listen", "--port", str(port), "--ae-title", "NODE"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
