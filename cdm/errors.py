@@ -1,0 +1,33 @@
+"""radfed's errors and exit codes, declared once (like lifelines' ``lifelines.exceptions``).
+
+Every error radfed raises on purpose derives from :class:`RadfedError`; the CLIs, the HTTP API and
+the node map an error to an exit code or an HTTP status through the class attributes here, never
+through their own tables.
+
+Exit codes of every ``radfed`` and ``radfed-node`` command (cron and systemd alert on them):
+
+====  ==========  ==============================================================================
+code  name        meaning
+====  ==========  ==============================================================================
+0     OK          everything asked was done
+1     FAILED      the command could not do its job (an error; nothing, or not all, was done)
+2     USAGE       bad arguments, configuration or input format: fix the command line or file
+3     PARTIAL     the command finished, but something was quarantined, missing or refused:
+                  look at its summary (nothing was lost: quarantined input is kept)
+====  ==========  ==============================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+class RadfedError(Exception):
+    """Base of every error radfed raises on purpose.  ``exit_code`` is what a CLI exits with when
+    this error ends a command; ``http_status`` is what the HTTP API answers."""
+
+    exit_code: int = EXIT_FAILED
+    http_status: int = 500
