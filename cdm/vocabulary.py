@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -312,13 +313,19 @@ def _packaged_rows(filename: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@cache
+def project_concepts() -> tuple[dict, ...]:
+    """The RADFED project concepts (``cdm/data/radfed_concepts.csv``: fixed ids in the reserved range)."""
+    return tuple(_packaged_rows("radfed_concepts.csv"))
+
+
 def install_core_concepts(engine: Engine) -> int:
     """Write the OMOP core concepts radfed's ingest relies on and the RADFED project concepts.
 
     Idempotent (rows already present are left as they are).  Returns the number written.
     """
     concept, vocabulary = tables["concept"], tables["vocabulary"]
-    rows = _packaged_rows("omop_core_concepts.csv") + _packaged_rows("radfed_concepts.csv")
+    rows = _packaged_rows("omop_core_concepts.csv") + list(project_concepts())
     with engine.begin() as conn:
         present = set(conn.execute(select(concept.c.concept_id)).scalars())
         new = [

@@ -1,4 +1,4 @@
-"""Observation-family FHIR mappers (node.ingest.observations / genomics / imaging).
+"""Observation-family FHIR mappers (node.ingest.mappers: observation, variant, ctdna, image_feature...).
 
 The mappers run against a real SQLite CDM through :class:`FileContext`, a small MapContext over the
 node's real :class:`~cdm.vocabulary.Vocabulary`, on hand-written resources and on a generated site
@@ -22,9 +22,9 @@ from cdm.schema import tables
 from cdm.vocabulary import Vocabulary, vocabulary_for_uri
 from node import fhir_profile as fp
 from node.execute import run_request
-from node.ingest import genomics
-from node.ingest.contract import MAPPERS, Unmappable
-from node.ingest.observations import RADFED_IDS
+from node.ingest.contract import Unmappable
+from node.ingest.mappers import MAPPERS, ctdna
+from node.ingest.mappers.values import RADFED_IDS
 from node.synth import SynthOptions, generate
 
 SEED, PATIENTS = 2, 120
@@ -141,7 +141,8 @@ def test_lab_quantity_becomes_a_measurement_with_ucum_unit_and_operator(ctx):
     [row] = MAP["Observation"](resource, ctx)
     v = row.values
     assert row.table == "measurement" and v["measurement_id"] == ctx.row_id("Observation", "o1")
-    assert v["measurement_date"] == dt.date(2024, 3, 1) and v["measurement_datetime"] == dt.datetime(2024, 3, 1, 8, 0)
+    # local clock time, as written (10:00+02:00): one date rule for every resource (mappers/values.py)
+    assert v["measurement_date"] == dt.date(2024, 3, 1) and v["measurement_datetime"] == dt.datetime(2024, 3, 1, 10, 0)
     assert v["value_as_number"] == 1.2 and v["operator_concept_id"] == 4171756 and v["measurement_type_concept_id"] == 32817
     assert v["unit_source_value"] == "mg/dL" and v["unit_concept_id"] == ctx.unit(qty(1, "mg/dL")).concept_id > 0
     assert (v["range_low"], v["range_high"]) == (0.6, 1.3)
@@ -198,7 +199,7 @@ def test_components_are_rows_and_a_panel_without_value_is_not(ctx):
 def test_bad_observations_are_refused_with_stable_codes(ctx):
     cases = [
         (obs((fp.LOINC, "718-7"), subject={"reference": "Patient/nobody"}, valueQuantity=qty(13, "g/dL")), "UNKNOWN_PATIENT"),
-        ({**obs((fp.LOINC, "718-7"), valueQuantity=qty(13, "g/dL")), "effectiveDateTime": None}, "NO_DATE"),
+        ({**obs((fp.LOINC, "718-7"), valueQuantity=qty(13, "g/dL")), "effectiveDateTime": None}, "MISSING_DATE"),
         (obs((fp.LOINC, "718-7"), effectiveDateTime="2024-13-45T00:00:00Z"), "BAD_DATE"),
         (obs((fp.LOINC, "718-7"), valueQuantity={"value": "high", "code": "g/dL"}), "BAD_VALUE"),
         ({**obs((fp.LOINC, "x")), "code": {"text": ""}}, "NO_CODE"),
@@ -333,7 +334,7 @@ def test_imaging_study_and_features_name_the_dicom_series(ctx):
     assert v["modality_concept_id"] == ctx.vocabulary.lookup("DICOM", "MR").concept_id and v["instance_count"] == 8
     for broken, reason in (({**study, "identifier": []}, "MISSING_STUDY_UID"),
                            ({**study, "series": [{**study["series"][0], "uid": ""}]}, "MISSING_SERIES_UID"),
-                           ({**study, "started": None}, "NO_DATE")):
+                           ({**study, "started": None}, "MISSING_DATE")):
         with pytest.raises(Unmappable) as err:
             MAP["ImagingStudy"](broken, ctx)
         assert err.value.code == reason
@@ -450,7 +451,7 @@ def site_db(sqlite_cdm, site):
             rows += MAPPERS[kind](r, ctx)
     write(sqlite_cdm, rows)
     with sqlite_cdm.begin() as conn:
-        genomics.reconcile_ctdna(conn)
+        ctdna.reconcile_ctdna(conn)
     return sqlite_cdm, truth, res
 
 

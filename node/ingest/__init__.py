@@ -4,7 +4,8 @@
 one concern: :mod:`.reader` (files -> resources in dependency order, streamed), :mod:`.validate`
 (fhir.resources R4B), :mod:`.context` (the mappers' view of the run), :mod:`.load` (batched,
 idempotent writes with ``source_record``), :mod:`.periods` (observation periods), :mod:`.summary`,
-and the mappers (:mod:`.contract` is their interface; :mod:`.clinical`, :mod:`.medications`,
-:mod:`.administrative`, and the Observation-family modules).  ``radfed-node mapping-report`` is
-:mod:`.mapping_report`.
+and the mappers: :mod:`.contract` is their interface, :mod:`.mappers` their one table and one module
+per resource (``mappers/observation.py`` is where an Observation becomes a measurement row), and
+:mod:`.mappers.values` the one way every mapper reads dates, codes and references.
+``radfed-node mapping-report`` is :mod:`.mapping_report`.
 """

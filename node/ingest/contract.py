@@ -6,15 +6,16 @@ it produces.  It never touches the database; everything it needs from the node (
 references to other resources) comes from ``ctx``.  The engine owns reading files, validation,
 quarantine, idempotency (``source_record``), batching and the summary.
 
-Mappers register by resource type in :data:`MAPPERS` (see :func:`mapper`).  A resource a mapper cannot
-map raises :class:`Unmappable` with a stable reason code; the engine quarantines it with the file and
-line and the run goes on.
+Which mapper maps which resource type is one table, :data:`node.ingest.mappers.MAPPERS`.  A resource
+a mapper cannot map raises :class:`Unmappable` with a stable reason code; the engine quarantines it
+with the file and line and the run goes on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from cdm.vocabulary import ConceptMatch
 
@@ -65,16 +66,3 @@ class MapContext(Protocol):
 
 
 Mapper = Callable[[dict, MapContext], list[Row]]
-
-#: resourceType -> mapper.
-MAPPERS: dict[str, Mapper] = {}
-
-
-def mapper(resource_type: str) -> Callable[[Mapper], Mapper]:
-    """Register ``fn`` as the mapper of ``resource_type``."""
-
-    def register(fn: Mapper) -> Mapper:
-        MAPPERS[resource_type] = fn
-        return fn
-
-    return register

@@ -14,17 +14,15 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
 
 A resource whose patient is not loaded yet waits (in a temporary file) and is mapped again after
 the last file; only then is it quarantined as ``UNKNOWN_PATIENT``.  Then the observation periods of
-every person touched are recomputed (:mod:`node.ingest.periods`).  The mappers are this package's modules plus the Observation /
-genomics / imaging mappers when those modules are installed.
+every person touched are recomputed (:mod:`node.ingest.periods`).  Which mapper maps which resource
+type is the table :data:`node.ingest.mappers.MAPPERS`.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import importlib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -38,15 +36,13 @@ from cdm.db import refresh_statistics
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
 from node.ingest.context import IDENTIFIED_TYPES, UNKNOWN_PATIENT, RunContext, identifier_key, source_key
-from node.ingest.contract import MAPPERS, Unmappable
+from node.ingest.contract import Unmappable
 from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, key_column, row_problem
+from node.ingest.mappers import AFTER_LOAD, MAPPERS
 from node.ingest.reader import Item, Progress, discover, read
 from node.ingest.summary import IngestSummary
 from node.ingest.validate import ValidationPool, problem, relaxed_gc
 
-#: Mapper modules of this package (always present) and of the Observation-family work (optional).
-MAPPER_MODULES = ("node.ingest.clinical", "node.ingest.medications", "node.ingest.administrative")
-OPTIONAL_MAPPER_MODULES = ("node.ingest.observations", "node.ingest.genomics", "node.ingest.imaging")
 #: Resource types radfed keeps no CDM rows for: counted as skipped, neither validated nor quarantined.
 NO_CDM_TABLE = frozenset({"PractitionerRole", "OperationOutcome", "Provenance", "DocumentReference",
                           "CareTeam", "CarePlan", "Claim", "ExplanationOfBenefit", "SupplyDelivery",
@@ -60,18 +56,6 @@ POOL_MIN_BYTES = 16 << 20
 MAX_WORKERS = 4
 #: Referenceable resources the run remembers per cache generation (two generations are kept).
 CACHE_SIZE = 100_000
-
-
-def load_mappers() -> None:
-    """Import every mapper module so its ``@mapper`` registrations run."""
-    for name in MAPPER_MODULES:
-        importlib.import_module(name)
-    for name in OPTIONAL_MAPPER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # the module exists but something it imports does not: a real error
-                raise
 
 
 def content_hash(resource: dict) -> str:
@@ -103,7 +87,6 @@ class IngestRun:
     def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM, batch_size: int = BATCH,
                  workers: int = 0, force: bool = False, cache_size: int = CACHE_SIZE):
         self.pool = ValidationPool(workers)  # first: the workers fork before this run opens connections
-        load_mappers()
         self.engine = engine
         # A generation must outlast the two batches in flight, whose rows are not in the CDM yet.
         self.ctx = RunContext(engine, mrn_system, max(cache_size, 3 * batch_size))
@@ -305,10 +288,10 @@ class IngestRun:
         self.pool.close()
         self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
         refresh_statistics(self.engine, self.writer.rows_written)
-        genomics = sys.modules.get("node.ingest.genomics")  # ctDNA flags need the loaded specimens (H2)
-        if genomics is not None and self.persons:
+        if self.persons:
             with self.engine.begin() as conn:
-                genomics.reconcile_ctdna(conn, self.persons)
+                for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
+                    step(conn, self.persons)
         self.summary.unmapped.update(self.ctx.unmapped)
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary

@@ -5,7 +5,7 @@ which their events were recorded (THEMIS convention: derived from the earliest a
 when the source has no enrolment data, as FHIR exports do not).  After each FHIR run the periods of
 the persons it touched are recomputed: one period per person, from the earliest start to the
 latest end over the event tables (device exposures excepted: R4 Device carries no dates of use,
-see :func:`node.ingest.clinical.map_device`), with id ``stable_id("fhir", "observation_period", person_id)``.
+see :func:`node.ingest.mappers.device.map_device`), with id ``stable_id("fhir", "observation_period", person_id)``.
 
 The minima and maxima are computed in the database by one grouped UNION ALL per chunk of persons;
 only the resulting (person, start, end) triples pass through Python, to derive their stable ids.
@@ -19,8 +19,8 @@ from sqlalchemy import Engine, delete, func, insert, select, union_all
 
 from cdm.ids import stable_id
 from cdm.schema import tables
+from node.ingest.mappers.values import EHR
 
-EHR = 32817  # Type Concept "EHR"
 CHUNK = 1_000
 
 #: (table, start date column, end date column or None) of every table whose rows are events.

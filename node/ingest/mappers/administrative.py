@@ -9,8 +9,8 @@ Synthea writes (``Practitioner?identifier=...|NPI``) resolve to these rows.
 
 from __future__ import annotations
 
-from node.ingest.contract import MapContext, Row, mapper
-from node.ingest.values import clip, parse_datetime, reference
+from node.ingest.contract import MapContext, Row
+from node.ingest.mappers.values import clip, parse_datetime
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 GEOLOCATION = "http://hl7.org/fhir/StructureDefinition/geolocation"
@@ -69,7 +69,6 @@ def human_name(names: list[dict] | None) -> str | None:
                                          name.get("family") or ""]).strip() or None
 
 
-@mapper("Organization")
 def map_organization(resource: dict, ctx: MapContext) -> list[Row]:
     rows = []
     care_site_id = ctx.row_id("Organization", resource["id"])
@@ -90,7 +89,6 @@ def map_organization(resource: dict, ctx: MapContext) -> list[Row]:
     return rows
 
 
-@mapper("Location")
 def map_location(resource: dict, ctx: MapContext) -> list[Row]:
     position = resource.get("position") or {}
     return [location_row(ctx.row_id("Location", resource["id"]), resource.get("address") or {},
@@ -98,7 +96,6 @@ def map_location(resource: dict, ctx: MapContext) -> list[Row]:
                          longitude=position.get("longitude"))]
 
 
-@mapper("Practitioner")
 def map_practitioner(resource: dict, ctx: MapContext) -> list[Row]:
     npi = next((i.get("value") for i in resource.get("identifier") or () if i.get("system") == NPI_SYSTEM), None)
     birth = parse_datetime(resource.get("birthDate"))
@@ -111,8 +108,3 @@ def map_practitioner(resource: dict, ctx: MapContext) -> list[Row]:
         "gender_source_value": clip(resource.get("gender"), 50),
         "provider_source_value": clip(resource["id"], 50),
     })]
-
-
-def care_site_of(resource: dict, ctx: MapContext, field: str) -> int | None:
-    """The care_site an Organization reference in ``field`` names, when loaded."""
-    return ctx.reference_id(reference(resource.get(field)), "care_site")

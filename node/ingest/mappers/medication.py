@@ -11,10 +11,10 @@ Immunization follows the IG too: vaccineCode (CVX, http://hl7.org/fhir/sid/cvx) 
 
 from __future__ import annotations
 
-from node.ingest.contract import MapContext, Row, mapper
-from node.ingest.values import clip, first_datetime, period, reference, required_datetime, source_value
+from node.ingest.contract import MapContext, Row
+from node.ingest.mappers.values import EHR, clip, first_datetime, period, reference, required_datetime, source_value
 
-EHR, EHR_PRESCRIPTION, EHR_ADMINISTRATION = 32817, 32838, 32818
+EHR_PRESCRIPTION, EHR_ADMINISTRATION = 32838, 32818
 #: Statuses that record something that did not happen: no exposure (an update removes the old one).
 NOT_GIVEN = {"entered-in-error", "not-done", "not-taken", "cancelled"}
 
@@ -66,7 +66,6 @@ def _effective(resource: dict, *fallback: str | None, what: str):
     return start, first_datetime(end_text)
 
 
-@mapper("MedicationRequest")
 def map_medication_request(resource: dict, ctx: MapContext) -> list[Row]:
     if resource.get("status") in NOT_GIVEN:
         return []
@@ -85,7 +84,6 @@ def map_medication_request(resource: dict, ctx: MapContext) -> list[Row]:
                     "visit_occurrence_id": ctx.reference_id(reference(resource.get("encounter")), "visit_occurrence")})
 
 
-@mapper("MedicationStatement")
 def map_medication_statement(resource: dict, ctx: MapContext) -> list[Row]:
     if resource.get("status") in NOT_GIVEN:
         return []
@@ -97,7 +95,6 @@ def map_medication_statement(resource: dict, ctx: MapContext) -> list[Row]:
                     "visit_occurrence_id": ctx.reference_id(reference(resource.get("context")), "visit_occurrence")})
 
 
-@mapper("MedicationAdministration")
 def map_medication_administration(resource: dict, ctx: MapContext) -> list[Row]:
     if resource.get("status") in NOT_GIVEN:
         return []
@@ -112,7 +109,6 @@ def map_medication_administration(resource: dict, ctx: MapContext) -> list[Row]:
                                                                "visit_occurrence")})
 
 
-@mapper("Immunization")
 def map_immunization(resource: dict, ctx: MapContext) -> list[Row]:
     if resource.get("status") in NOT_GIVEN:
         return []
