@@ -1,8 +1,11 @@
-"""The coordinator's HTTP API (FastAPI).
+"""The coordinator's HTTP API (FastAPI), and the web console on the same app.
 
 Every route but ``/v1/health`` needs ``Authorization: Bearer <token>`` (from ``radfed coordinator
-add-researcher``).  Roles: ``researcher`` submits jobs and reads its own; ``admin`` also reads every
-job and the researcher list.  Errors are JSON ``{"detail": "..."}`` with a clear message.
+add-researcher``) or a console session (:mod:`coordinator.access`).  Roles: ``researcher`` submits
+jobs and reads its own; ``admin`` also reads every job and operates the coordinator.  Errors are JSON
+``{"detail": "..."}`` with a clear message.  Spec validation and dry runs: :mod:`coordinator.api_specs`;
+result tables and downloads: :mod:`coordinator.api_results`; operator actions:
+:mod:`coordinator.api_operator`; the console's pages: :mod:`coordinator.console`.
 
     GET  /v1/health                 liveness (no token)
     GET  /v1/whoami
@@ -19,11 +22,12 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cdm import __version__
+from coordinator.access import Access
 from coordinator.service import Coordinator, SubmitError
 
 
@@ -57,22 +61,8 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
 
     app = FastAPI(title="radfed coordinator", version=__version__, lifespan=lifespan)
     store = coordinator.store
-
-    def caller(request: Request) -> dict:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing bearer token: pass Authorization: Bearer <token> (radfed --token)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        researcher = store.researcher_for_token(token.strip())
-        if researcher is None:
-            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        return researcher
-
-    def admin(who: dict = Depends(caller)) -> dict:
-        if who["role"] != "admin":
-            raise HTTPException(403, f"{who['name']} has role {who['role']!r}; this needs 'admin'")
-        return who
+    access = Access(store)
+    caller, admin = access.caller, access.admin
 
     def visible_job(job_id: str, who: dict) -> dict:
         job = store.job(job_id)
@@ -103,7 +93,9 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
             job_id = coordinator.submit(who["name"], body.spec, body.sites, body.quorum, body.timeout,
                                         body.hold_offline)
         except SubmitError as exc:
+            store.audit(who["name"], "job.submit", "refused", None, str(exc))
             raise HTTPException(400, str(exc)) from None
+        store.audit(who["name"], "job.submit", "ok", job_id, (body.spec.get("analysis") or {}).get("type"))
         await coordinator.wait(job_id, body.wait)
         job = visible_job(job_id, who)
         return JSONResponse(job, status_code=200 if job["status"] in ("done", "partial", "failed") else 202)
@@ -124,4 +116,8 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
     async def list_researchers(_who: dict = Depends(admin)):
         return {"researchers": _jsonable(store.researchers())}
 
+    from coordinator import api_operator, api_results, api_specs, console
+
+    for module in (api_specs, api_results, api_operator, console):
+        app.include_router(module.router(coordinator, access, visible_job))
     return app

@@ -14,7 +14,8 @@ import yaml
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome, HomeError
 from coordinator.natsproc import NatsServerError
-from coordinator.report import job_csv, render_job, render_jobs, render_sites
+from coordinator.report import render_job, render_jobs, render_sites
+from coordinator.results import job_csv
 from coordinator.store import StoreError
 
 DEFAULT_HOME = os.environ.get("RADFED_COORDINATOR_HOME", "radfed-coordinator")
@@ -106,15 +107,62 @@ def revoke_site_command(home, name):
 @home_option
 @click.argument("name")
 @click.option("--role", type=click.Choice(["researcher", "admin"]), default="researcher", show_default=True)
-def add_researcher_command(home, name, role):
-    """Create a researcher and print their API token (shown once)."""
+@click.option("--expires-in-days", type=click.FloatRange(min=0, min_open=True, max=3650),
+              help="The token stops working after this many days (default: never).")
+def add_researcher_command(home, name, role, expires_in_days):
+    """Create a researcher (or re-issue a revoked one) and print their API token (shown once)."""
+    import datetime as dt
+
+    from coordinator.store import utcnow
+
     h = _home(home, must_exist=False)
     if not h.exists():
         h.init()
-    token = h.store.add_researcher(name, role)
+    expires = utcnow() + dt.timedelta(days=expires_in_days) if expires_in_days else None
+    token = h.store.add_researcher(name, role, expires)
+    h.store.audit("operator (host)", "researcher.add", "ok", name,
+                  f"role {role}, expires {expires.isoformat(timespec='seconds') if expires else 'never'}")
     click.echo(token)
-    click.echo(f"researcher {name} ({role}) created; use: export RADFED_URL={h.api_url} RADFED_TOKEN=<token above>",
-               err=True)
+    until = f", token expires {expires.isoformat(sep=' ', timespec='minutes')} UTC" if expires else ""
+    click.echo(f"researcher {name} ({role}) created{until}; use: export RADFED_URL={h.api_url} "
+               "RADFED_TOKEN=<token above>; console: " + f"{h.api_url}/console/", err=True)
+
+
+@coordinator_group.command("revoke-researcher")
+@home_option
+@click.argument("name")
+def revoke_researcher_command(home, name):
+    """Revoke a researcher's token: the API and the console refuse it at once."""
+    h = _home(home)
+    h.store.revoke_researcher(name)
+    h.store.audit("operator (host)", "researcher.revoke", "ok", name)
+    click.echo(f"token of {name} revoked")
+
+
+@coordinator_group.command("audit")
+@home_option
+@click.option("--limit", default=50, show_default=True)
+@click.option("--action", help="Only this action (e.g. job.submit, console.sign_in, researcher.revoke).")
+@click.option("--verify", is_flag=True, help="Check the hash chain; exit 1 if an entry was edited, removed or reordered.")
+@click.option("--json", "as_json", is_flag=True)
+def audit_command(home, limit, action, verify, as_json):
+    """The coordinator's audit trail: sign-ins, submissions, enrolments, revocations, refusals."""
+    h = _home(home)
+    if verify:
+        problems = h.store.verify_audit()
+        for problem in problems:
+            click.echo(problem)
+        click.echo("audit chain intact" if not problems else f"{len(problems)} problem(s)")
+        sys.exit(1 if problems else 0)
+    entries = h.store.audit_entries(limit, action)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+        return
+    from coordinator.report import grid
+
+    click.echo(grid(["#", "time (UTC)", "who", "action", "target", "outcome", "detail"],
+                      [[str(e["seq"]), e["time"].isoformat(sep=" ", timespec="seconds"), e["actor"], e["action"],
+                        e["target"] or "", e["outcome"], (e["detail"] or "")[:80]] for e in entries]))
 
 
 @coordinator_group.command("serve")

@@ -1,18 +1,16 @@
-"""Showing a job to a researcher: pooled and per-site side by side, as text or CSV.
+"""Showing a job to a researcher: pooled and per-site side by side, as text (CSV: :mod:`coordinator.results`).
 
 Suppressed cells read ``suppressed``, never 0; a pooled cell missing a suppressed site's share reads
-``>=N*`` (a lower bound) with a footnote naming the sites.
+``>=N*`` (a lower bound) with a footnote naming the sites.  Every site asked is listed with what it
+did: answered, refused (with its code and reason), timed out or was offline.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
+from coordinator.results import SUPPRESSED, Table, result_tables, site_note
 from coordinator.stats.text import render as stats_text
-
-SUPPRESSED = "suppressed"
 
 
 def _fmt_count(cell: dict | None, pooled: bool = False) -> str:
@@ -40,7 +38,7 @@ def _fmt_moments(cell: dict | None, pooled: bool = False) -> str:
     return text
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def grid(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
     line = lambda cells: "  ".join(str(c).ljust(w) if i < len(headers) - 1 else str(c)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
@@ -71,18 +69,17 @@ def render_job(job: dict) -> str:
     out = [f"job {job['job_id']}  {analysis}  {job['status']}: {job.get('message') or ''}"]
     site_rows = []
     for s in job.get("per_site", []):
-        note = s.get("code") or ""
-        if s.get("message") and (s.get("status") != "ok" or "warnings:" in s["message"]):
-            note = f"{note} {s['message']}".strip()
+        note = site_note(s)
         elapsed = f"{s['elapsed_ms']:.0f} ms" if s.get("elapsed_ms") is not None else ""
         site_rows.append([s["site"], s["status"], elapsed, note])
     if site_rows:
-        out += ["", _table(["site", "status", "time", "note"], site_rows)]
+        out += ["", grid(["site", "status", "time", "note"], site_rows)]
     if job.get("pooled") and job["pooled"].get("rows") is not None:
         headers, rows, foot = pooled_rows(job)
-        out += ["", _table(headers, rows)] + foot
+        out += ["", grid(headers, rows)] + foot
     elif job.get("pooled") and (text := stats_text(job["pooled"])):  # multi-round results (issue 8)
         out += ["", text]
+        out += [line for table in result_tables(job) if table.name == "survival" for line in ["", *text_table(table)]]
     elif job.get("pooled"):
         out += ["", "pooled:", json.dumps(job["pooled"], indent=2, default=str)[:4000]]
     else:
@@ -92,34 +89,36 @@ def render_job(job: dict) -> str:
     return "\n".join(out)
 
 
-def job_csv(job: dict) -> str:
-    """Long format: one line per (cell, source) with source = pooled or a site."""
-    pooled = job.get("pooled") or {}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    keys = pooled.get("columns") or ["cell"]
-    summary = pooled.get("type") == "summary"
-    writer.writerow(keys + ["source", "n", "complete"] + (["mean", "variance", "sd"] if summary else []))
-    for row in pooled.get("rows", []):
-        sources = [("pooled", row["pooled"])] + sorted(row["per_site"].items())
-        for source, cell in sources:
-            n = cell.get("n")
-            values = [row["key"][i] if i < len(row["key"]) else "" for i in range(len(keys))]
-            values += [source, SUPPRESSED if n is None else n, str(cell.get("complete", n is not None)).lower()]
-            if summary:
-                values += ["" if cell.get(k) is None else cell[k] for k in ("mean", "variance", "sd")]
-            writer.writerow(values)
-    return buffer.getvalue()
+def cell_text(value) -> str:
+    """One value as a researcher reads it (the CLI's tables and the console's)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:  # times in days, counts: every digit
+            return f"{int(value):,}"
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    return str(value)
+
+
+def text_table(table: Table, drop: tuple[str, ...] = ()) -> list[str]:
+    """A :class:`~coordinator.results.Table` as aligned text: its title, header, rows and notes."""
+    keep = [i for i, c in enumerate(table.columns) if c not in drop]
+    rows = [[cell_text(row[i]) for i in keep] for row in table.rows]
+    return [f"{table.title}:", grid([table.columns[i] for i in keep], rows)] + [f"  {n}" for n in table.notes]
 
 
 def render_sites(sites: list[dict]) -> str:
     rows = [[s["site"], "online" if s["online"] else "offline", s.get("version") or "-",
              f"{s['seconds_since_seen']:.0f} s ago" if s.get("seconds_since_seen") is not None else "never",
              str(s.get("answered") if s.get("answered") is not None else "-"), s["enrolled_at"]] for s in sites]
-    return _table(["site", "status", "version", "last seen", "answered", "enrolled"], rows)
+    return grid(["site", "status", "version", "last seen", "answered", "enrolled"], rows)
 
 
 def render_jobs(jobs: list[dict]) -> str:
     rows = [[j["job_id"], j["researcher"], (j.get("spec") or {}).get("analysis", {}).get("type", "?"), j["status"],
              (j.get("created_at") or "")[:19], (j.get("message") or "")[:60]] for j in jobs]
-    return _table(["job", "researcher", "analysis", "status", "submitted", "message"], rows)
+    return grid(["job", "researcher", "analysis", "status", "submitted", "message"], rows)

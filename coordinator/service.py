@@ -246,6 +246,8 @@ class Coordinator:
                 "last_seen": last, "seconds_since_seen": round(now - last, 1) if last else None,
                 "version": site.get("version"), "enrolled_at": site["enrolled_at"].isoformat(timespec="seconds"),
                 "answered": beat.get("answered"),
+                # what the site's policy allows, as its last heartbeat said (node/plan.py)
+                "backend": beat.get("backend"), "policy": beat.get("policy"),
             })
         return out
 
@@ -255,13 +257,7 @@ class Coordinator:
                timeout: float | None = None, hold_offline: float | None = None) -> str:
         node_spec, options = split_spec(spec)
         validate_spec(node_spec)
-        enrolled = sorted(self.store.public_keys())
-        chosen = list(sites or options.get("sites") or enrolled)
-        unknown = sorted(set(chosen) - set(enrolled))
-        if unknown:
-            raise SubmitError(f"unknown site(s): {', '.join(unknown)} (enrolled: {', '.join(enrolled) or 'none'})")
-        if not chosen:
-            raise SubmitError("no sites are enrolled at this coordinator")
+        chosen = self.chosen_sites(sites, options)
         quorum = int(quorum if quorum is not None else options.get("quorum", 1))
         if not 1 <= quorum <= len(chosen):
             raise SubmitError(f"quorum {quorum} is impossible with {len(chosen)} site(s)")
@@ -274,6 +270,17 @@ class Coordinator:
         job_id = self.store.create_job(researcher, node_spec, spec_hash(node_spec), chosen, quorum, timeout, hold)
         self.dispatch(job_id)
         return job_id
+
+    def chosen_sites(self, sites: list[str] | None, options: dict) -> list[str]:
+        """The sites a job asks: those named (in the call, else the spec's ``federation``), else all enrolled."""
+        enrolled = sorted(self.store.public_keys())
+        chosen = list(sites or options.get("sites") or enrolled)
+        unknown = sorted(set(chosen) - set(enrolled))
+        if unknown:
+            raise SubmitError(f"unknown site(s): {', '.join(unknown)} (enrolled: {', '.join(enrolled) or 'none'})")
+        if not chosen:
+            raise SubmitError("no sites are enrolled at this coordinator")
+        return chosen
 
     def dispatch(self, job_id: str, grace: float = 0.0) -> asyncio.Task:
         task = asyncio.ensure_future(self.run_job(job_id, grace))

@@ -4,7 +4,8 @@ Connects out to NATS with the site's credentials, listens on ``radfed.site.<name
 each request: checks the coordinator's signature, runs it through the node's own execution path
 (``node.execute.run_request``: policy, compilation, SQL, disclosure control, audit) in a worker
 thread, and answers with a response signed by the site's Ed25519 key.  It also publishes a signed
-heartbeat (site, version, uptime) every few seconds so the coordinator knows who is online.
+heartbeat (site, version, uptime, and what its policy allows: node/plan.py) every few seconds so the
+coordinator knows who is online.  A dry run (the spec under ``plan``) is answered by node/plan.py.
 
 Handlers, not flags: :class:`Agent` takes the ``execute`` callable, so the same transport carries
 whatever the node's execution layer answers.
@@ -51,7 +52,12 @@ def default_executor(engine, config: NodeConfig) -> Execute:
                                  f"query execution is not available on this node ({reason})")
 
         return unavailable
-    return lambda request: run_request(engine, config, request)
+    from node.plan import plan_request
+
+    def execute(request: dict) -> dict:  # a dry run carries its spec under "plan" (node/plan.py)
+        return (plan_request if "plan" in request else run_request)(engine, config, request)
+
+    return execute
 
 
 def log(site: str, message: str) -> None:
@@ -61,10 +67,12 @@ def log(site: str, message: str) -> None:
 class Agent:
     """One site's connection to the bus."""
 
-    def __init__(self, settings: BusSettings, execute: Execute, quiet: bool = False):
+    def __init__(self, settings: BusSettings, execute: Execute, quiet: bool = False,
+                 describe: Callable[[], dict] | None = None):
         self.settings = settings
         self.site = settings.site
         self.execute = execute
+        self.describe = describe  # what the heartbeat says about the site's policy (node/plan.py)
         self.signer = Signer(settings.site, settings.signer_key())
         self.coordinator_key = settings.coordinator_public_key()
         self.quiet = quiet
@@ -102,7 +110,7 @@ class Agent:
                 pass
             return None, make_response(stub if isinstance(stub, dict) else {}, self.site, "error", "BAD_SIGNATURE",
                                        f"request rejected: {exc}")
-        if not isinstance(request.get("request_id"), str) or not isinstance(request.get("spec"), dict):
+        if not isinstance(request.get("request_id"), str) or not isinstance(request.get("spec", request.get("plan")), dict):
             return None, make_response(request, self.site, "error", "BAD_SPEC",
                                        "request has no request_id or no spec object")
         return request, None
@@ -167,6 +175,8 @@ class Agent:
         beat = {"site": self.site, "version": __version__, "time": time.time(),
                 "uptime": round(time.time() - self.started, 1), "answered": self.answered,
                 "interval": self.settings.heartbeat_seconds}
+        if self.describe is not None:
+            beat.update(self.describe())
         await self.nc.publish(heartbeat_subject(self.site), self.signer.seal(beat))
 
     async def _heartbeats(self) -> None:
@@ -241,7 +251,10 @@ def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_
     config: NodeConfig = ctx.find_root().obj
     settings = bus_settings(config)
     engine = open_engine(config.database_url)
-    agent = Agent(settings, default_executor(engine, config), quiet=quiet)
+    from node.plan import site_description
+
+    agent = Agent(settings, default_executor(engine, config), quiet=quiet,
+                  describe=lambda: site_description(engine, config))
     supernode = None
     if flower:  # issue 9: federated training (node/learn/supernode.py); the ClientApp reads this node.toml
         from node.learn.supernode import start_supernode

@@ -6,7 +6,8 @@ import math
 import random
 
 from coordinator import aggregate
-from coordinator.report import job_csv, render_job
+from coordinator.report import render_job
+from coordinator.results import job_csv
 
 
 def test_count_pools_exactly_and_marks_suppression():

@@ -44,7 +44,7 @@ def test_crosstab_and_summary_through_the_cli(network, tmp_path):
     lines = out.read_text().splitlines()
     for sex in ("M", "F"):
         a, b = expected_sex("site-a")[sex], expected_sex("site-b")[sex]
-        assert f"{sex},site-a,{a},true" in lines and f"{sex},site-b,{b},true" in lines
+        assert f"{sex},site-a,{a},true,ok," in lines and f"{sex},site-b,{b},true,ok," in lines
         assert f"{sex},pooled,{a + b}," in "\n".join(lines)
     spec.write_text(json.dumps(AGE))
     run = subprocess.run([str(BIN / "radfed"), "query", "run", str(spec), "--json"], capture_output=True, text=True,

@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
-from sqlalchemy import insert
 
 from cdm.rounds import bin_time
-from cdm.schema import metadata
-from cdm.vocabulary import Vocabulary
 from federation import Network
+from survival_sites import write_persons
 
 pytestmark = pytest.mark.slow  # starts nats-server, the coordinator and three nodes (~10-20 s)
 
@@ -52,22 +50,7 @@ def persons(site: str) -> pd.DataFrame:
 
 
 def fill(engine, site: str) -> None:
-    concept = Vocabulary(engine).concept_for("SNOMED", CODE, "index condition", "Condition").concept_id
-    df = persons(site)
-    with engine.begin() as conn:
-        conn.execute(insert(metadata.tables["person"]), [
-            {"person_id": int(r.person_id), "gender_concept_id": 8507, "year_of_birth": int(r.yob), "month_of_birth": 6,
-             "day_of_birth": 1, "race_concept_id": 0, "ethnicity_concept_id": 0} for r in df.itertuples()])
-        conn.execute(insert(metadata.tables["observation_period"]), [
-            {"observation_period_id": int(r.person_id), "person_id": int(r.person_id),
-             "observation_period_start_date": dt.date(2010, 1, 1), "observation_period_end_date": END,
-             "period_type_concept_id": 32817} for r in df.itertuples()])
-        conn.execute(insert(metadata.tables["condition_occurrence"]), [
-            {"condition_occurrence_id": int(r.person_id), "person_id": int(r.person_id), "condition_concept_id": concept,
-             "condition_start_date": INDEX, "condition_type_concept_id": 32817} for r in df.itertuples()])
-        conn.execute(insert(metadata.tables["death"]), [
-            {"person_id": int(r.person_id), "death_date": INDEX + dt.timedelta(days=int(r.time)),
-             "death_type_concept_id": 32817} for r in df.itertuples() if r.event])
+    write_persons(engine, persons(site), CODE, INDEX, END)
 
 
 @pytest.fixture(scope="module")
