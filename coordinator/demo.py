@@ -7,8 +7,9 @@
 4. ``radfed coordinator serve`` (nats-server + API) and three ``radfed-node serve`` agents, all real
    processes on free loopback ports.
 5. Representative federated specs through the HTTP API; results printed pooled + per site, plots
-   written as PNG.
-6. Everything stopped, whatever happened.
+   written as PNG; the web console's address and a token to sign in with.
+6. With ``--serve``, the network and the console stay up until Ctrl-C; then (or at once without it)
+   everything is stopped, whatever happened.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Demo:
         self.procs: list[subprocess.Popen] = []
         self.sites: list[str] = []
         self.truth: dict = {}
+        self.home: CoordinatorHome | None = None
+        self.token: str | None = None
 
     # ------------------------------------------------------------------ data
 
@@ -97,7 +100,8 @@ class Demo:
                 toml = bundle.node_toml.read_text().replace("heartbeat_seconds = 5", "heartbeat_seconds = 2")
                 db = (self.out / "sites" / f"{site}.sqlite").resolve()
                 bundle.node_toml.write_text(toml + f"\n[database]\nurl = \"{db}\"\n")
-        token = home.store.add_researcher(f"demo-{int(time.time())}", "researcher")
+        token = self.token = home.store.add_researcher(f"demo-{int(time.time())}", "researcher")
+        self.home = home
         say(f"starting NATS + coordinator API ({home.nats_url}, {home.api_url})")
         self._spawn([str(BIN / "radfed"), "coordinator", "serve", "--home", str(home.path)], "coordinator")
         wait_for_port("127.0.0.1", home.settings["api_port"], timeout=60, process=self.procs[-1])
@@ -130,6 +134,20 @@ class Demo:
                     raise DemoError(f"a process exited while waiting for {what}: {' '.join(proc.args[:4])}")
             time.sleep(0.2)
         raise DemoError(f"timed out waiting for {what}")
+
+    def serve(self) -> None:
+        """Keep the network up until Ctrl-C (SIGINT) or SIGTERM; a process that dies ends it too."""
+        stop = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.append(True))
+        operator = self.home.store.add_researcher(f"demo-operator-{int(time.time())}", "admin")
+        click.echo(f"    operator token (enrol sites, add researchers, the audit): {operator}")
+        say("serving the network and the web console until Ctrl-C")
+        while not stop:
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead:
+                raise DemoError(f"a process exited: {' '.join(dead[0].args[:4])}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -176,8 +194,10 @@ class Demo:
 @click.option("--patients", default=600, show_default=True,
               help="Synthetic patients over the three sites (600: the concordance cells clear the sites' minimum count).")
 @click.option("--seed", default=7, show_default=True)
-def demo_command(out: str, patients: int, seed: int) -> None:
-    """Run a whole federation locally: synthetic sites, ingest, NATS, coordinator, 3 nodes, analyses, plots."""
+@click.option("--serve", is_flag=True, help="Keep the network and the web console running until Ctrl-C.")
+def demo_command(out: str, patients: int, seed: int, serve: bool) -> None:
+    """Run a whole federation locally: synthetic sites, ingest, NATS, coordinator, 3 nodes, analyses, plots,
+    and the web console (kept open with --serve)."""
     started = time.perf_counter()
     folder = Path(out).resolve()
     if folder.exists():
@@ -190,6 +210,11 @@ def demo_command(out: str, patients: int, seed: int) -> None:
         jobs = demo.run_analyses(client)
         written = demo.plots(jobs)
         say(f"plots: {', '.join(str(p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p) for p in written) or 'none'}")
+        say(f"web console: {demo.home.api_url}/console/ (sign in with the researcher token {demo.token})")
+        if serve:
+            demo.serve()
+        else:
+            click.echo("    (it stops with the network now: `radfed demo --serve` keeps both running until Ctrl-C)")
     except (DemoError, ClientError) as exc:
         click.echo(f"error: {exc} (logs in {folder})", err=True)
         sys.exit(2)

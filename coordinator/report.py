@@ -114,8 +114,9 @@ def text_table(table: Table, drop: tuple[str, ...] = ()) -> list[str]:
 def render_sites(sites: list[dict]) -> str:
     rows = [[s["site"], "online" if s["online"] else "offline", s.get("version") or "-",
              f"{s['seconds_since_seen']:.0f} s ago" if s.get("seconds_since_seen") is not None else "never",
-             str(s.get("answered") if s.get("answered") is not None else "-"), s["enrolled_at"]] for s in sites]
-    return grid(["site", "status", "version", "last seen", "answered", "enrolled"], rows)
+             str(s.get("answered") if s.get("answered") is not None else "-"), s["enrolled_at"],
+             ", ".join((s.get("policy") or {}).get("allowed_analyses") or []) or "-"] for s in sites]
+    return grid(["site", "status", "version", "last seen", "answered", "enrolled", "policy allows"], rows)
 
 
 def render_jobs(jobs: list[dict]) -> str:

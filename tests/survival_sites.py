@@ -23,7 +23,7 @@ COHORT = {"index": {"kind": "condition", "codes": [f"SNOMED:{CODE}"]}}
 KM_SPEC = {"cohort": COHORT, "variables": {"sex": {"kind": "sex"}},
            "analysis": {"type": "km", "time": {"event": {"kind": "death"}}, "group": "sex", "bin_days": 30}}
 COX_SPEC = {"cohort": COHORT, "variables": {"age": {"kind": "age"}},
-            "analysis": {"type": "cox", "time": {"event": {"kind": "death"}}, "covariates": ["age"], "ties": "breslow"}}
+            "analysis": {"type": "cox", "time": {"event": {"kind": "death"}}, "covariates": ["age"]}}
 CROSSTAB_SPEC = {"cohort": COHORT, "variables": {"sex": {"kind": "sex"}, "age": {"kind": "age"}},
                  "analysis": {"type": "crosstab", "by": ["sex", "age"], "bins": {"age": [0, 60, 120]}}}
 
