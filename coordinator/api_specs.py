@@ -41,7 +41,8 @@ class SpecText(BaseModel):
 
 @lru_cache(maxsize=1)
 def examples() -> list[dict]:
-    """``[{"name", "title", "analysis", "text"}]`` from docs/examples (its first comment line is the title)."""
+    """``[{"name", "title", "analysis", "text"}]`` from docs/examples (its first comment line is the
+    title); an installation without the docs folder offers the demo's specs instead."""
     out = []
     for path in sorted(EXAMPLES.glob("*.yaml")) if EXAMPLES.is_dir() else []:
         text = path.read_text(encoding="utf-8")
@@ -51,6 +52,12 @@ def examples() -> list[dict]:
         except (yaml.YAMLError, AttributeError):
             continue
         out.append({"name": path.stem, "title": first.lstrip("# ").strip() or path.stem, "analysis": kind, "text": text})
+    if not out:
+        from coordinator.demo_specs import specs
+
+        for i, (title, spec) in enumerate(specs({}), 1):
+            out.append({"name": f"demo-{i}", "title": title, "analysis": spec["analysis"]["type"],
+                        "text": f"# {title}\n" + yaml.safe_dump(spec, sort_keys=False)})
     return out
 
 
