@@ -190,6 +190,91 @@ def _image_ref(source) -> Dataset:
     return item
 
 
+# -- compressed encodings, by real encoders: dcmtk's (JPEG lossless, RLE, JPEG-LS, deflate) and
+# pydicom's openjpeg plugin (JPEG 2000 lossless) ------------------------------------------------------
+
+_DCMTK = {"jpeg-lossless": ["dcmcjpeg", "+e1", "+un"], "rle": ["dcmcrle"], "jpeg-ls": ["dcmcjpls"], "deflate": ["dcmconv", "+td"]}
+SYNTAX = {"jpeg-lossless": "1.2.840.10008.1.2.4.70", "rle": "1.2.840.10008.1.2.5", "jpeg-ls": "1.2.840.10008.1.2.4.80",
+          "deflate": "1.2.840.10008.1.2.1.99", "j2k": "1.2.840.10008.1.2.4.90", "none": "1.2.840.10008.1.2.1"}
+
+
+def recode(path: Path, kind: str) -> Path:
+    """Re-encode the file at ``path`` in place (``kind`` a key of :data:`SYNTAX`), pixels lossless."""
+    import subprocess
+
+    if kind == "none":
+        return path
+    if kind == "j2k":
+        from pydicom.uid import JPEG2000Lossless
+
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        out = path.with_suffix(".tmp")
+        subprocess.run([*_DCMTK[kind], str(path), str(out)], check=True, capture_output=True)
+        out.replace(path)
+    assert str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == SYNTAX[kind]
+    return path
+
+
+#: CT slice z -> its encoding in :func:`make_mixed_study` (PACS hold series in mixed encodings).
+CT_CODECS = ("j2k", "j2k", "jpeg-lossless", "jpeg-lossless", "rle", "rle", "none", "none")
+#: pydicom's own real compressed files, re-identified into a study: (file, encoding it keeps).
+REAL_FILES = (("693_J2KI.dcm", "1.2.840.10008.1.2.4.91"), ("SC_rgb_jpeg_gdcm.dcm", "1.2.840.10008.1.2.4.70"),
+              ("SC_rgb_rle_16bit.dcm", "1.2.840.10008.1.2.5"), ("ExplVR_BigEnd.dcm", "1.2.840.10008.1.2.2"),
+              ("image_dfl.dcm", "1.2.840.10008.1.2.1.99"), ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50"))
+
+
+def make_mixed_study(folder: Path, patient_id: str = "MRN001", seed: int = 0) -> dict:
+    """:func:`make_study` with its CT in JPEG 2000, JPEG lossless, RLE and uncompressed slices, the ADC map
+    in RLE, the SEG deflated, plus a series of pydicom's real compressed files (retired Ultrasound
+    Image Storage in big endian among them) and a Parametric Map, all in one study."""
+    from pydicom.data import get_testdata_file
+
+    study = make_study(folder, patient_id, seed)
+    for z, path in enumerate(study["ct_files"]):
+        recode(path, CT_CODECS[z])
+    for path in study["adc_files"]:
+        recode(path, "rle")
+    recode(study["seg_path"], "deflate")
+    extras = folder / "real"
+    extras.mkdir()
+    series_uid = generate_uid()
+    for n, (name, _syntax) in enumerate(REAL_FILES):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient_id, study["study"], series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "OT", 30, n + 1
+        ds.StudyDate = ds.SeriesDate = "20260301"
+        ds.save_as(extras / name)  # the pixel data bitstream is kept as it is
+    study["pm_path"] = write_parametric_map(folder / "pm", [pydicom.dcmread(p) for p in study["adc_files"]])
+    study["real_series"] = series_uid
+    study["count"] = len(study["ct_files"]) * 3 + 1 + len(REAL_FILES) + 1
+    return study
+
+
+def write_parametric_map(folder: Path, sources: list) -> Path:
+    """A Parametric Map (PS3.3 A.75, float pixels) of ``sources``: a storage class past pynetdicom's first 120."""
+    sources = sorted(sources, key=lambda d: float(d.ImagePositionPatient[2]))
+    values = np.stack([d.pixel_array for d in sources]).astype(np.float32) / 1000.0
+    window = hd.pm.RealWorldValueMapping(
+        lut_label="ADC", lut_explanation="ADC in mm2/s", unit=hd.sr.CodedConcept("mm2/s", "UCUM", "mm2/s"),
+        value_range=(float(values.min()), float(values.max())), slope=1.0, intercept=0.0)
+    pm = hd.pm.ParametricMap(
+        source_images=sources, pixel_array=values, series_instance_uid=generate_uid(), series_number=40,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="radfed-test",
+        manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+        contains_recognizable_visual_features=False, real_world_value_mappings=[window],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=float(values.mean()),
+                                                         window_width=float(np.ptp(values)) or 1.0)])
+    pm.SeriesDate = pm.StudyDate = "20260301"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pm.dcm"
+    pm.save_as(path)
+    return path
+
+
 def test_fixture_study_is_consistent(tmp_path):
     study = make_study(tmp_path)
     seg = pydicom.dcmread(study["seg_path"])

@@ -72,7 +72,7 @@ def test_bad_files_are_quarantined_and_the_rest_loads(sqlite_cdm, tmp_path):
     with sqlite_cdm.connect() as conn:
         counts = quarantine_counts(conn, "dicom")
         payload = conn.execute(select(Q.c.payload).where(Q.c.reason_code == "NOT_DICOM")).scalar_one()
-    assert counts == {"NOT_DICOM": 1, "CORRUPT_DICOM": 2}
+    assert counts == {"NOT_DICOM": 1, "CORRUPT_DICOM": 1, "TRUNCATED": 1}
     assert payload == b"not a dicom file at all"
     assert "1 indexed" in report.summary() and "NOT_DICOM 1" in report.summary()
 
@@ -116,7 +116,7 @@ def test_dicomdir_lists_its_instances(sqlite_cdm):
     for pid in patients:
         add_person(sqlite_cdm, pid)
     report = index_paths(sqlite_cdm, [dicomdir])
-    assert report.files == len(list(fs))
+    assert report.files == len(list(fs)) + 1 and report.dicomdirs == 1  # the DICOMDIR itself is counted
     assert report.indexed == len(list(fs)) - sum(report.quarantined.values())
     assert report.indexed > 0
     with sqlite_cdm.connect() as conn:

@@ -18,8 +18,9 @@ under RTReferencedSeriesSequence — each ROI gets:
 
 Bad input is quarantined with a stable reason and extraction goes on with the next segmentation:
 ``MISSING_PIXEL_DATA`` (an image without its Image Pixel module, PS3.3 C.7.6.3),
-``SEG_REFERENCES_MISSING`` (a SEG whose source images are not indexed), ``CORRUPT_DICOM`` (pixel
-data that cannot be decoded), ``FEATURE_FAILED`` (e.g. pyradiomics refusing a one-voxel ROI).
+``SEG_REFERENCES_MISSING`` (a SEG whose source images are not indexed), ``UNDECODABLE_PIXELS``
+(pixel data no installed decoder can decode, e.g. MPEG video, or a damaged bitstream; the reason
+names the transfer syntax and the decoders' errors), ``FEATURE_FAILED`` (e.g. pyradiomics refusing a one-voxel ROI).
 Feature rows have deterministic ids, so re-running replaces them.
 """
 
@@ -40,7 +41,8 @@ from sqlalchemy import Engine, delete, insert, or_, select
 from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
-from node.dicom.mapping import CORRUPT_DICOM, FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
+from node.dicom.instance import pixel_array, read_full
+from node.dicom.mapping import FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]
@@ -80,7 +82,7 @@ def series_files(folder: str | None, series_uid: str) -> list[Path]:
     found = []
     for path in candidates:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
         except Exception:  # noqa: BLE001 - foreign files in the folder were quarantined by the index
             continue
         if str(ds.get("SeriesInstanceUID", "")) == series_uid:
@@ -115,10 +117,7 @@ def _floats(values) -> np.ndarray:
 
 
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    try:
-        return ds.pixel_array.astype(np.float64)
-    except Exception as exc:  # noqa: BLE001 - pydicom/numpy raise many types for bad pixel data
-        raise DicomInputError(CORRUPT_DICOM, f"{ds.filename}: pixel data cannot be decoded ({exc})") from None
+    return pixel_array(ds).astype(np.float64)
 
 
 def _planes(ds: pydicom.Dataset):
@@ -161,7 +160,7 @@ def load_volume(files: list[Path], series_uid: str) -> Volume:
     """Stack a series' planes along the slice normal (single-frame files or enhanced multi-frame)."""
     if not files:
         raise DicomInputError(SEG_REFERENCES_MISSING, f"series {series_uid} has no files on disk")
-    datasets = [pydicom.dcmread(p) for p in files]
+    datasets = [read_full(p) for p in files]
     for ds, path in zip(datasets, files):
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise DicomInputError(MISSING_PIXEL_DATA, f"{path}: no Pixel Data (7FE0,0010): image pixel module missing")
@@ -344,7 +343,7 @@ class FeatureExtractor:
         if not seg_files:
             raise DicomInputError(SEG_REFERENCES_MISSING, "the segmentation file itself is no longer on disk")
         if seg_row["modality_source_value"] == "RTSTRUCT":
-            structure = pydicom.dcmread(seg_files[0])
+            structure = read_full(seg_files[0])
             referenced = rtstruct_references(structure)
             rois = lambda volume: rtstruct_masks(structure, volume)  # noqa: E731
         else:

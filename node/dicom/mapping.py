@@ -7,6 +7,13 @@ FHIR ImagingStudy that arrived first names the same row (its missing fields are 
 set is overwritten).  Each instance is remembered in ``source_record`` (key ``dicom|<SOPInstanceUID>``)
 so re-indexing is idempotent and ``instance_count`` counts distinct instances.
 
+One SOP Instance UID is one instance (PS3.3 C.12.1.1.1), however many files carry it.  The
+``source_record`` row keeps the content digest of the copy indexed (:mod:`node.dicom.instance`):
+another file with the same digest, or one that holds the same attributes and pixels in another
+encoding, is a *duplicate* (counted, nothing written); one with different content is quarantined as
+``DUPLICATE_SOP`` with both paths in its reason, and the copy indexed first stays.  Truncated files
+never get this far (``TRUNCATED``), so an intact copy is never replaced by a cut one.
+
 The visit is the person's visit spanning the acquisition date, when the FHIR load wrote one.
 The person is the one whose ``person_source_value`` equals PatientID (0010,0020) — the MRN the FHIR
 ingest wrote.  A patient the CDM does not know is quarantined (``UNKNOWN_PATIENT``) and never
@@ -18,12 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
+from cdm.errors import EXIT_OK, EXIT_PARTIAL, RadfedError
 from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
@@ -42,6 +50,9 @@ UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
 MISSING_PIXEL_DATA = "MISSING_PIXEL_DATA"
 SEG_REFERENCES_MISSING = "SEG_REFERENCES_MISSING"
 FEATURE_FAILED = "FEATURE_FAILED"
+TRUNCATED = "TRUNCATED"
+UNDECODABLE_PIXELS = "UNDECODABLE_PIXELS"
+DUPLICATE_SOP = "DUPLICATE_SOP"
 
 #: BodyPartExamined (0018,0015) defined terms -> SNOMED CT, after PS3.16 Annex L (CID 4031).
 BODY_PART_SNOMED = {
@@ -77,7 +88,7 @@ BODY_PART_SNOMED = {
 _SCHEMES = {"SCT": "SNOMED", "SRT": "SNOMED", "DCM": "DICOM", "LN": "LOINC"}
 
 
-class DicomInputError(ValueError):
+class DicomInputError(RadfedError, ValueError):
     """Input that cannot be indexed: ``reason_code`` is stable, ``str()`` says what to fix."""
 
     def __init__(self, reason_code: str, message: str):
@@ -217,26 +228,35 @@ def header_of(ds: Dataset, issuer: str | None = None) -> SeriesHeader:
 @dataclass
 class _Pending:
     header: SeriesHeader
-    folder: str
-    instances: dict[str, str] = field(default_factory=dict)  # SOPInstanceUID -> path
+    instances: dict[str, tuple[str, str]] = field(default_factory=dict)  # SOPInstanceUID -> (path, digest)
 
 
 @dataclass
 class IndexReport:
-    """What one indexing run did: counts a site administrator reads at the end of a load."""
+    """What one indexing run did: every file it saw is indexed, a duplicate copy, a DICOMDIR, or
+    quarantined (by reason), so ``files`` is always the sum of the four."""
 
     files: int = 0
     indexed: int = 0
+    duplicates: int = 0
+    dicomdirs: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     series: set[str] = field(default_factory=set)
 
     def count(self, reason_code: str) -> None:
         self.quarantined[reason_code] = self.quarantined.get(reason_code, 0) + 1
 
+    @property
+    def exit_code(self) -> int:
+        """``EXIT_PARTIAL`` when anything was quarantined, else ``EXIT_OK`` (cdm.errors)."""
+        return EXIT_PARTIAL if self.quarantined else EXIT_OK
+
     def summary(self) -> str:
         bad = sum(self.quarantined.values())
         detail = ", ".join(f"{k} {v}" for k, v in sorted(self.quarantined.items()))
-        return (f"{self.files} files: {self.indexed} indexed into {len(self.series)} series, "
+        extra = "".join(f", {n} {label}" for n, label in ((self.duplicates, "duplicate copies"),
+                                                           (self.dicomdirs, "DICOMDIR")) if n)
+        return (f"{self.files} files: {self.indexed} indexed into {len(self.series)} series{extra}, "
                 f"{bad} quarantined" + (f" ({detail})" if detail else ""))
 
 
@@ -246,6 +266,8 @@ class SeriesIndexer:
     ``source`` says how the instances arrived (``file``, ``scp``, ``pull``); ``issuer`` is the
     site's MRN issuer, when PatientIDs from several issuers arrive.  Not thread-safe: a
     caller serving several associations serialises calls (see :mod:`node.dicom.scp`).
+    Memory stays flat however many files a run sees: only the current batch is held, and whether
+    an instance was already indexed (earlier in this run or before) is asked of ``source_record``.
     """
 
     def __init__(self, engine: Engine, source: str = "file", report: IndexReport | None = None,
@@ -255,13 +277,16 @@ class SeriesIndexer:
         self.issuer = issuer
         self.report = report or IndexReport()
         self.vocabulary = Vocabulary(engine)
+        self.started = _utcnow()
         self._pending: dict[str, _Pending] = {}
+        self._batch: dict[str, tuple[str, str]] = {}  # SOPInstanceUID -> (path, digest) of this batch
         self._persons: dict[str, int | None] = {}
 
     # -- input -------------------------------------------------------------------------------------
 
-    def add(self, ds: Dataset, path: str | Path) -> SeriesHeader | None:
-        """Queue one instance (its header is enough); bad headers are quarantined at once."""
+    def add(self, ds: Dataset, path: str | Path, digest: str) -> SeriesHeader | None:
+        """Queue one instance (its header and content digest are enough); bad headers are quarantined
+        at once, and a second copy of an instance already in this batch is resolved at once."""
         try:
             header = header_of(ds, self.issuer)
         except DicomInputError as exc:
@@ -269,13 +294,40 @@ class SeriesIndexer:
                         resource_id=ds.get("SOPInstanceUID"))
             return None
         path = str(path)
-        pending = self._pending.get(header.series_uid)
-        if pending is None:
-            pending = self._pending[header.series_uid] = _Pending(header, str(Path(path).parent))
-        elif pending.folder != str(Path(path).parent):
-            pending.folder = _common_folder(pending.folder, str(Path(path).parent))
-        pending.instances[header.sop_instance_uid] = path
+        earlier = self._batch.get(header.sop_instance_uid)
+        if earlier is not None:
+            with self.engine.begin() as conn:
+                self._duplicate(conn, header, earlier[0], earlier[1], path, digest)
+            return None
+        self._batch[header.sop_instance_uid] = (path, digest)
+        pending = self._pending.setdefault(header.series_uid, _Pending(header))
+        pending.instances[header.sop_instance_uid] = (path, digest)
         return header
+
+    def _duplicate(self, conn: Connection, header: SeriesHeader, kept: str | None, kept_digest: str | None,
+                   path: str, digest: str) -> bool:
+        """A second copy of an instance: a duplicate when it holds the same instance, else quarantined
+        ``DUPLICATE_SOP`` naming both files.  True when it was a duplicate."""
+        from node.dicom.instance import compare_instances
+
+        if kept_digest == digest:
+            difference = None
+        elif kept is None:
+            difference = "the copy indexed earlier is no longer in its series folder, so the two cannot be compared"
+        else:
+            try:
+                difference = compare_instances(kept, path)
+            except Exception as exc:  # noqa: BLE001 - either file may have changed since it was read
+                difference = f"the copies cannot be compared ({type(exc).__name__}: {exc})"
+        if difference is None:
+            self.report.duplicates += 1
+            return True
+        quarantine(conn, "dicom", DUPLICATE_SOP,
+                   f"{path}: SOPInstanceUID {header.sop_instance_uid} is also {kept or 'indexed earlier'} "
+                   f"(kept), with different content: {difference}",
+                   source_file=path, resource_type=header.sop_class_uid, resource_id=header.sop_instance_uid)
+        self.report.count(DUPLICATE_SOP)
+        return False
 
     def reject(self, reason_code: str, reason: str, path, *, sop_class=None, resource_id=None,
                payload: bytes | None = None) -> None:
@@ -292,7 +344,7 @@ class SeriesIndexer:
         """Write every queued series in one transaction; returns the headers of the series written."""
         if not self._pending:
             return []
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._batch = self._pending, {}, {}
         with self.engine.begin() as conn:
             return [item.header for item in pending.values() if self._write_series(conn, item)]
 
@@ -331,7 +383,7 @@ class SeriesIndexer:
         header = item.header
         person_id = self._person(conn, header.patient_id)
         if person_id is None:
-            for sop_uid, path in item.instances.items():
+            for sop_uid, (path, _digest) in item.instances.items():
                 quarantine(conn, "dicom", UNKNOWN_PATIENT,
                            f"{path}: PatientID {header.patient_id!r} matches no person in the CDM "
                            "(load the patient's FHIR record, then re-index)",
@@ -339,19 +391,14 @@ class SeriesIndexer:
                 self.report.count(UNKNOWN_PATIENT)
             return False
         series_id = stable_id("dicom-series", header.series_uid)
-        keys = {f"dicom|{uid}": path for uid, path in item.instances.items()}
-        known = set(conn.execute(
-            select(SOURCE_RECORD.c.source_key).where(
-                SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.cdm_id == series_id,
-                SOURCE_RECORD.c.source_key.startswith("dicom|"))  # an ImagingStudy's record is no instance
-        ).scalars())
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        new = [{"source_key": key, "cdm_table": "image_occurrence", "cdm_id": series_id,
-                "content_hash": hashlib.sha256(path.encode()).hexdigest(), "loaded_at": now}
-               for key, path in keys.items() if key not in known]
-        if new:
-            conn.execute(insert(SOURCE_RECORD), new)
-        count = len(known) + len(new)
+        indexed = self._record_instances(conn, header, series_id, item.instances)
+        if not indexed:
+            return False  # only further copies of instances indexed before: the series is unchanged
+        folder = _folder_of([path for path, _digest in indexed])
+        count = conn.execute(select(func.count()).select_from(SOURCE_RECORD).where(
+            SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.cdm_id == series_id,
+            SOURCE_RECORD.c.source_key.startswith("dicom|"))  # an ImagingStudy's record is no instance
+        ).scalar_one()
         modality = self.vocabulary.concept_for("DICOM", header.modality, f"DICOM modality {header.modality}",
                                                "Procedure", conn).concept_id
         values = {
@@ -359,7 +406,7 @@ class SeriesIndexer:
             "visit_occurrence_id": self._visit(conn, person_id, header.date),
             "anatomic_site_concept_id": self._anatomic_site(conn, header),
             "anatomic_site_source_value": header.body_part,
-            "local_path": item.folder,
+            "local_path": folder,
             "image_occurrence_date": header.date,
             "image_occurrence_datetime": header.datetime,
             "image_study_uid": header.study_uid,
@@ -381,14 +428,84 @@ class SeriesIndexer:
             # except where the files are and how many there are, which only DICOM knows.
             changes = {k: v for k, v in values.items()
                        if v is not None and (existing[k] is None or existing[k] == 0)}
-            if existing["local_path"] and existing["local_path"] != item.folder:
-                changes["local_path"] = _common_folder(existing["local_path"], item.folder)
+            if existing["local_path"] and existing["local_path"] != folder:
+                changes["local_path"] = _common_folder(existing["local_path"], folder)
             changes["instance_count"] = count
             conn.execute(update(IMAGE_OCCURRENCE)
                          .where(IMAGE_OCCURRENCE.c.image_occurrence_id == series_id).values(**changes))
-        self.report.indexed += len(item.instances)
+        self.report.indexed += len(indexed)
         self.report.series.add(header.series_uid)
         return True
+
+    def _record_instances(self, conn: Connection, header: SeriesHeader, series_id: int,
+                          instances: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+        """Write the ``source_record`` rows of a series' instances; returns the (path, digest) of those
+        indexed (new, or indexed again from the same content), after resolving further copies."""
+        keys = {f"dicom|{uid}": (uid, path, digest) for uid, (path, digest) in instances.items()}
+        records = {row.source_key: row for row in conn.execute(
+            select(SOURCE_RECORD.c.source_key, SOURCE_RECORD.c.cdm_id, SOURCE_RECORD.c.content_hash,
+                   SOURCE_RECORD.c.loaded_at)
+            .where(SOURCE_RECORD.c.cdm_table == "image_occurrence", SOURCE_RECORD.c.source_key.in_(list(keys))))}
+        now = _utcnow()
+        new, again, indexed = [], [], []
+        for key, (uid, path, digest) in keys.items():
+            record = records.get(key)
+            if record is None:
+                new.append({"source_key": key, "cdm_table": "image_occurrence", "cdm_id": series_id,
+                            "content_hash": digest, "loaded_at": now})
+                indexed.append((path, digest))
+                continue
+            # Rows written before digests were kept hold the hash of the file's path instead.
+            same = record.content_hash in (digest, hashlib.sha256(path.encode()).hexdigest())
+            if same and record.loaded_at < self.started and record.cdm_id == series_id:
+                again.append({"key": key, "series": series_id, "digest": digest, "now": now})
+                indexed.append((path, digest))  # the same file indexed again (an idempotent re-run)
+                continue
+            kept = None if same else self._kept_copy(conn, record.cdm_id, uid, path)
+            self._duplicate(conn, replace(header, sop_instance_uid=uid), kept,
+                            digest if same else record.content_hash, path, digest)
+        if new:
+            conn.execute(insert(SOURCE_RECORD), new)
+        if again:
+            conn.execute(update(SOURCE_RECORD).where(
+                SOURCE_RECORD.c.source_key == bindparam("key"), SOURCE_RECORD.c.cdm_table == "image_occurrence",
+                SOURCE_RECORD.c.cdm_id == bindparam("series")).values(
+                content_hash=bindparam("digest"), loaded_at=bindparam("now")), again)
+        return indexed
+
+    def _kept_copy(self, conn: Connection, series_id: int, sop_uid: str, other: str) -> str | None:
+        """The file of ``sop_uid`` indexed earlier: looked for in its series' folder (only on a conflict)."""
+        import pydicom
+
+        folder = conn.execute(select(IMAGE_OCCURRENCE.c.local_path).where(
+            IMAGE_OCCURRENCE.c.image_occurrence_id == series_id)).scalar_one_or_none()
+        if not folder or not Path(folder).exists():
+            return None
+        for root, _dirs, names in os.walk(folder):
+            for name in sorted(names):
+                candidate = os.path.join(root, name)
+                if candidate == other:
+                    continue
+                try:
+                    ds = pydicom.dcmread(candidate, stop_before_pixels=True, force=True,
+                                         specific_tags=["SOPInstanceUID"])
+                except Exception:  # noqa: BLE001 - foreign files in the folder
+                    continue
+                if str(ds.get("SOPInstanceUID", "")) == sop_uid:
+                    return candidate
+        return None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _folder_of(paths: list[str]) -> str:
+    folders = sorted({str(Path(p).parent) for p in paths})
+    folder = folders[0]
+    for other in folders[1:]:
+        folder = _common_folder(folder, other)
+    return folder
 
 
 def _common_folder(a: str, b: str) -> str:

@@ -1,9 +1,10 @@
 """The node's Storage SCP: PACS and modalities send here, files are kept and indexed as they arrive.
 
 Implements the Verification (C-ECHO, PS3.4 Annex A) and Storage (C-STORE, PS3.4 Annex B) SOP
-classes as SCP, for every storage SOP class pynetdicom knows (CT/MR/PET and their enhanced forms,
-SEG, RTSTRUCT, SR, Parametric Map...).  Each instance is written byte for byte (the received
-encoding, with a PS3.10 File Meta Information header) to
+classes as SCP, for every storage SOP class of the standard, retired ones included, in every
+transfer syntax, compressed ones included (:mod:`node.dicom.negotiation`), plus the private classes
+a site lists in ``[dicom] private_sop_classes``.  Each instance is written byte for byte (the
+received encoding, with a PS3.10 File Meta Information header) to
 ``<data_dir>/dicom/<PatientID>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` via a temporary name
 and an atomic rename, so no half-written file is ever indexed, then queued for indexing.  The queue
 is flushed every :data:`FLUSH_EVERY` instances and when the connection closes — released, aborted or
@@ -17,18 +18,18 @@ stores the sub-operations it receives exactly the same way.  Whoever needs to re
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
 from pathlib import Path
 
-import pydicom
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine
 
+from node.dicom.instance import read_bytes_instance, read_instance
 from node.dicom.mapping import CORRUPT_DICOM, IndexReport, SeriesIndexer
+from node.dicom.negotiation import STORAGE_SOP_CLASSES, add_storage_contexts
 from node.dicom.network import NODELAY_HANDLERS
 
 FLUSH_EVERY = 200
@@ -55,6 +56,9 @@ class InstanceStore:
 
     def __init__(self, engine: Engine, data_dir: str | Path, source: str = "scp", issuer: str | None = None):
         self.root = Path(data_dir) / "dicom"  # created with the first instance stored
+        self.duplicates = Path(data_dir) / "dicom-duplicates"
+        #: SOP Instance UIDs received (whatever became of them), for a pull's accounting.
+        self.arrived: set[str] = set()
         self.report = IndexReport()
         self.indexer = SeriesIndexer(engine, source, self.report, issuer)
         self._lock = threading.Lock()
@@ -77,7 +81,7 @@ class InstanceStore:
         except Exception:  # noqa: BLE001 - a peer can send anything
             return CANNOT_UNDERSTAND
         try:
-            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            instance = read_bytes_instance(data, f"c-store:{event.request.AffectedSOPInstanceUID}")
         except Exception as exc:  # noqa: BLE001
             with self._lock:
                 self.report.files += 1
@@ -86,22 +90,46 @@ class InstanceStore:
                                     sop_class=event.request.AffectedSOPClassUID,
                                     resource_id=event.request.AffectedSOPInstanceUID, payload=data)
             return CANNOT_UNDERSTAND
-        path = self.path_for(header)
+        header = instance.dataset
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{threading.get_ident()}.part")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            path = self._write(self.path_for(header), data, instance.digest)
         except OSError:
             return OUT_OF_RESOURCES
         with self._lock:
             self.stored += 1
+            self.arrived.add(str(header.get("SOPInstanceUID", "")))
             self.report.files += 1
-            self.indexer.add(header, path)
+            self.indexer.add(header, path, instance.digest)
             self._queued += 1
             if self._queued >= FLUSH_EVERY:
                 self._flush_locked()
         return SUCCESS
+
+    def _write(self, path: Path, data: bytes, digest: str) -> Path:
+        """Write ``data`` at ``path`` atomically, unless a copy is there already.
+
+        The same content is not written twice.  Different content under the same SOP Instance UID
+        never replaces the file there (the indexer decides whether it is the same instance in
+        another encoding, or a conflicting copy to quarantine): it is kept beside the tree, under
+        ``<data_dir>/dicom-duplicates/``, where feature extraction does not look.  A copy on disk
+        that is cut short (an earlier crash) is replaced by the whole one.
+        """
+        if path.exists():
+            try:
+                present = read_instance(path).digest
+            except Exception:  # noqa: BLE001 - a damaged copy on disk: the intact one replaces it
+                present = None
+            if present == digest:
+                return path
+            if present is not None:
+                path = self.duplicates / f"{path.stem}.{digest[:16]}.dcm"
+                if path.exists():
+                    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{threading.get_ident()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return path
 
     def handle_close(self, _event: evt.Event | None = None) -> None:
         """``EVT_CONN_CLOSE`` handler: index what the association delivered, however it ended."""
@@ -130,14 +158,14 @@ class StorageSCP:
     """
 
     def __init__(self, engine: Engine, data_dir: str | Path, ae_title: str = "RADFED",
-                 host: str = "127.0.0.1", port: int = 11112, issuer: str | None = None):
+                 host: str = "127.0.0.1", port: int = 11112, issuer: str | None = None,
+                 extra_sop_classes: tuple[str, ...] = ()):
         self.store = InstanceStore(engine, data_dir, "scp", issuer)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = 16
         self.ae.network_timeout = 60
         self.ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            self.ae.add_supported_context(context.abstract_syntax, context.transfer_syntax)
+        add_storage_contexts(self.ae, [*STORAGE_SOP_CLASSES, *extra_sop_classes])
         self.host, self.port = host, port
         self.server = None
 
