@@ -218,6 +218,19 @@ def recode(path: Path, kind: str) -> Path:
     return path
 
 
+#: dcmtk storescu's option to propose a file's own transfer syntax (it proposes uncompressed otherwise).
+STORESCU_PROPOSE = {"1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+                    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
+                    "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
+                    "1.2.840.10008.1.2.2": "-xb", "1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1": "-xe"}
+
+
+def storescu_args(path: Path) -> list[str]:
+    """``storescu`` options that propose exactly what ``path`` is encoded in (as an archive sends it)."""
+    syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    return ["-R", STORESCU_PROPOSE[syntax], str(path)]
+
+
 #: CT slice z -> its encoding in :func:`make_mixed_study` (PACS hold series in mixed encodings).
 CT_CODECS = ("j2k", "j2k", "jpeg-lossless", "jpeg-lossless", "rle", "rle", "none", "none")
 #: pydicom's own real compressed files, re-identified into a study: (file, encoding it keeps).

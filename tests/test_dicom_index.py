@@ -147,3 +147,41 @@ def test_configured_issuer_picks_the_site_mrn(sqlite_cdm, tmp_path):
     with sqlite_cdm.connect() as conn:
         reason = conn.execute(select(Q.c.reason).where(Q.c.reason_code == "UNKNOWN_PATIENT")).scalar_one()
     assert "no PatientID issued by 'HOSP'" in reason
+
+
+def test_duplicates_truncated_copies_and_bare_datasets_are_all_accounted_for(sqlite_cdm, tmp_path):
+    """pydicom's MR_small in eight encodings is one instance; MR_truncated (the same UID, cut short) is
+    refused even when it is read first; an edited copy is DUPLICATE_SOP with both paths; an RTSTRUCT
+    without File Meta is indexed; a DICOMDIR under another name is counted as one."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), folder / "a_first_truncated.dcm")  # walked first
+    encodings = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                 "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm", "MR_small_padded.dcm")
+    for name in encodings:
+        shutil.copy(get_testdata_file(name), folder / f"b_{name}")
+    edited = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    edited.PatientName = "Someone^Else"
+    edited.save_as(folder / "c_edited.dcm")
+    shutil.copy(get_testdata_file("rtstruct.dcm"), folder / "d_rtstruct_no_meta.dcm")
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "e_index.dir")
+    add_person(sqlite_cdm, "4MR1")
+    add_person(sqlite_cdm, str(pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True).PatientID))
+    report = index_paths(sqlite_cdm, [folder])
+    assert report.files == 12
+    assert (report.indexed, report.duplicates, report.dicomdirs) == (2, 7, 1), report.summary()
+    assert report.quarantined == {"TRUNCATED": 1, "DUPLICATE_SOP": 1}
+    assert report.files == report.indexed + report.duplicates + report.dicomdirs + sum(report.quarantined.values())
+    assert "7 duplicate copies, 1 DICOMDIR, 2 quarantined (DUPLICATE_SOP 1, TRUNCATED 1)" in report.summary()
+    with sqlite_cdm.connect() as conn:
+        reasons = dict(conn.execute(select(Q.c.reason_code, Q.c.reason)).all())
+        hashes = conn.execute(select(tables["source_record"].c.content_hash)).scalars().all()
+    assert "Pixel Data declares 8192 bytes but the file holds 8130" in reasons["TRUNCATED"]
+    assert str(folder / "c_edited.dcm") in reasons["DUPLICATE_SOP"] and "PatientName" in reasons["DUPLICATE_SOP"]
+    assert str(folder / "b_MR_small.dcm") in reasons["DUPLICATE_SOP"]  # the copy kept is named too
+    assert len(hashes) == 2
+    # A re-run finds the same: the instance indexed again, the other copies still duplicates, and the
+    # edited copy still conflicting with the kept one (found again in its folder).
+    again = index_paths(sqlite_cdm, [folder])
+    assert (again.indexed, again.duplicates) == (2, 7) and again.quarantined == report.quarantined
+    assert _rows(sqlite_cdm)[str(edited.SeriesInstanceUID)]["instance_count"] == 1

@@ -131,7 +131,7 @@ def test_cli_listen_receives_and_stops_cleanly(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
-    assert "received 1 instances" in err and "Traceback" not in err
+    assert "received 1 instances" in err and "Traceback" not in err and proc.returncode == 0
     assert len(list((tmp_path / "store" / "dicom").rglob("*.dcm"))) == 1
     with engine.connect() as conn:
         uid = pydicom.dcmread(get_testdata_file("CT_small.dcm")).SeriesInstanceUID
@@ -186,3 +186,62 @@ def test_features_follow_segmentations_as_they_arrive(sqlite_cdm, tmp_path):
                                             tables["image_feature"].c.value_as_number)).all())
     assert features["adc_min"] == study["adc_values"].min()
     assert "suv_max" not in features  # the PET series was never sent
+
+
+def test_storescu_sends_compressed_and_duplicate_instances_into_dicom_listen(tmp_path):
+    """dcmtk storescu (each file proposing its own transfer syntax) into ``radfed-node dicom listen``:
+    JPEG 2000, JPEG lossless, RLE, JPEG-LS, deflated, big endian, a retired class and a Parametric Map
+    are all stored as received and indexed; MR_small in six encodings is one instance; an edited copy
+    with the same SOP Instance UID is quarantined beside the tree and the listener exits 3."""
+    from test_dicom_fixtures import make_mixed_study, storescu_args
+
+    db = tmp_path / "cdm.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
+    cli = [str(Path(sys.executable).parent / "radfed-node"), "--db", str(db)]
+    (tmp_path / "node.toml").write_text('[site]\nname = "t"\ndata_dir = "store"\n')
+    subprocess.run([*cli, "init"], check=True, capture_output=True, cwd=tmp_path, env=env)
+    from cdm.db import open_engine
+
+    engine = open_engine(db)
+    study = make_mixed_study(tmp_path / "src", "MRN001")
+    same = tmp_path / "same"
+    same.mkdir()
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                 "MR_small_bigendian.dcm", "MR_small_implicit.dcm"):
+        (same / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    edited = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    edited.PatientName = "Someone^Else"
+    edited.save_as(tmp_path / "edited.dcm")
+    for pid in ("MRN001", "4MR1"):
+        add_person(engine, pid)
+    port = free_port()
+    proc = subprocess.Popen([*cli, "dicom", "listen", "--port", str(port), "--ae-title", "NODE"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    sources = sorted((tmp_path / "src").rglob("*.dcm")) + sorted(same.glob("*.dcm")) + [tmp_path / "edited.dcm"]
+    try:
+        deadline = time.time() + 30
+        while subprocess.run(["echoscu", "-aec", "NODE", "127.0.0.1", str(port)],
+                             capture_output=True).returncode and time.time() < deadline:
+            time.sleep(0.2)
+        for path in sources:  # the file's own transfer syntax is proposed first, as an archive does
+            sent = subprocess.run(["storescu", "-aec", "NODE", "127.0.0.1", str(port), *storescu_args(path)],
+                                  capture_output=True, text=True, timeout=30, env=env)
+            assert sent.returncode == 0, (path.name, sent.stderr)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err  # PARTIAL: the edited copy was quarantined
+    assert f"received {len(sources)} instances" in err and "Traceback" not in err
+    assert f"{study['count'] + 1} indexed" in err and "5 duplicate copies" in err and "DUPLICATE_SOP 1" in err
+    stored = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+              for p in (tmp_path / "store" / "dicom").rglob("*.dcm")}
+    assert len(stored) == study["count"] + 1
+    for source in sorted((tmp_path / "src").rglob("*.dcm")):
+        ours, theirs = pydicom.dcmread(stored[str(pydicom.dcmread(source).SOPInstanceUID)]), pydicom.dcmread(source)
+        assert ours.file_meta.TransferSyntaxUID == theirs.file_meta.TransferSyntaxUID, source.name
+    kept = pydicom.dcmread(stored[str(edited.SOPInstanceUID)])
+    assert kept.PatientName == "Subject^Test" or kept.PatientName != "Someone^Else"  # the first copy stays
+    assert [p.name for p in (tmp_path / "store" / "dicom-duplicates").iterdir()][0].startswith(str(edited.SOPInstanceUID))
+    with engine.connect() as conn:
+        assert quarantine_counts(conn, "dicom") == {"DUPLICATE_SOP": 1}
+    engine.dispose()

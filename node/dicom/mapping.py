@@ -193,14 +193,17 @@ def header_of(ds: Dataset, issuer: str | None = None) -> SeriesHeader:
     date = None
     moment = None
     for date_key, time_key in (("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"),
-                               ("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime")):
+                               ("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                               ("StructureSetDate", "StructureSetTime"),  # RTSTRUCT, PS3.3 C.8.8.5
+                               ("InstanceCreationDate", "InstanceCreationTime")):
         date = _date(ds.get(date_key))
         if date is not None:
             clock = _time(ds.get(time_key))
             moment = dt.datetime.combine(date, clock) if clock else None
             break
     if date is None:
-        raise DicomInputError(MISSING_ATTRIBUTE, "no SeriesDate, StudyDate, AcquisitionDate or ContentDate")
+        raise DicomInputError(MISSING_ATTRIBUTE, "no SeriesDate, StudyDate, AcquisitionDate, ContentDate, "
+                                                 "StructureSetDate or InstanceCreationDate")
     anatomic = None
     for item in ds.get("AnatomicRegionSequence", []) or []:
         scheme = _SCHEMES.get(str(item.get("CodingSchemeDesignator", "")))
