@@ -4,8 +4,11 @@
    of 4 patients) on disk; the same files are read with bare ``dcmread(stop_before_pixels=True)``,
    then indexed by ``node.dicom.index.index_paths`` into a fresh SQLite CDM, in the same run (page
    cache warm for both: the first pass is a discarded warm-up).  Target: indexing >= 50% of bare reads.
+   Indexing reads each file whole (content digest, truncation check) but parses only the header.
 2. C-STORE: the in-process Storage SCP receives ``--store`` instances over one association from a
    pynetdicom SCU and from dcmtk ``storescu``; instances/s include writing the file and indexing.
+   The same instances JPEG 2000 (lossless) and RLE compressed go through ``storescu`` with
+   TCP_NODELAY in the same run: the SCP stores them as received, without decoding.
 
     .venv/bin/python benchmarks/bench_dicom.py [--files 2000] [--series 20] [--store 500]
 """
@@ -34,8 +37,10 @@ from sqlalchemy import insert  # noqa: E402
 PATIENTS = ("P1", "P2", "P3", "P4")
 
 
-def make_files(folder: Path, count: int, series: int) -> list[Path]:
+def make_files(folder: Path, count: int, series: int, syntax: str | None = None) -> list[Path]:
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if syntax:
+        template.compress(syntax, generate_instance_uid=False)
     uids = [(PATIENTS[i % len(PATIENTS)], generate_uid(), generate_uid()) for i in range(series)]
     paths = []
     for n in range(count):
@@ -115,16 +120,22 @@ def bench_store(work: Path, count: int) -> dict:
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": repo})
         results["pynetdicom_scu_nodelay_per_s"] = round(float(out.stdout.strip()))
         # dcmtk disables Nagle only when TCP_NODELAY is set in its environment (dcmnet/libsrc/dulfsm.cc).
-        for label, env in (("storescu_nodelay_per_s", {"TCP_NODELAY": "1"}), ("storescu_nagle_per_s", {})):
+        # -x?: propose the files' own encoding (uncompressed, JPEG 2000 lossless, RLE), as an archive does.
+        runs = (("storescu_nodelay_per_s", {"TCP_NODELAY": "1"}, None, "-xe"),
+                ("storescu_nagle_per_s", {}, None, "-xe"),
+                ("storescu_nodelay_j2k_per_s", {"TCP_NODELAY": "1"}, "1.2.840.10008.1.2.4.90", "-xv"),
+                ("storescu_nodelay_rle_per_s", {"TCP_NODELAY": "1"}, "1.2.840.10008.1.2.5", "-xr"))
+        for label, env, syntax, propose in runs:
             folder = work / label
-            make_files(folder, count, 4)
+            paths = make_files(folder, count, 4, syntax)
+            results[label.replace("_per_s", "_kb_per_instance")] = round(sum(p.stat().st_size for p in paths) / count / 1024, 1)
             started = time.perf_counter()
-            subprocess.run(["storescu", "+sd", "+r", "-aec", "BENCH", "127.0.0.1", str(port), str(folder)],
+            subprocess.run(["storescu", "+sd", "+r", propose, "-aec", "BENCH", "127.0.0.1", str(port), str(folder)],
                            check=True, capture_output=True, env={**os.environ, **env})
             results[label] = round(count / (time.perf_counter() - started))
     finally:
         scp.stop()
-    assert scp.store.stored == 3 * count, scp.store.stored
+    assert scp.store.stored == 5 * count, scp.store.stored
     return results
 
 

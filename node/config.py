@@ -89,7 +89,8 @@ KNOWN_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "policy": {"min_cell_count": _INT, "min_rows_model": _INT, "rows_per_parameter": _INT, "differencing_k": _INT,
                "max_requests_per_hour": _INT, "allowed_analyses": _LIST,
                "approval": (str, list), "noise": (dict,), "audit_linked_releases": _BOOL},  # issue 6 (H7)
-    "dicom": {"ae_title": _STR, "host": _STR, "port": _INT, "move_port": _INT, "patient_id_issuer": _STR},
+    "dicom": {"ae_title": _STR, "host": _STR, "port": _INT, "move_port": _INT, "patient_id_issuer": _STR,
+              "private_sop_classes": _LIST},  # node/dicom/ (issue 18)
     "fhir": {"mrn_system": _STR},
     "query": {"frame_cache": _BOOL},  # node/execute.py FrameCache
     "learning": {"superlink": _STR, "root_certificates": _STR, "allowed_features": _LIST,  # node/learn/ (issue 9)
