@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 import httpx
 
+from cdm.errors import EXIT_PARTIAL
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome
 from coordinator.natsproc import free_coordinator_ports, wait_for_port
@@ -41,13 +42,15 @@ def say(message: str) -> None:
     click.echo(click.style("==> ", fg="cyan", bold=True) + message)
 
 
-def _run(args: list[str], what: str, log: Path, allow_fail: bool = False, line: int = 0) -> subprocess.CompletedProcess:
-    """Run one CLI step, log all it printed, echo its ``line``-th line (the commands' headline is first)."""
+def _run(args: list[str], what: str, log: Path, allow_fail: bool = False, line: int = 0,
+         partial_ok: bool = False) -> subprocess.CompletedProcess:
+    """Run one CLI step, log all it printed, echo its ``line``-th line (the commands' headline is first).
+    ``partial_ok``: exit 3 (finished, something quarantined: the synthetic data plants bad input) is fine."""
     started = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True)
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode != 0 and not allow_fail:
+    if proc.returncode not in ((0, EXIT_PARTIAL) if partial_ok else (0,)) and not allow_fail:
         raise DemoError(f"{what} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
     headline = (proc.stdout.strip().splitlines() or [""])[line]
     click.echo(f"    {what}: {headline[:150]} ({time.perf_counter() - started:.1f} s)")
@@ -86,7 +89,8 @@ class Demo:
                 _run(node + ["vocab", "load-map", str(data / site["vocabulary_map"])], f"{name} vocabulary map", self.log)
             _run(node + ["ingest", "fhir", str(data / site["fhir_dir"])], f"{name} FHIR", self.log)
             if site.get("dicom_dir"):
-                _run(node + ["ingest", "dicom", str(data / site["dicom_dir"])], f"{name} DICOM", self.log)
+                _run(node + ["ingest", "dicom", str(data / site["dicom_dir"])], f"{name} DICOM", self.log,
+                     partial_ok=True)
                 _run(node + ["features", "--all"], f"{name} radiomic features", self.log, allow_fail=True)
 
     # ------------------------------------------------------------------ network
