@@ -7,24 +7,17 @@ release compares it to migrate an existing database instead of guessing its shap
 from sqlalchemy import BigInteger, Index, Integer, MetaData
 
 from cdm.extensions import define_extension_tables
-from cdm.omop import define_omop_tables
+from cdm.omop import OMOP_CDM_VERSION, define_omop_tables, tables_in
 
-OMOP_CDM_VERSION = "5.4"
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = "radfed.schema_version"
 
-#: Vocabulary tables (loaded from Athena or filled with site-local concepts).
-VOCABULARY_TABLES = (
-    "concept",
-    "vocabulary",
-    "domain",
-    "concept_class",
-    "concept_relationship",
-    "relationship",
-    "concept_synonym",
-    "concept_ancestor",
-    "drug_strength",
-)
+#: The OMOP tables by the specification's schema: clinical data and the vocabulary (loaded from
+#: Athena or filled with site-local concepts).  Everything else in :data:`tables` is radfed's own.
+CLINICAL_TABLES = tables_in("CDM")
+VOCABULARY_TABLES = tables_in("VOCAB")
+RESULTS_TABLES = tables_in("RESULTS")
+OMOP_TABLES = CLINICAL_TABLES + VOCABULARY_TABLES + RESULTS_TABLES
 
 metadata = MetaData()
 define_omop_tables(metadata)

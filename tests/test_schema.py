@@ -14,6 +14,15 @@ EXTENSIONS = {
 }
 
 
+def test_packaged_specification_is_the_official_one(shared_dir):
+    """cdm/omop.py generates the tables from the packaged copy: it must be OHDSI's file, unchanged."""
+    from importlib import resources
+
+    for name in ("OMOP_CDMv5.4_Field_Level.csv", "OMOP_CDMv5.4_Table_Level.csv"):
+        packaged = resources.files("cdm.data").joinpath(name).read_bytes()
+        assert packaged == (shared_dir / "omop" / name).read_bytes(), name
+
+
 def spec_rows(shared_dir):
     with open(shared_dir / "omop" / "OMOP_CDMv5.4_Field_Level.csv", encoding="utf-8-sig") as f:
         return list(csv.DictReader(f))
