@@ -23,6 +23,7 @@ import csv
 import datetime as dt
 import hashlib
 import re
+from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
+from cdm.omop_csv import CsvFormatError, open_table, parse_value, table_files
 from cdm.schema import tables
 
 LOCAL_CONCEPT_MIN = 2_000_000_000
@@ -359,7 +361,7 @@ def install_core_concepts(engine: Engine) -> int:
 
 # -- Athena ----------------------------------------------------------------------------------------
 
-#: Athena file name -> CDM table.  Loaded in this order.
+#: Athena file name -> CDM table.  Loaded in this order (file names match in any case).
 ATHENA_FILES = {
     "VOCABULARY.csv": "vocabulary",
     "DOMAIN.csv": "domain",
@@ -378,78 +380,74 @@ class AthenaError(ValueError):
     """An Athena vocabulary folder that cannot be loaded as it is."""
 
 
-def _athena_value(column, raw: str):
-    if raw == "":
-        return None
-    python_type = column.type.python_type
-    if python_type is dt.date:
-        # Athena writes YYYYMMDD; hand-made files often ISO dates.
-        return dt.date(int(raw[0:4]), int(raw[4:6]), int(raw[6:8])) if raw.isdigit() else dt.date.fromisoformat(raw)
-    if python_type is int:
-        return int(raw)
-    if python_type is float:
-        return float(raw)
-    return raw
-
-
 def load_athena(engine: Engine, folder: str | Path, progress=None) -> dict[str, int]:
-    """Load an Athena vocabulary download (tab-separated CSVs) into the CDM's vocabulary tables.
+    """Load an Athena vocabulary download into the CDM's vocabulary tables.
 
-    Rows go in batches of 20,000 through one multi-row INSERT each (SQLAlchemy's insertmanyvalues),
-    inside one transaction per file, replacing that table's Athena content but keeping site-local
-    and project concepts.  Returns rows loaded per table.
+    Athena writes tab-separated files without quoting; the same tables exported from an OMOP CDM
+    (Eunomia, an ETL) are often comma-separated and quoted: the delimiter is detected per file
+    (:mod:`cdm.omop_csv`).  Rows go in batches of 20,000 through one multi-row INSERT each
+    (SQLAlchemy's insertmanyvalues), inside one transaction per file, replacing that table's Athena
+    content but keeping site-local and project concepts.  Returns rows loaded per table.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AthenaError(f"Athena folder {str(folder)!r} does not exist")
-    present = {name: folder / name for name in ATHENA_FILES if (folder / name).exists()}
-    if "CONCEPT.csv" not in present:
+    files, _others = table_files(folder, ATHENA_FILES.values())
+    if "concept" not in files:
         raise AthenaError(f"{str(folder)!r} has no CONCEPT.csv: not an Athena vocabulary download")
     csv.field_size_limit(10_000_000)
     loaded = {}
-    for filename, path in present.items():
-        table = tables[ATHENA_FILES[filename]]
-        with engine.begin() as conn, open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = [h.strip().lower() for h in next(reader)]
-            unknown = [h for h in header if h not in table.c]
+    for table_name in ATHENA_FILES.values():
+        if table_name not in files:
+            continue
+        table, file = tables[table_name], files[table_name]
+        try:
+            reader = open_table(file, table.c.keys())
+        except CsvFormatError as exc:
+            raise AthenaError(str(exc)) from None
+        with engine.begin() as conn, closing(reader):
+            unknown = [h for h in reader.header if h not in table.c]
             if unknown:
-                raise AthenaError(f"{filename}: columns {unknown} are not in OMOP table {table.name}")
-            columns = [table.c[h] for h in header]
+                raise AthenaError(f"{file.name} (read as {reader.dialect.name}): columns {unknown} "
+                                  f"are not in OMOP table {table.name}")
+            missing = [c.name for c in table.columns if not c.nullable and c.name not in reader.header]
+            if missing:
+                raise AthenaError(f"{file.name} (read as {reader.dialect.name}): required column(s) {missing} "
+                                  f"of OMOP table {table.name} missing")
+            columns = [table.c[h] for h in reader.header]
             if table.name == "concept":
                 conn.execute(delete(table).where(table.c.concept_id < LOCAL_CONCEPT_MIN))
-            elif table.name == "vocabulary":
-                conn.execute(delete(table).where(table.c.vocabulary_id.in_(_vocab_ids(path))))
-            else:
+            elif table.name != "vocabulary":  # vocabulary: only the rows the file replaces (below)
                 conn.execute(delete(table))
             count, batch = 0, []
-            for line_no, record in enumerate(reader, start=2):
-                if len(record) != len(columns):
-                    raise AthenaError(f"{filename} line {line_no}: {len(record)} fields, expected {len(columns)}")
-                try:
-                    batch.append({c.name: _athena_value(c, v) for c, v in zip(columns, record)})
-                except ValueError as exc:
-                    raise AthenaError(f"{filename} line {line_no}: {exc}") from None
-                if len(batch) >= _BATCH:
-                    conn.execute(insert(table), batch)
-                    count += len(batch)
-                    batch = []
-                    if progress:
-                        progress(filename, count)
+            try:
+                for line_no, record in reader.records():
+                    if len(record) != len(columns):
+                        raise AthenaError(f"{file.name} line {line_no}: {len(record)} fields, expected {len(columns)}")
+                    try:
+                        batch.append({c.name: parse_value(c, v) for c, v in zip(columns, record)})
+                    except ValueError as exc:
+                        raise AthenaError(f"{file.name} line {line_no}: {exc}") from None
+                    if len(batch) >= _BATCH:
+                        count += _insert_athena(conn, table, batch)
+                        batch = []
+                        if progress:
+                            progress(file.name, count)
+            except CsvFormatError as exc:
+                raise AthenaError(str(exc)) from None
             if batch:
-                conn.execute(insert(table), batch)
-                count += len(batch)
+                count += _insert_athena(conn, table, batch)
         loaded[table.name] = count
     # A partial download (a site's chosen vocabularies) may lack concepts the ingest relies on.
     install_core_concepts(engine)
     return loaded
 
 
-def _vocab_ids(path: Path) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [row[0] for row in reader if row]
+def _insert_athena(conn: Connection, table, batch: list[dict]) -> int:
+    if table.name == "vocabulary":
+        conn.execute(delete(table).where(table.c.vocabulary_id.in_([r["vocabulary_id"] for r in batch])))
+    conn.execute(insert(table), batch)
+    return len(batch)
 
 
 #: The domain Athena gives (nearly) every concept of these vocabularies; others (SNOMED spans many

@@ -246,11 +246,12 @@ async def _serve(agent: Agent) -> None:
 @click.pass_context
 def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_port: int | None = None) -> None:
     """Answer federated queries: connect out to the coordinator's NATS bus with this site's credentials."""
-    from cdm.db import open_engine
+    from cdm.db import open_engine, require_cdm
 
     config: NodeConfig = ctx.find_root().obj
     settings = bus_settings(config)
     engine = open_engine(config.database_url)
+    require_cdm(engine)
     from node.plan import site_description
 
     agent = Agent(settings, default_executor(engine, config), quiet=quiet,

@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from cdm.db import CDMError, create_cdm, open_engine, schema_version, table_counts
+from cdm.db import CDMError, create_cdm, layout_of, open_engine, require_cdm, require_writable_cdm, table_counts
+from cdm.omop_csv import CsvFormatError
 from cdm.vocabulary import AthenaError, UnknownCode, Vocabulary, load_athena, load_source_to_concept_map
 from node.agent import serve_command
 from node.approvals import approvals_group
@@ -22,10 +23,11 @@ from node.dicom.cli import dicom_group, features_command, ingest_dicom_command
 from node.ingest.fhir_cli import fhir_command, mapping_report_command
 from node.learn.supernode import flower_key_command, flower_pins_command, supernode_run_command
 from node.model_cli import concordance_command, forecast_command
+from node.omop.cli import attach_command, ingest_omop_command
 from node.query_cli import audit_group, query_command
 from node.synth.cli import synth_command
 
-EXPECTED_ERRORS = (CDMError, ConfigError, AthenaError, UnknownCode, FileNotFoundError)
+EXPECTED_ERRORS = (CDMError, ConfigError, AthenaError, UnknownCode, CsvFormatError, FileNotFoundError)
 
 
 class NodeGroup(click.Group):
@@ -62,7 +64,7 @@ def init(ctx: click.Context, db: str | None) -> None:
     url = db or config.database_url
     engine = open_engine(url)
     create_cdm(engine, source_name=config.site_name)
-    click.echo(f"CDM ready at {engine.url.render_as_string(hide_password=True)} (schema version {schema_version(engine)})")
+    click.echo(f"CDM ready at {engine.url.render_as_string(hide_password=True)} (schema version {require_cdm(engine)})")
 
 
 @main.command()
@@ -73,10 +75,14 @@ def status(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """Row counts of every CDM table."""
     engine = open_engine(node_config(ctx).database_url)
     counts = table_counts(engine)
+    layout = layout_of(engine)
     if as_json:
-        click.echo(json.dumps({"schema_version": schema_version(engine), "tables": counts}, indent=2))
+        click.echo(json.dumps({"schema_version": require_cdm(engine), "tables": counts,
+                               "attached": layout.describe() if layout else None}, indent=2))
         return
-    click.echo(f"site {node_config(ctx).site_name}, CDM schema version {schema_version(engine)}")
+    click.echo(f"site {node_config(ctx).site_name}, CDM schema version {require_cdm(engine)}")
+    if layout:
+        click.echo(f"attached: {layout.describe()}")
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         if count or show_all:
@@ -94,6 +100,7 @@ def vocab() -> None:
 def vocab_load_athena(ctx: click.Context, folder: str) -> None:
     """Load an Athena vocabulary download (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...)."""
     engine = open_engine(node_config(ctx).database_url)
+    require_writable_cdm(engine, "vocab load-athena")
     loaded = load_athena(engine, folder, progress=lambda f, n: click.echo(f"  {f}: {n:,} rows", err=True))
     for table, count in loaded.items():
         click.echo(f"{table}: {count:,} rows")
@@ -105,6 +112,7 @@ def vocab_load_athena(ctx: click.Context, folder: str) -> None:
 def vocab_load_map(ctx: click.Context, path: str) -> None:
     """Load the site's SOURCE_TO_CONCEPT_MAP (local codes onto standard ones)."""
     engine = open_engine(node_config(ctx).database_url)
+    require_writable_cdm(engine, "vocab load-map")
     click.echo(f"{load_source_to_concept_map(engine, path):,} mappings loaded")
 
 
@@ -113,7 +121,9 @@ def vocab_load_map(ctx: click.Context, path: str) -> None:
 @click.pass_context
 def vocab_resolve(ctx: click.Context, references: tuple[str, ...]) -> None:
     """Show the concept id each SYSTEM:code resolves to at this node."""
-    vocabulary = Vocabulary(open_engine(node_config(ctx).database_url))
+    engine = open_engine(node_config(ctx).database_url)
+    require_cdm(engine)
+    vocabulary = Vocabulary(engine)
     for reference in references:
         concept_id = vocabulary.resolve(reference)
         click.echo(f"{reference}\t{concept_id if concept_id is not None else 'not in this node'}")
@@ -127,11 +137,12 @@ def ingest() -> None:
 # Each concern's commands live in the module that owns it; they are only assembled here.
 ingest.add_command(fhir_command, "fhir")
 ingest.add_command(ingest_dicom_command, "dicom")
+ingest.add_command(ingest_omop_command, "omop")
 for _name, _command in {
     "mapping-report": mapping_report_command, "serve": serve_command, "synth": synth_command,
     "dicom": dicom_group, "features": features_command, "query": query_command, "audit": audit_group,
     "config": config_group, "approvals": approvals_group, "concordance": concordance_command,
     "forecast": forecast_command, "flower-key": flower_key_command, "flower-pins": flower_pins_command,
-    "supernode": supernode_run_command,
+    "supernode": supernode_run_command, "attach": attach_command,
 }.items():
     main.add_command(_command, _name)

@@ -8,7 +8,7 @@ import uuid
 
 import click
 
-from cdm.db import open_engine
+from cdm.db import open_engine, require_cdm
 from cdm.spec import SpecError, load_spec, spec_json_schema
 from node.audit import AuditLog
 from node.execute import run_request
@@ -38,6 +38,7 @@ def query_command(ctx, spec_path, requester, as_json, schema):
         sys.exit(1)
     config = _config(ctx)
     engine = open_engine(config.database_url)
+    require_cdm(engine)
     response = run_request(engine, config, {"request_id": str(uuid.uuid4()), "requester": requester,
                                             "spec": spec.model_dump(mode="json", by_alias=True)})
     for warning in [] if as_json else response.get("warnings") or []:  # e.g. UNKNOWN_CODE, on stderr

@@ -24,7 +24,7 @@ import sys
 
 import click
 
-from cdm.db import CDMError, open_engine, schema_version
+from cdm.db import open_engine, require_writable_cdm
 from cdm.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 
@@ -34,8 +34,7 @@ def _config(ctx: click.Context):
 
 def _engine(ctx: click.Context):
     engine = open_engine(_config(ctx).database_url)
-    if schema_version(engine) is None:
-        raise CDMError("no radfed CDM in this database: run `radfed-node init` first")
+    require_writable_cdm(engine, ctx.command_path)
     return engine
 
 

@@ -13,14 +13,13 @@ import sys
 
 import click
 
-from cdm.db import CDMError, open_engine, schema_version
+from cdm.db import open_engine, require_writable_cdm
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 
 
 def _engine(ctx: click.Context):
     engine = open_engine(ctx.find_root().obj.database_url)
-    if schema_version(engine) is None:
-        raise CDMError("no radfed CDM in this database: run `radfed-node init` first")
+    require_writable_cdm(engine, ctx.command_path)
     return engine
 
 
