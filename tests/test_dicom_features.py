@@ -34,7 +34,13 @@ def test_seg_gives_radiomics_and_map_statistics(any_cdm, tmp_path):
     volume = by[(ct_id, "original_shape_VoxelVolume")]
     expected_volume = study["lesion"].sum() * PIXEL_MM * PIXEL_MM * SLICE_MM
     assert volume["value_as_number"] == pytest.approx(expected_volume)
-    assert volume["alg_system"] == "pyradiomics" and volume["alg_version"]
+    assert volume["alg_system"] == f"https://pypi.org/project/pyradiomics-bhklab/{volume['alg_version']}/"
+    # MI-CDM: every value is also a measurement row, linked from the feature (issue 20)
+    measurement = tables["measurement"]
+    with any_cdm.connect() as conn:
+        values = dict(conn.execute(select(measurement.c.measurement_id, measurement.c.value_as_number)).all())
+    assert {r["image_feature_event_field_concept_id"] for r in rows} == {1147330}
+    assert all(values[r["image_feature_event_id"]] == r["value_as_number"] for r in rows)
     assert volume["roi_label"] == "lesion"
     assert by[(ct_id, "lesion_volume")]["image_feature_concept_id"] == 2000000111
     adc = by[(stable_id("dicom-series", study["adc"]), "adc_mean")]

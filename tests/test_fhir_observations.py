@@ -71,6 +71,10 @@ class FileContext:
         return self.vocabulary.concept_for(vocabulary_for_uri(first.get("system")), first["code"],
                                            first.get("display"), domain_hint)
 
+    def known_concept(self, vocabulary_id, code):
+        match = self.vocabulary.lookup(vocabulary_id, code)
+        return match.concept_id if match is not None and match.concept_id else None
+
     def unit(self, quantity):
         if not quantity or not quantity.get("code"):
             from cdm.vocabulary import ConceptMatch
@@ -244,15 +248,30 @@ def test_variants_follow_the_genomics_reporting_ig(ctx):
     annotation = MAP["Observation"](variant(gene("EGFR", "HGNC:3236"), comp((fp.LOINC, "53037-8"),
                                     valueCodeableConcept=cc(fp.LOINC, "LA6668-3", "Pathogenic"))), ctx)[1]
     assert annotation.table == "variant_annotation" and annotation.values["value_as_string"] == "Pathogenic"
+    # OMOP Genomic: the variant is also a measurement row, which variant_occurrence.measurement_id names
+    hgvs = (comp((fp.LOINC, fp.HGVS_C), valueCodeableConcept=cc("http://varnomen.hgvs.org", "c.2573T>G")),
+            comp((fp.LOINC, "48013-7"), valueCodeableConcept=cc("http://www.ncbi.nlm.nih.gov/refseq", "NM_005228.5")))
+    found, measurement = MAP["Observation"](variant(gene("EGFR", "HGNC:3236"), *hgvs), ctx)
+    assert measurement.table == "measurement" and found.values["measurement_id"] == measurement.values["measurement_id"]
+    assert measurement.values["measurement_concept_id"] == ctx.vocabulary.lookup("LOINC", fp.VARIANT_ASSESSMENT).concept_id
+    assert measurement.values["value_as_concept_id"] == ctx.vocabulary.lookup("LOINC", "LA9633-4").concept_id
+    with ctx.vocabulary._bind.begin() as conn:  # a site with Athena's OMOP Genomic: the variant's own concept
+        conn.execute(insert(tables["concept"]).values(
+            concept_id=1_990_000_001, concept_name="EGFR c.2573T>G", domain_id="Measurement", vocabulary_id="OMOP Genomic",
+            concept_class_id="DNA Variant", standard_concept="S", concept_code="NM_005228.5:c.2573T>G",
+            valid_start_date=dt.date(2020, 1, 1), valid_end_date=dt.date(2099, 1, 1)))
+    ctx.vocabulary = Vocabulary(ctx.vocabulary._bind)
+    _, measurement = MAP["Observation"](variant(gene("EGFR", "HGNC:3236"), *hgvs), ctx)
+    assert measurement.values["measurement_concept_id"] == 1_990_000_001
 
-    [fusion] = MAP["Observation"](variant(gene("FUS", "HGNC:4010"), gene("DDIT3", "HGNC:2726"), change(fp.SO_GENE_FUSION)), ctx)
+    fusion, _ = MAP["Observation"](variant(gene("FUS", "HGNC:4010"), gene("DDIT3", "HGNC:2726"), change(fp.SO_GENE_FUSION)), ctx)
     assert (fusion.values["variant_type"], fusion.values["target_gene1_symbol"], fusion.values["target_gene2_symbol"]) == \
         ("fusion", "FUS", "DDIT3")
     assert fusion.values["variant_source_value"].startswith("FUS::DDIT3")
-    [amp] = MAP["Observation"](variant(gene("MDM2", "HGNC:6973"), change(fp.SO_COPY_NUMBER_GAIN),
+    amp, _ = MAP["Observation"](variant(gene("MDM2", "HGNC:6973"), change(fp.SO_COPY_NUMBER_GAIN),
                                        comp((fp.LOINC, fp.COPY_NUMBER), valueQuantity=qty(18.5, "1"))), ctx)
     assert (amp.values["variant_type"], amp.values["copy_number"], amp.values["copy_number_change"]) == ("cnv", 18.5, "amplification")
-    [loss] = MAP["Observation"](variant(gene("CDKN2A", "HGNC:1787"), change(fp.SO_COPY_NUMBER_LOSS),
+    loss, _ = MAP["Observation"](variant(gene("CDKN2A", "HGNC:1787"), change(fp.SO_COPY_NUMBER_LOSS),
                                         comp((fp.LOINC, fp.COPY_NUMBER), valueQuantity=qty(0, "1")),
                                         comp((fp.LOINC, fp.GENOMIC_SOURCE_CLASS), valueCodeableConcept=cc(fp.LOINC, fp.GERMLINE))), ctx)
     assert (loss.values["variant_type"], loss.values["copy_number_change"], loss.values["genetic_origin"]) == \
@@ -261,7 +280,7 @@ def test_variants_follow_the_genomics_reporting_ig(ctx):
 
 def test_contained_plasma_specimen_makes_a_ctdna_variant_and_bad_variants_are_refused(ctx):
     plasma = {"resourceType": "Specimen", "id": "s1", "type": cc(fp.SNOMED, fp.PLASMA_SPECIMEN)}
-    [row] = MAP["Observation"](variant(gene("EGFR", "HGNC:3236"), contained=[plasma], specimen={"reference": "#s1"}), ctx)
+    row, _ = MAP["Observation"](variant(gene("EGFR", "HGNC:3236"), contained=[plasma], specimen={"reference": "#s1"}), ctx)
     assert row.values["is_ctdna"] is True and row.values["specimen_id"] is None
     with pytest.raises(Unmappable) as err:
         MAP["Observation"](variant(change(fp.SO_SNV)), ctx)
@@ -312,10 +331,10 @@ def test_diagnostic_report_maps_contained_results_and_conclusion_codes(ctx):
     report["contained"][0].pop("subject")
     report["contained"][0].pop("effectiveDateTime")
     rows = MAP["DiagnosticReport"](report, ctx)
-    assert [r.table for r in rows] == ["variant_occurrence", "observation"]
+    assert [r.table for r in rows] == ["variant_occurrence", "measurement", "observation"]
     assert rows[0].values["variant_occurrence_id"] == ctx.row_id("Observation", "r1#v1")
     assert rows[0].values["variant_date"] == dt.date(2024, 2, 2)
-    assert rows[1].values["value_as_concept_id"] == ctx.vocabulary.lookup("SNOMED", "1186717003").concept_id
+    assert rows[2].values["value_as_concept_id"] == ctx.vocabulary.lookup("SNOMED", "1186717003").concept_id
     assert MAP["DiagnosticReport"]({**report, "contained": [], "conclusionCode": [],
                                     "conclusion": "No reportable variants detected."}, ctx) == []
 
@@ -339,12 +358,19 @@ def test_imaging_study_and_features_name_the_dicom_series(ctx):
             MAP["ImagingStudy"](broken, ctx)
         assert err.value.code == reason
     series = [comp((fp.DICOM_DCM, fp.SERIES_INSTANCE_UID), valueString="1.2.3.1"), comp((fp.DICOM_DCM, fp.FINDING), valueString="lesion-1")]
-    [feature] = MAP["Observation"](obs((fp.RADFED, "adc_mean"), valueQuantity=qty(812.5, "um2/s"), component=series), ctx)
+    feature, measurement = MAP["Observation"](obs((fp.RADFED, "adc_mean"), valueQuantity=qty(812.5, "um2/s"),
+                                                  component=series), ctx)
     f = feature.values
     assert feature.table == "image_feature" and f["image_occurrence_id"] == v["image_occurrence_id"]
     assert f["image_feature_concept_id"] == RADFED_IDS["adc_mean"] and f["roi_label"] == "lesion-1"
     assert f["value_as_number"] == 812.5 and f["image_feature_type_concept_id"] == RADFED_IDS["type_reader"]
-    [flag] = MAP["Observation"](obs((fp.RADFED, "calcification"), valueBoolean=True, component=series), ctx)
+    # MI-CDM: the value is a measurement row the feature links to (event field: the MEASUREMENT table)
+    m = measurement.values
+    assert measurement.table == "measurement" and f["image_feature_event_id"] == m["measurement_id"]
+    assert f["image_feature_event_field_concept_id"] == 1147330
+    assert (m["measurement_concept_id"], m["value_as_number"], m["unit_concept_id"]) == (
+        f["image_feature_concept_id"], 812.5, f["unit_concept_id"])
+    flag, _ = MAP["Observation"](obs((fp.RADFED, "calcification"), valueBoolean=True, component=series), ctx)
     assert flag.values["value_as_number"] == 1.0
     [orphan] = MAP["Observation"](obs((fp.RADFED, "adc_mean"), valueQuantity=qty(800, "um2/s")), ctx)
     assert orphan.table == "measurement"  # no series to hang it on: kept as a measurement
@@ -487,7 +513,11 @@ def test_every_planted_fact_becomes_its_row(site_db):
     labs = [o for o in observations if o.get("category", [{}])[0].get("coding", [{}])[0].get("code") == "laboratory"
             and "valueQuantity" in o
             and code(o)[0] != fp.RADFED]
-    assert count(engine, "measurement") == len(labs) + len(ctdna)
+    # + one measurement per image feature (MI-CDM) and per variant (OMOP Genomic), each linked
+    m, f, v = tables["measurement"], tables["image_feature"], tables["variant_occurrence"]
+    assert count(engine, "measurement") == len(labs) + len(ctdna) + len(features) + count(engine, "variant_occurrence")
+    assert count(engine, "measurement", m.c.measurement_id.in_(select(f.c.image_feature_event_id))) == len(features)
+    assert count(engine, "measurement", m.c.measurement_id.in_(select(v.c.measurement_id))) == count(engine, "variant_occurrence")
 
 
 def _count(engine, cohort) -> int | None:

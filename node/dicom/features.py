@@ -6,7 +6,7 @@ Structure Set (PS3.3 A.19), whose closed planar ROI contours are rasterised on t
 under RTReferencedSeriesSequence — each ROI gets:
 
 * radiomic features of the ROI on that image series, computed by pyradiomics (first-order and
-  shape classes; ``alg_system`` ``pyradiomics``, ``alg_version`` its version).  The shape features
+  shape classes; ``alg_system`` the URI of its PyPI release, ``alg_version`` its version).  The shape features
   ``VoxelVolume`` and ``Maximum3DDiameter`` are also filed as RADFED ``lesion_volume`` and
   ``longest_diameter``;
 * parametric-map statistics of the same ROI on every map of the study sharing its Frame of
@@ -21,7 +21,9 @@ Bad input is quarantined with a stable reason and extraction goes on with the ne
 ``SEG_REFERENCES_MISSING`` (a SEG whose source images are not indexed), ``UNDECODABLE_PIXELS``
 (pixel data no installed decoder can decode, e.g. MPEG video, or a damaged bitstream; the reason
 names the transfer syntax and the decoders' errors), ``FEATURE_FAILED`` (e.g. pyradiomics refusing a one-voxel ROI).
-Feature rows have deterministic ids, so re-running replaces them.
+Feature rows have deterministic ids, so re-running replaces them.  Each value is also a
+``measurement`` row the feature links to, as the Medical Imaging CDM has it
+(:mod:`node.omop.conformance`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
 from node.dicom.instance import pixel_array, read_full
 from node.dicom.mapping import FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
+from node.omop.conformance import feature_measurement
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]
 IMAGE_FEATURE = tables["image_feature"]
+MEASUREMENT = tables["measurement"]
 RADIOMICS_CLASSES = ("firstorder", "shape")
 PARAMETRIC_ALG = "radfed-parametric-map"
 #: pyradiomics feature -> RADFED concept code it also answers, with its UCUM unit.
@@ -199,6 +203,14 @@ def _radiomics_version() -> str:
     import radiomics
 
     return str(radiomics.__version__).lstrip("v")
+
+
+def alg_uri(alg: str, version: str) -> str:
+    """MI-CDM ``alg_system``: a URI naming the algorithm and its version (pyradiomics: its PyPI
+    release; radfed's own parametric-map statistics: a radfed URN)."""
+    if alg == "pyradiomics":
+        return f"https://pypi.org/project/pyradiomics-bhklab/{version}/"
+    return f"urn:radfed:{alg}:{version}"
 
 
 def parametric_statistics(map_volume: Volume, mask: sitk.Image) -> dict[str, tuple[float, str]] | None:
@@ -403,7 +415,8 @@ class FeatureExtractor:
             "image_feature_id": stable_id("image-feature", image_row["image_series_uid"], label, name, alg),
             "person_id": image_row["person_id"],
             "image_occurrence_id": image_row["image_occurrence_id"],
-            "image_feature_event_field_concept_id": 0,
+            "_when": (image_row["image_occurrence_date"], image_row["image_occurrence_datetime"],
+                      image_row["visit_occurrence_id"]),
             "_concept": concept,
             "_type": type_code,
             "image_feature_source_value": name[:255],
@@ -412,7 +425,7 @@ class FeatureExtractor:
             "roi_label": label[:255],
             "value_as_number": value,
             "unit_source_value": unit,
-            "alg_system": alg,
+            "alg_system": alg_uri(alg, version),
             "alg_version": version,
             "alg_datetime": now,
         }
@@ -427,9 +440,14 @@ class FeatureExtractor:
                 row["image_feature_type_concept_id"] = self._concept(conn, row.pop("_type"))
                 unit = row["unit_source_value"]
                 row["unit_concept_id"] = self._concept(conn, unit, "UCUM") if unit else None
+            # MI-CDM: each value is also a measurement row the feature links to (node/omop/conformance.py)
+            measurements = [feature_measurement(row, *row.pop("_when")) for row in rows]
             conn.execute(delete(IMAGE_FEATURE).where(
                 IMAGE_FEATURE.c.image_feature_id.in_([r["image_feature_id"] for r in rows])))
+            conn.execute(delete(MEASUREMENT).where(
+                MEASUREMENT.c.measurement_id.in_([m["measurement_id"] for m in measurements])))
             conn.execute(insert(IMAGE_FEATURE), rows)
+            conn.execute(insert(MEASUREMENT), measurements)
         self.report.features += len(rows)
 
 

@@ -220,6 +220,10 @@ class RunContext:
             self.unmapped[self.current_type or "?"] += 1
         return match
 
+    def known_concept(self, vocabulary_id: str, code: str) -> int | None:
+        match = self.vocabulary.lookup(vocabulary_id, code)
+        return match.concept_id if match is not None and match.concept_id else None
+
     def unit(self, quantity: dict | None) -> ConceptMatch:
         if not quantity or not quantity.get("code"):
             return NO_CONCEPT

@@ -64,5 +64,9 @@ class MapContext(Protocol):
     def unit(self, quantity: dict | None) -> ConceptMatch:
         """The UCUM unit concept of a Quantity (``code`` with system http://unitsofmeasure.org)."""
 
+    def known_concept(self, vocabulary_id: str, code: str) -> int | None:
+        """The standard concept the node's vocabulary has for (vocabulary, code), or ``None``; never
+        creates one (e.g. an OMOP Genomic variant concept, present only after an Athena load)."""
+
 
 Mapper = Callable[[dict, MapContext], list[Row]]

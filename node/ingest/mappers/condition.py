@@ -3,16 +3,17 @@
 HL7 FHIR-to-OMOP IG (v1.0) "Condition" mapping: onset (else recordedDate) starts the condition,
 abatement ends it; clinical / verification status -> OMOP "Condition Status" concepts.  A staged
 Condition, or one coded in a tumour code system (ICD-O-3, the RADFED tumour groups), also opens the
-disease episode that mCODE disease-status assessments (:mod:`.disease_status`) hang under.
+disease episode that mCODE disease-status assessments (:mod:`.disease_status`) hang under.  Its
+stages are measurement rows linked to it, the OHDSI Oncology extension's Condition Modifiers.
 """
 
 from __future__ import annotations
 
 from node.ingest.contract import MapContext, Row
 from node.ingest.mappers.values import EHR, clip, first_datetime, reference, required_datetime, source_value
+from node.omop.conformance import CONDITION_OCCURRENCE_ID_FIELD, condition_modifier
 
 DISEASE_EPISODE = 32533  # OMOP Episode vocabulary "Disease Episode"
-CONDITION_OCCURRENCE_ID_FIELD = 1147127  # CDM field concept condition_occurrence.condition_occurrence_id
 # Condition status (OMOP "Condition Status" vocabulary).
 CONFIRMED_DIAGNOSIS, PRELIMINARY_DIAGNOSIS, RESOLVED_CONDITION = 32893, 32899, 32906
 #: Code systems whose Condition codes are tumours: ICD-O-3 morphology and the RADFED tumour groups.
@@ -40,6 +41,27 @@ def is_tumour(resource: dict) -> bool:
     return bool(resource.get("stage")) or any(c.get("system") in TUMOUR_SYSTEMS for c in codings)
 
 
+def _stage_modifiers(resource: dict, ctx: MapContext, person_id: int, condition_id: int, day, moment) -> list[Row]:
+    """OHDSI Oncology "Condition Modifiers": each ``stage.summary`` (e.g. an AJCC stage group) is a
+    MEASUREMENT row linked to the condition (``measurement_event_id`` + field concept 1147127), the
+    concept being the stage itself (a Cancer Modifier concept where the vocabulary maps it)."""
+    rows = []
+    for i, stage in enumerate(resource.get("stage") or ()):
+        summary = stage.get("summary")
+        if not (summary or {}).get("coding"):
+            continue
+        concept = ctx.concept(summary, "Measurement")
+        rows.append(Row("measurement", {
+            **condition_modifier(ctx.row_id("Condition", resource["id"], "stage", i), condition_id),
+            "person_id": person_id, "measurement_concept_id": concept.concept_id,
+            "measurement_date": day, "measurement_datetime": moment, "measurement_type_concept_id": EHR,
+            "measurement_source_value": clip(source_value(summary), 50),
+            "measurement_source_concept_id": concept.source_concept_id,
+            "value_source_value": clip(source_value(stage.get("type")), 50),
+        }))
+    return rows
+
+
 def map_condition(resource: dict, ctx: MapContext) -> list[Row]:
     """condition_occurrence (+ a Disease Episode for tumours, linked by episode_event)."""
     if source_value(resource.get("verificationStatus")) == "entered-in-error":
@@ -65,6 +87,7 @@ def map_condition(resource: dict, ctx: MapContext) -> list[Row]:
         "condition_source_value": code_value, "condition_source_concept_id": concept.source_concept_id,
         "condition_status_source_value": clip(status_text, 50),
     })]
+    rows += _stage_modifiers(resource, ctx, person_id, condition_id, start_date, start_time)
     if is_tumour(resource):
         episode_id = ctx.row_id("Condition", resource["id"], "episode")
         rows.append(Row("episode", {

@@ -1,10 +1,12 @@
-"""Radiology-finding Observations -> ``image_feature`` (Medical Imaging CDM).
+"""Radiology-finding Observations -> ``image_feature`` + its ``measurement`` (Medical Imaging CDM).
 
 **Image features** (category ``imaging``, coded by a RADFED image-feature concept, or any Observation
 with a DCM 112002 "Series Instance UID" component) -> ``image_feature``: the series named by that
 component gives ``image_occurrence_id = stable_id("dicom-series", uid)`` (the series row need not exist
 yet: DICOM or the ImagingStudy may arrive later), the DCM 121071 "Finding" component the ROI label,
 type RADFED ``type_reader``.  Present/absent findings arrive as valueQuantity 1/0 (or valueBoolean).
+As MI-CDM has it, the value is also a ``measurement`` row the feature links to
+(:func:`node.omop.conformance.feature_measurement`), which is what OHDSI tools read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from node import fhir_profile as fp
 from node.ingest.contract import Row
 from node.ingest.mappers.imaging_study import dicom_uid
 from node.ingest.mappers.observation import map_general
+from node.omop.conformance import feature_measurement
 from cdm.vocabulary import project_concepts
 from node.ingest.mappers.values import (
     RADFED_IDS, component_index, component_string, effective, first_code, number, parse_datetime, reference,
@@ -56,12 +59,12 @@ def map_image_feature(resource: dict, ctx) -> list[Row]:
         return map_general(resource, ctx)
     person_id = ctx.person_id(reference(resource.get("subject")))
     issued = parse_datetime(resource.get("issued"))
-    effective(resource)  # a feature without any date is refused like every Observation
+    day, moment = effective(resource)  # a feature without any date is refused like every Observation
     roi = component_string(comps.get(FINDING))
     code = resource.get("code")
     body = (resource.get("bodySite") or {})
     method = first_code(resource.get("method")) or ((resource.get("device") or {}).get("display"))
-    return [Row("image_feature", {
+    feature = {
         "image_feature_id": ctx.row_id("Observation", resource["id"]),
         "person_id": person_id,
         "image_occurrence_id": stable_id("dicom-series", dicom_uid(series_uid)),
@@ -75,4 +78,7 @@ def map_image_feature(resource: dict, ctx) -> list[Row]:
         **_numeric_value(resource, ctx),
         "alg_system": (method or "fhir")[:255],
         "alg_datetime": issued[1] if issued else None,
-    })]
+    }
+    measurement = feature_measurement(feature, day, moment,
+                                      ctx.reference_id(reference(resource.get("encounter")), "visit_occurrence"))
+    return [Row("image_feature", feature), Row("measurement", measurement)]

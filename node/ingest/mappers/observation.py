@@ -25,6 +25,7 @@ from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.values import (
     EHR, NO_CODE, codings, effective, first_code, number, reference,
 )
+from node.omop.conformance import CONDITION_OCCURRENCE_ID_FIELD
 
 #: OMOP "Meas Value Operator" concepts for Quantity.comparator.
 OPERATORS = {"<": 4171756, "<=": 4171754, "=": 4172703, ">=": 4171755, ">": 4172704}
@@ -128,14 +129,39 @@ def _performer(resource: dict, ctx):
     return None
 
 
+def _focus_condition(resource: dict, ctx) -> int | None:
+    """The condition_occurrence_id of a ``focus`` Condition (mCODE staging and grade Observations)."""
+    for focus in resource.get("focus") or ():
+        ref = reference(focus) or ""
+        if ref.startswith("Condition/"):
+            return ctx.row_id("Condition", ref.split("/", 1)[1])
+        if ref.startswith("urn:uuid:"):  # a Bundle entry: a Condition only if one was loaded under it
+            found = ctx.reference_id(ref, "condition_occurrence")
+            if found is not None:
+                return found
+    return None
+
+
+def _linked(row: Row, condition_id: int | None) -> Row:
+    """OHDSI Oncology "Condition Modifier": a row about a condition points to it (field concept 1147127)."""
+    if condition_id is not None:
+        if row.table == "measurement":
+            row.values.update(measurement_event_id=condition_id, meas_event_field_concept_id=CONDITION_OCCURRENCE_ID_FIELD)
+        else:
+            row.values.update(observation_event_id=condition_id, obs_event_field_concept_id=CONDITION_OCCURRENCE_ID_FIELD)
+    return row
+
+
 def map_general(resource: dict, ctx) -> list[Row]:
-    """measurement/observation rows of a plain Observation and its components (FHIR-to-OMOP IG)."""
+    """measurement/observation rows of a plain Observation and its components (FHIR-to-OMOP IG); an
+    Observation whose ``focus`` is a Condition (a stage, a grade) is linked to it."""
     person_id = ctx.person_id(reference(resource.get("subject")))
     when = effective(resource)
     categories = {c.get("code") for cat in resource.get("category") or () for c in codings(cat)}
     visit_id = ctx.reference_id(reference(resource.get("encounter")), "visit_occurrence")
     provider_id = _performer(resource, ctx)
     rid = resource.get("id")
+    condition_id = _focus_condition(resource, ctx)
     rows: list[Row] = []
     components = resource.get("component") or ()
     if has_value(resource) or not components or "dataAbsentReason" in resource:
@@ -143,13 +169,13 @@ def map_general(resource: dict, ctx) -> list[Row]:
         extra = value_columns(resource, ctx, table)
         if table == "measurement" and "range_low" not in extra:
             extra.update(_reference_range(resource))
-        rows.append(event_row(table, ctx.row_id("Observation", rid), person_id, concept, first_code(resource.get("code")),
-                         when, extra, visit_id, provider_id))
+        rows.append(_linked(event_row(table, ctx.row_id("Observation", rid), person_id, concept,
+                                      first_code(resource.get("code")), when, extra, visit_id, provider_id), condition_id))
     for i, comp in enumerate(components):
         if not has_value(comp) or not codings(comp.get("code")):
             continue
         concept, table = target(comp["code"], categories, comp, ctx)
         extra = value_columns(comp, ctx, table)
-        rows.append(event_row(table, ctx.row_id("Observation", rid, "component", i), person_id, concept,
-                         first_code(comp.get("code")), when, extra, visit_id, provider_id))
+        rows.append(_linked(event_row(table, ctx.row_id("Observation", rid, "component", i), person_id, concept,
+                                      first_code(comp.get("code")), when, extra, visit_id, provider_id), condition_id))
     return rows

@@ -22,6 +22,9 @@ A value of LOINC LA9634-2 "Absent" (a tested, negative variant) is no variant: i
 measurement of the assessment (general path), never as a variant row.
 
 A variant on a plasma / cell-free DNA specimen is a ctDNA variant (``is_ctdna``; see :mod:`.ctdna`).
+
+As OMOP Genomic has it, each variant is also a ``measurement`` row, which
+``variant_occurrence.measurement_id`` names (:mod:`node.omop.conformance`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from node import fhir_profile as fp
 from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.ctdna import is_plasma, specimen_id, specimen_of
 from node.ingest.mappers.observation import map_general
-from node.ingest.mappers.values import code_keys, component_index, component_string, effective, number, reference
+from node.ingest.mappers.values import (
+    EHR, code_keys, component_index, component_string, effective, first_code, number, reference,
+)
+from node.omop.conformance import variant_measurement_concept
 
 HGVS_REFERENCE_SEQUENCE = "48013-7"
 DISCRETE_VARIANT = "81252-9"
@@ -87,6 +93,32 @@ def _variant_type(change: str | None, genes: int, copy_number: float | None, hgv
     if hgvs_c and any(t in hgvs_c for t in ("del", "ins", "dup")):
         return "indel", None
     return "snv", None
+
+
+def _variant_measurement(resource: dict, ctx, variant: dict, day, reference_sequence: str | None) -> Row:
+    """OMOP Genomic: the variant as a MEASUREMENT row (the OMOP Genomic concept of the variant where the
+    node's vocabulary has one, else the Observation's own code, LOINC 69548-6), which
+    ``variant_occurrence.measurement_id`` points to."""
+    hgvs_c = variant["hgvs_c"]
+    qualified = f"{reference_sequence}:{hgvs_c}" if hgvs_c and reference_sequence and ":" not in hgvs_c else None
+    genomic = variant_measurement_concept(ctx.known_concept, (qualified, hgvs_c, variant["hgvs_p"],
+                                                              variant["target_gene1_symbol"]))
+    code = ctx.concept(resource.get("code"), "Measurement")
+    value = resource.get("valueCodeableConcept")
+    measurement_id = ctx.row_id("Observation", resource["id"], "measurement")
+    variant["measurement_id"] = measurement_id
+    return Row("measurement", {
+        "measurement_id": measurement_id,
+        "person_id": variant["person_id"],
+        "measurement_concept_id": genomic or code.concept_id,
+        "measurement_date": day,
+        "measurement_type_concept_id": EHR,
+        "value_as_concept_id": ctx.concept(value).concept_id if value else None,
+        "visit_occurrence_id": ctx.reference_id(reference(resource.get("encounter")), "visit_occurrence"),
+        "measurement_source_value": (variant["variant_source_value"] or "")[:50] or None,
+        "measurement_source_concept_id": code.source_concept_id,
+        "value_source_value": (first_code(value) or "")[:50] or None,
+    })
 
 
 def map_variant(resource: dict, ctx) -> list[Row]:
@@ -156,4 +188,5 @@ def map_variant(resource: dict, ctx) -> list[Row]:
             "value_as_concept_id": ctx.concept(cc).concept_id if cc else None,
             "annotation_source": "FHIR Genomics Reporting IG",
         }))
+    rows.append(_variant_measurement(resource, ctx, rows[0].values, day, reference_sequence))
     return rows
