@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine
+from sqlalchemy import BigInteger, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine
 
-from cdm.omop import field_specs, table_specs, v53_columns
+from cdm.omop import field_specs, is_event_id, table_specs, v53_columns
 
 SPEC_TYPES = {"integer": Integer, "float": Float, "date": Date, "datetime": DateTime, "varchar(max)": Text}
 
@@ -34,8 +34,9 @@ def unpack_eunomia(shared: Path, dest: Path) -> Path:
 
 
 def ohdsi_tables(cdm_schema: str | None = None, vocab_schema: str | None = None, version: str = "5.4",
-                 skip: tuple[str, ...] = ()) -> MetaData:
-    """The OMOP tables as OHDSI's DDL declares them (INTEGER ids), each in its specification schema."""
+                 skip: tuple[str, ...] = (), big_ids: bool = False) -> MetaData:
+    """The OMOP tables as OHDSI's DDL declares them (INTEGER ids; ``big_ids``: BIGINT event ids, as
+    OHDSI's DDL generators offer large sites), each in its specification schema."""
     metadata = MetaData()
     for name, table in table_specs().items():
         names = dict(v53_columns(name) or []) if version == "5.3" else None
@@ -46,6 +47,8 @@ def ohdsi_tables(cdm_schema: str | None = None, vocab_schema: str | None = None,
             if f.table != name or (names is not None and f.name not in names):
                 continue
             kind = SPEC_TYPES.get(f.datatype) or String(int(f.datatype[8:-1]))
+            if big_ids and f.datatype == "integer" and is_event_id(f):
+                kind = BigInteger
             columns.append(Column(names[f.name] if names else f.name, kind, nullable=not f.required))
         schema = vocab_schema if table.schema == "VOCAB" else cdm_schema
         Table(name, metadata, *columns, schema=schema)
@@ -53,10 +56,10 @@ def ohdsi_tables(cdm_schema: str | None = None, vocab_schema: str | None = None,
 
 
 def load_postgresql(url: str, folder: Path, cdm_schema: str, vocab_schema: str, version: str = "5.4",
-                    skip: tuple[str, ...] = ()) -> None:
+                    skip: tuple[str, ...] = (), big_ids: bool = False) -> None:
     """Create the schemas and OHDSI-style tables and ``COPY`` every CSV of ``folder`` into them."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    metadata = ohdsi_tables(cdm_schema, vocab_schema, version, skip)
+    metadata = ohdsi_tables(cdm_schema, vocab_schema, version, skip, big_ids)
     with psycopg.connect(url, autocommit=True) as conn:
         for schema in {cdm_schema, vocab_schema}:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -105,3 +108,24 @@ def load_sqlite(path: Path, folder: Path, version: str = "5.4", skip: tuple[str,
                          ([v if v != "" else None for v in row] for row in rows))
     conn.commit()
     conn.close()
+
+
+def export_csv(engine, folder: Path, table_names) -> Path:
+    """``table_names`` of a CDM as an OMOP CSV export (upper-case names, ISO dates, empty = NULL), the way
+    OHDSI tools dump a CDM."""
+    from sqlalchemy import select
+
+    from cdm.schema import tables
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with engine.connect() as conn:
+        for name in table_names:
+            table = tables[name]
+            with open(folder / f"{name.upper()}.csv", "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(table.c.keys())
+                for row in conn.execute(select(table)):
+                    writer.writerow(["" if v is None else v.isoformat(sep=" ") if hasattr(v, "hour")
+                                     else v.isoformat() if hasattr(v, "isoformat") else repr(v) if isinstance(v, float)
+                                     else v for v in row])
+    return folder

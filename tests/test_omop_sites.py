@@ -429,3 +429,52 @@ def test_layout_errors_are_clear(tmp_path):
     ]:
         with pytest.raises(CDMError, match=message):
             open_engine(url)
+
+
+# -- the same data from FHIR, from an OMOP export of it, and attached: the same answers --------------
+
+
+def test_fhir_site_its_omop_export_and_the_attached_export_answer_alike(pg_server_url, tmp_path):
+    """A FHIR-loaded site (A) dumped as an OMOP export, imported with ``ingest omop`` (B) and loaded into
+    PostgreSQL schemas and attached (C): every spec over the standard tables — image features included,
+    through their MI-CDM measurement rows — gives byte-identical released results."""
+    from cdm.schema import CLINICAL_TABLES, VOCABULARY_TABLES
+    from node.ingest.engine import ingest_paths
+    from node.synth import SynthOptions, generate
+    from omop_sites import export_csv
+
+    generate(tmp_path / "synth", SynthOptions(sites=1, patients=40, seed=5, dicom=False, bad_records=False))
+    fhir = open_engine(tmp_path / "fhir.sqlite")
+    create_cdm(fhir)
+    assert ingest_paths(fhir, [tmp_path / "synth" / "site-1" / "fhir"], workers=0).total("quarantined") == 0
+    export = export_csv(fhir, tmp_path / "export",
+                        [t for t in CLINICAL_TABLES + VOCABULARY_TABLES if t not in ("metadata", "cdm_source")])
+    imported = open_engine(tmp_path / "imported.sqlite")
+    create_cdm(imported)
+    summary = ingest_export(imported, export)
+    assert summary.total("quarantined") == 0 and not summary.ignored_columns
+    load_postgresql(pg_server_url, export, "rt_cdm", "rt_vocab", big_ids=True)
+    try:
+        attached = open_engine(with_layout(pg_server_url, {"cdm_schema": "rt_cdm", "vocabulary_schema": "rt_vocab",
+                                                           "radfed_schema": "rt_radfed"}))
+        attach_cdm(attached)
+        nf1 = {"kind": "condition", "codes": ["SNOMED:92824003"]}
+        variables = {"creat": {"kind": "measurement", "code": "LOINC:2160-0", "reduce": "mean", "window": {}},
+                     "tf": {"kind": "measurement", "code": "RADFED:ctdna_tumour_fraction", "reduce": "last", "window": {}},
+                     "adc": {"kind": "measurement", "code": "RADFED:adc_mean", "reduce": "first", "window": {}},
+                     "nf1": {"kind": "condition", "codes": ["SNOMED:92824003"]}, "sex": {"kind": "sex"},
+                     "age": {"kind": "age"}}
+        everyone = {"index": {"kind": "observation_start"}}
+        spread = [({"cohort": everyone, "analysis": {"type": "count"}}, None),
+                  ({"cohort": {"index": nf1, "age": {"min": 18}}, "analysis": {"type": "count"}}, None),
+                  ({"cohort": {**everyone, "inclusion": [{"kind": "death"}]}, "analysis": {"type": "count"}}, None),
+                  ({"cohort": everyone, "variables": variables, "analysis": {"type": "crosstab", "by": ["sex", "nf1"]}}, None),
+                  ({"cohort": everyone, "variables": variables,
+                    "analysis": {"type": "summary", "variables": ["creat", "tf", "adc", "age"]}}, None)]
+        results = [json.dumps(_answers(e, tmp_path / name, spread), sort_keys=True)
+                   for name, e in (("a", fhir), ("b", imported), ("c", attached))]
+        assert results[0] == results[1] == results[2]
+        assert json.loads(results[0])[0]["n"] == 40 and json.loads(results[0])[4]["variables"]["adc"]["n"] > 0
+        attached.dispose()
+    finally:
+        _drop_schemas(pg_server_url, "rt_cdm", "rt_vocab", "rt_radfed")
