@@ -23,7 +23,7 @@ Bad input is quarantined with a stable reason and extraction goes on with the ne
 names the transfer syntax and the decoders' errors), ``FEATURE_FAILED`` (e.g. pyradiomics refusing a one-voxel ROI).
 Feature rows have deterministic ids, so re-running replaces them.  Each value is also a
 ``measurement`` row the feature links to, as the Medical Imaging CDM has it
-(:mod:`node.omop.conformance`).
+(:mod:`cdm.conformance`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ import pydicom
 import SimpleITK as sitk
 from sqlalchemy import Engine, delete, insert, or_, select
 
+from cdm.conformance import feature_measurement
 from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
 from node.dicom.instance import pixel_array, read_full
 from node.dicom.mapping import FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
-from node.omop.conformance import feature_measurement
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]
@@ -440,7 +440,7 @@ class FeatureExtractor:
                 row["image_feature_type_concept_id"] = self._concept(conn, row.pop("_type"))
                 unit = row["unit_source_value"]
                 row["unit_concept_id"] = self._concept(conn, unit, "UCUM") if unit else None
-            # MI-CDM: each value is also a measurement row the feature links to (node/omop/conformance.py)
+            # MI-CDM: each value is also a measurement row the feature links to (cdm/conformance.py)
             measurements = [feature_measurement(row, *row.pop("_when")) for row in rows]
             conn.execute(delete(IMAGE_FEATURE).where(
                 IMAGE_FEATURE.c.image_feature_id.in_([r["image_feature_id"] for r in rows])))

@@ -9,9 +9,10 @@ stages are measurement rows linked to it, the OHDSI Oncology extension's Conditi
 
 from __future__ import annotations
 
+from cdm.conformance import CONDITION_OCCURRENCE_ID_FIELD, condition_modifier
+
 from node.ingest.contract import MapContext, Row
 from node.ingest.mappers.values import EHR, clip, first_datetime, reference, required_datetime, source_value
-from node.omop.conformance import CONDITION_OCCURRENCE_ID_FIELD, condition_modifier
 
 DISEASE_EPISODE = 32533  # OMOP Episode vocabulary "Disease Episode"
 # Condition status (OMOP "Condition Status" vocabulary).

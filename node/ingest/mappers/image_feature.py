@@ -6,17 +6,17 @@ component gives ``image_occurrence_id = stable_id("dicom-series", uid)`` (the se
 yet: DICOM or the ImagingStudy may arrive later), the DCM 121071 "Finding" component the ROI label,
 type RADFED ``type_reader``.  Present/absent findings arrive as valueQuantity 1/0 (or valueBoolean).
 As MI-CDM has it, the value is also a ``measurement`` row the feature links to
-(:func:`node.omop.conformance.feature_measurement`), which is what OHDSI tools read.
+(:func:`cdm.conformance.feature_measurement`), which is what OHDSI tools read.
 """
 
 from __future__ import annotations
 
+from cdm.conformance import feature_measurement
 from cdm.ids import stable_id
 from node import fhir_profile as fp
 from node.ingest.contract import Row
 from node.ingest.mappers.imaging_study import dicom_uid
 from node.ingest.mappers.observation import map_general
-from node.omop.conformance import feature_measurement
 from cdm.vocabulary import project_concepts
 from node.ingest.mappers.values import (
     RADFED_IDS, component_index, component_string, effective, first_code, number, parse_datetime, reference,

@@ -21,11 +21,12 @@ Mappers are pure: everything from the node comes through ``ctx``.
 
 from __future__ import annotations
 
+from cdm.conformance import CONDITION_OCCURRENCE_ID_FIELD
+
 from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.values import (
     EHR, NO_CODE, codings, effective, first_code, number, reference,
 )
-from node.omop.conformance import CONDITION_OCCURRENCE_ID_FIELD
 
 #: OMOP "Meas Value Operator" concepts for Quantity.comparator.
 OPERATORS = {"<": 4171756, "<=": 4171754, "=": 4172703, ">=": 4171755, ">": 4172704}

@@ -24,10 +24,12 @@ measurement of the assessment (general path), never as a variant row.
 A variant on a plasma / cell-free DNA specimen is a ctDNA variant (``is_ctdna``; see :mod:`.ctdna`).
 
 As OMOP Genomic has it, each variant is also a ``measurement`` row, which
-``variant_occurrence.measurement_id`` names (:mod:`node.omop.conformance`).
+``variant_occurrence.measurement_id`` names (:mod:`cdm.conformance`).
 """
 
 from __future__ import annotations
+
+from cdm.conformance import variant_measurement_concept
 
 from node import fhir_profile as fp
 from node.ingest.contract import Row, Unmappable
@@ -36,7 +38,6 @@ from node.ingest.mappers.observation import map_general
 from node.ingest.mappers.values import (
     EHR, code_keys, component_index, component_string, effective, first_code, number, reference,
 )
-from node.omop.conformance import variant_measurement_concept
 
 HGVS_REFERENCE_SEQUENCE = "48013-7"
 DISCRETE_VARIANT = "81252-9"
