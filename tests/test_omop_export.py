@@ -155,7 +155,9 @@ def test_bad_rows_are_quarantined_with_their_line_and_fixed_later(eunomia, tmp_p
     assert _count(engine, "person") == 2
 
 
-def test_rows_another_ingest_wrote_are_not_overwritten(tmp_path, sqlite_cdm):
+def test_rows_another_ingest_wrote_are_not_overwritten(tmp_path, any_cdm):
+    """On both backends; a VOCABULARY row (a text key, which no other ingest can own) updates."""
+    sqlite_cdm = any_cdm
     person_id = stable_id("fhir", "Patient", "p1")
     with sqlite_cdm.begin() as conn:
         conn.execute(insert(tables["person"]).values(person_id=person_id, gender_concept_id=8532, year_of_birth=1970,
@@ -166,8 +168,10 @@ def test_rows_another_ingest_wrote_are_not_overwritten(tmp_path, sqlite_cdm):
     export = tmp_path / "export"
     export.mkdir()
     _write(export / "PERSON.csv", [PERSON_HEADER, [str(person_id), "8507", "1990", "", "", "", "0", "0", "z"]])
+    _write(export / "VOCABULARY.csv", [["vocabulary_id", "vocabulary_name", "vocabulary_reference", "vocabulary_version",
+                                        "vocabulary_concept_id"], ["RADFED", "radfed", "", "v2", "0"]])
     summary = ingest_export(sqlite_cdm, export)
-    assert summary.quarantined == {"ID_CONFLICT": 1}
+    assert summary.quarantined == {"ID_CONFLICT": 1} and summary.by_type["vocabulary"]["updated"] == 1
     with sqlite_cdm.connect() as conn:
         assert conn.execute(select(tables["person"].c.year_of_birth)).scalar() == 1970
 

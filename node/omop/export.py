@@ -259,7 +259,9 @@ class _Loader:
         rejected = [r for r in batch if isinstance(r, _Rejected)]
         with self.engine.begin() as conn:
             existing = {} if empty else _existing(conn, table, keys, [r.key for r in rows])
-            owned = self._owned_elsewhere(conn, table, [k for k in existing if len(keys) == 1])
+            # source_record names rows by integer id: only such keys can belong to another ingest
+            by_id = len(keys) == 1 and table.c[keys[0]].type.python_type is int
+            owned = self._owned_elsewhere(conn, table, list(existing) if by_id else [])
             new, changed = [], []
             for row in rows:
                 old = existing.get(row.key)
