@@ -26,7 +26,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from cdm import spec as S
 from cdm.schema import tables
-from cdm.vocabulary import Vocabulary
+from cdm.vocabulary import Vocabulary, parse_reference
 
 T = tables
 MALE, FEMALE = 8507, 8532
@@ -125,6 +125,18 @@ class Resolver:
                 self.unresolved.append(code)
                 continue
             found |= self.vocabulary.descendants(concept_id) if descendants else {concept_id}
+        return sorted(found)
+
+    def source_ids(self, codes) -> list[int]:
+        """The *source* concept ids of ``codes`` (what ``*_source_concept_id`` columns hold): the
+        concept of the code itself, not the standard concept it maps to."""
+        found: set[int] = set()
+        for code in codes:
+            match = self.vocabulary.lookup(*parse_reference(code))
+            if match is None or not match.source_concept_id:
+                self.unresolved.append(code)
+                continue
+            found.add(match.source_concept_id)
         return sorted(found)
 
 
@@ -308,6 +320,20 @@ def _(m: S.SignalCriterion, r):
 @events.register
 def _(m: S.SignalVar, r):
     return _signal(m, r)
+
+
+@events.register
+def _(m: S.VisitCriterion, r):
+    t = T["visit_occurrence"]
+    where = []
+    if m.codes:
+        where.append(t.c.visit_concept_id.in_(r.ids(m.codes, m.descendants)))
+    if m.types:
+        where.append(t.c.visit_source_concept_id.in_(r.source_ids(m.types)))
+    if m.length_days is not None:
+        where += _range(days_between(func.coalesce(t.c.visit_end_date, t.c.visit_start_date), t.c.visit_start_date),
+                        m.length_days)
+    return Events(t, t.c.person_id, t.c.visit_start_date, where, order=t.c.visit_occurrence_id)
 
 
 @events.register

@@ -222,6 +222,22 @@ class DeathCriterion(_Event):
     kind: Literal["death"] = "death"
 
 
+class VisitCriterion(_Event):
+    """Visits (``visit_occurrence``: a FHIR Encounter), by visit concept and/or encounter type.
+
+    ``codes`` are visit concepts matched on ``visit_concept_id`` (``Visit:IP`` inpatient, ``Visit:OP``
+    outpatient, ``Visit:ER`` emergency: what the Encounter's class maps to); ``types`` are the
+    codes of the encounter type (FHIR ``Encounter.type``, e.g. ``SNOMED:185347001``), matched on
+    ``visit_source_concept_id``; ``length_days`` bounds ``end - start`` in days.  Without any of them,
+    any visit matches.  ``window`` and ``min_count`` apply to the visit's start day."""
+
+    kind: Literal["visit"] = "visit"
+    codes: Codes | None = None
+    types: Codes | None = None
+    descendants: bool = True
+    length_days: Range | None = None
+
+
 class AgeCriterion(Model):
     """Age at the index date, whole years."""
 
@@ -257,7 +273,7 @@ class Not(Model):
 
 
 EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "signal",
-               "episode", "death")
+               "episode", "death", "visit")
 CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "all", "any", "not")
 
 
@@ -284,6 +300,7 @@ Criterion = Annotated[
         Annotated[SignalCriterion, Tag("signal")],
         Annotated[EpisodeCriterion, Tag("episode")],
         Annotated[DeathCriterion, Tag("death")],
+        Annotated[VisitCriterion, Tag("visit")],
         Annotated[AgeCriterion, Tag("age")],
         Annotated[SexCriterion, Tag("sex")],
         Annotated[AllOf, Tag("all")],
@@ -301,7 +318,7 @@ for _m in (AllOf, AnyOf, Not):
 
 EventCriterion = Union[
     ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
-    ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion,
+    ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion, VisitCriterion,
 ]
 
 
@@ -314,7 +331,8 @@ class ObservationStart(Model):
     kind: Literal["observation_start"] = "observation_start"
 
 
-IndexKind = Literal["condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode"]
+IndexKind = Literal["condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode",
+                    "visit"]
 
 
 IndexEvent = Annotated[
@@ -327,13 +345,14 @@ IndexEvent = Annotated[
         Annotated[ImageFeatureCriterion, Tag("image_feature")],
         Annotated[CtdnaCriterion, Tag("ctdna")],
         Annotated[EpisodeCriterion, Tag("episode")],
+        Annotated[VisitCriterion, Tag("visit")],
         Annotated[ObservationStart, Tag("observation_start")],
     ],
     Discriminator(
         _tag,
         custom_error_type="index_kind",
         custom_error_message="the index event needs kind: condition|procedure|drug|measurement|variant|"
-        "image_feature|ctdna|episode|observation_start",
+        "image_feature|ctdna|episode|visit|observation_start",
     ),
 ]
 

@@ -92,7 +92,7 @@ MAX_WARNINGS = 50
 
 def _index_references(index) -> list[str]:
     """The vocabulary references (``SYSTEM:code``) that define the cohort's index event."""
-    refs = list(getattr(index, "codes", None) or [])
+    refs = list(getattr(index, "codes", None) or []) + list(getattr(index, "types", None) or [])
     if getattr(index, "code", None):
         refs.append(index.code)
     gene = getattr(index, "gene", None)
