@@ -13,9 +13,10 @@ Each table follows the OHDSI working group that owns the domain where one exists
 * high-frequency signals — ``signal_window``: windowed summaries of wearable streams (the raw
   samples never go to ``measurement``).
 
-and two bookkeeping tables every ingest path shares: ``quarantine`` (bad input, kept with its
-reason, never dropped) and ``source_record`` (which source resource produced which CDM row, with a
-content hash, so a re-run is idempotent and an updated resource replaces its rows).
+and three bookkeeping tables the ingest paths share: ``quarantine`` (bad input, kept with its
+reason, never dropped), ``source_record`` (which source resource produced which CDM row, with a
+content hash, so a re-run is idempotent and an updated resource replaces its rows) and
+``pending_reference`` (a reference to a resource not loaded yet: the column is filled when it arrives).
 
 Every column carries its documentation as ``doc=`` (the column comment on PostgreSQL).
 """
@@ -231,3 +232,18 @@ def define_extension_tables(metadata: MetaData) -> None:
     )
     Index("idx_source_record_row", metadata.tables["source_record"].c.cdm_table,
           metadata.tables["source_record"].c.cdm_id)
+
+    Table(
+        "pending_reference",
+        metadata,
+        col("target_key", String(400), primary_key=True,
+            doc="The source key of the resource referenced but not loaded yet (fhir|Practitioner|id, or "
+                "fhir|Practitioner?identifier=system|value)."),
+        col("cdm_table", String(64), primary_key=True, doc="The table of the row that holds the reference."),
+        col("cdm_id", ID, primary_key=True, doc="That row's id."),
+        col("column_name", String(64), primary_key=True, doc="Its column to fill when the target arrives."),
+        col("target_table", String(64), required=True, doc="The CDM table the target's row will be in."),
+        col("source_key", String(400), required=True, doc="The resource that holds the reference."),
+        col("recorded_at", DateTime, required=True, doc="When the reference was first found unresolved (UTC)."),
+    )
+    Index("idx_pending_reference_source", metadata.tables["pending_reference"].c.source_key)

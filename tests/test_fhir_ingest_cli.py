@@ -46,7 +46,7 @@ def test_ingest_fhir_cli_summary_json_and_exit_codes(tmp_path):
     (tmp_path / "node.toml").write_text('[fhir]\nmrn_system = "urn:site:mrn"\n')
     config = ["--config", str(tmp_path / "node.toml"), "--db", db]
     result = runner.invoke(main, [*config, "ingest", "fhir", "--no-progress", str(folder)])
-    assert result.exit_code == 0, result.output  # finished, though one resource was quarantined
+    assert result.exit_code == 3, result.output  # finished, but one resource was quarantined (cdm/errors.py)
     assert result.output.startswith("3 files: 6 resources, 5 loaded, 0 updated, 0 unchanged, "
                                     "1 quarantined (UNKNOWN_PATIENT 1), 0 skipped")
     person = tables["person"]
@@ -55,11 +55,22 @@ def test_ingest_fhir_cli_summary_json_and_exit_codes(tmp_path):
         assert conn.execute(select(person.c.person_source_value)).scalar_one() == "MRN-77"
 
     result = runner.invoke(main, [*config, "ingest", "fhir", "--json", str(folder)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the ghost's Condition is still quarantined
     summary = json.loads(result.output)
     assert summary["unchanged"] == 5 and summary["quarantined"] == 1 and summary["export_metadata_files"] == 1
     assert summary["by_type"]["Condition"] == {"loaded": 0, "updated": 0, "unchanged": 4, "quarantined": 1,
                                                "skipped": 0, "unmapped_codes": 0}  # nothing re-mapped
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "Patient.000.ndjson").write_bytes(orjson.dumps({**PATIENT, "id": "p2"}) + b"\n")
+    result = runner.invoke(main, [*config, "ingest", "fhir", str(clean)])
+    assert result.exit_code == 0, result.output  # everything loaded
+    whole_file_bad = tmp_path / "bad"
+    whole_file_bad.mkdir()
+    (whole_file_bad / "Condition.000.ndjson").write_bytes(b"not json\n{}\n")
+    result = runner.invoke(main, [*config, "ingest", "fhir", str(whole_file_bad)])
+    assert result.exit_code == 3 and "2 quarantined" in result.output, result.output
 
     result = runner.invoke(main, ["--db", db, "ingest", "fhir", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
@@ -74,7 +85,7 @@ def test_mapping_report_lists_unmapped_codes_by_frequency(tmp_path):
     assert runner.invoke(main, ["--db", db, "init"]).exit_code == 0
     result = runner.invoke(main, ["--db", db, "mapping-report"])
     assert result.exit_code == 0 and "every source code maps" in result.output
-    assert runner.invoke(main, ["--db", db, "ingest", "fhir", str(_export(tmp_path / "export"))]).exit_code == 0
+    assert runner.invoke(main, ["--db", db, "ingest", "fhir", str(_export(tmp_path / "export"))]).exit_code == 3
     result = runner.invoke(main, ["--db", db, "mapping-report", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

@@ -10,7 +10,7 @@ from cdm.schema import SCHEMA_VERSION, metadata, tables
 
 EXTENSIONS = {
     "image_occurrence", "image_feature", "variant_occurrence", "variant_annotation", "ctdna_result",
-    "biopsy_location", "signal_window", "quarantine", "source_record",
+    "biopsy_location", "signal_window", "quarantine", "source_record", "pending_reference",
 }
 
 

@@ -24,6 +24,7 @@ from node.fhir_profile import DEFAULT_MRN_SYSTEM, UCUM
 from node.ingest.contract import Unmappable
 
 UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
+NO_PATIENT = "NO_PATIENT"
 #: Site-local concepts (created at ingest for unknown codes) start here; RADFED project concepts are below.
 SITE_LOCAL_MIN = 2_000_100_000
 NO_CONCEPT = ConceptMatch(0, 0, None, False)
@@ -33,6 +34,11 @@ IDENTIFIED_TYPES = ("Organization", "Location", "Practitioner")
 UNREFERENCED = frozenset({"Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
                           "MedicationAdministration", "Immunization", "AllergyIntolerance"})
 SOURCE_RECORD = tables["source_record"]
+#: The CDM table the main row of each referenceable FHIR type is in: a reference asked as that table
+#: and not found is *pending* (filled when the target arrives); asked as another table it is not.
+REFERENCE_TABLES = {"Patient": "person", "Practitioner": "provider", "Organization": "care_site",
+                    "Location": "location", "Encounter": "visit_occurrence", "Specimen": "specimen",
+                    "Procedure": "procedure_occurrence", "Device": "device_exposure"}
 
 
 def source_key(resource_type: str, resource_id: str) -> str:
@@ -108,6 +114,9 @@ class RunContext:
         #: resourceType -> number of codings mapped to no standard concept, for the run summary.
         self.unmapped: Counter[str] = Counter()
         self.current_type: str | None = None
+        #: (target source key, CDM table) of the references of the resource being mapped that name a
+        #: resource not loaded (yet); the engine turns them into ``pending_reference`` rows.
+        self.unresolved: list[tuple[str, str]] = []
 
     # -- bookkeeping the engine calls ------------------------------------------------------------
 
@@ -138,6 +147,10 @@ class RunContext:
             return None
         return parts[-2], parts[-1]
 
+    def _pending(self, resource_type: str, key: str, cdm_table: str) -> None:
+        if REFERENCE_TABLES.get(resource_type) == cdm_table:
+            self.unresolved.append((key, cdm_table))
+
     def _conditional(self, reference: str, cdm_table: str) -> int | None:
         """The row a ``Type?identifier=system|value`` reference names, through the identifier aliases."""
         resource_type, _, query = reference.partition("?identifier=")
@@ -148,6 +161,7 @@ class RunContext:
                 found = conn.execute(select(SOURCE_RECORD.c.cdm_id).where(
                     SOURCE_RECORD.c.source_key == key, SOURCE_RECORD.c.cdm_table == cdm_table).limit(1)).first()
             if found is None:
+                self._pending(resource_type, key, cdm_table)
                 return None
             self._aliases[key] = found[0]
         return self._aliases[key]
@@ -164,19 +178,30 @@ class RunContext:
         return True
 
     def person_id(self, reference: str | None) -> int:
+        if not reference:
+            raise Unmappable(NO_PATIENT, f"{self.current_type} has no patient (subject / patient reference): "
+                                         "radfed keeps only facts about a person")
         target = self._split(reference)
+        if target is None and reference.startswith("urn:"):
+            raise Unmappable(UNKNOWN_PATIENT, f"the Patient {reference} is absent: no entry of this Bundle has "
+                                              "that fullUrl (export the Bundle with its Patient)")
         if target is None or target[0] != "Patient":
-            raise Unmappable(UNKNOWN_PATIENT, f"subject {reference!r} is not a Patient reference")
+            raise Unmappable(NO_PATIENT, f"subject {reference!r} is not a Patient reference: radfed keeps only "
+                                         "facts about a person")
         person_id = self.row_id("Patient", target[1])
         if target in self._present or self._exists("person", "person_id", person_id):
             return person_id
-        raise Unmappable(UNKNOWN_PATIENT, f"{reference} was not loaded in this run or an earlier one")
+        raise Unmappable(UNKNOWN_PATIENT, f"the Patient {reference} is absent: it was not loaded in this run or "
+                                          "an earlier one (load the Patient, then this file again: the resource "
+                                          "is kept in the quarantine until then)")
 
     def reference_id(self, reference: str | None, cdm_table: str) -> int | None:
         if reference and "?identifier=" in reference:
             return self._conditional(reference, cdm_table)
         target = self._split(reference)
         if target is None:
+            if reference and reference.startswith("urn:"):  # a Bundle entry that is not in the Bundle
+                self.unresolved.append((reference, cdm_table))
             return None
         row_id = self.row_id(*target)
         known = self._present.get(target, False)  # table, None (unchanged: ask the CDM) or False (not seen)
@@ -191,7 +216,10 @@ class RunContext:
         column = next(iter(table.primary_key.columns)).name
         if self._exists(cdm_table, column, row_id):
             return row_id
-        return self._parent_visit(row_id) if as_visit else None
+        found = self._parent_visit(row_id) if as_visit else None
+        if found is None:
+            self._pending(target[0], source_key(*target), cdm_table)
+        return found
 
     def _parent_visit(self, visit_detail_id: int) -> int | None:
         if visit_detail_id not in self._detail_visit:

@@ -37,7 +37,9 @@ from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
 from node.ingest.context import IDENTIFIED_TYPES, UNKNOWN_PATIENT, RunContext, identifier_key, source_key
 from node.ingest.contract import Unmappable
-from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, key_column, row_problem
+from node.ingest.load import (
+    BatchWriter, Mapped, Rejected, existing_hashes, key_column, pending_references, row_problem,
+)
 from node.ingest.mappers import AFTER_LOAD, MAPPERS
 from node.ingest.reader import Item, Progress, discover, read
 from node.ingest.summary import IngestSummary
@@ -212,7 +214,7 @@ class IngestRun:
         resource_type = resource["resourceType"]
         self.ctx.current_type = resource_type
         if resource_type in NO_CDM_TABLE:
-            self.summary.count(resource_type, "skipped", "no CDM table")
+            self.summary.count(resource_type, "skipped", "no CDM table", item.source_file)
             return None
         if unchanged:
             self.ctx.mark_present(resource_type, resource["id"])
@@ -223,8 +225,9 @@ class IngestRun:
             return None
         fn = MAPPERS.get(resource_type)
         if fn is None:
-            self.summary.count(resource_type, "skipped", "no mapper")
+            self.summary.count(resource_type, "skipped", "no mapper", item.source_file)
             return None
+        self.ctx.unresolved = []
         try:
             rows = fn(resource, self.ctx)
         except Unmappable as exc:
@@ -255,10 +258,13 @@ class IngestRun:
         main_id = self.ctx.row_id(resource_type, resource["id"])
         main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), rows[0])
         self.ctx.mark_present(resource_type, resource["id"], main.table)
+        provides = [(key, main.table, main.values[key_column(main.table)])]
         if main.table == "visit_detail":
             self.ctx.mark_visit_detail(main_id, main.values["visit_occurrence_id"])
+            provides.append((key, "visit_occurrence", main.values["visit_occurrence_id"]))
         self.summary.count(resource_type, "updated" if replaces else "loaded")
-        return Mapped(key, digest, rows, aliases, replaces, (item.source_file, item.line))
+        return Mapped(key, digest, rows, aliases, replaces, (item.source_file, item.line),
+                      pending_references(self.ctx.unresolved, rows), provides)
 
     def _retry_deferred(self) -> None:
         """Map the resources that met no patient once more; those still without one are quarantined."""
@@ -293,6 +299,8 @@ class IngestRun:
                 for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
                     step(conn, self.persons)
         self.summary.unmapped.update(self.ctx.unmapped)
+        self.summary.references_resolved = self.writer.references_resolved
+        self.summary.unresolved_references = self.writer.open_references()
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 

@@ -1,9 +1,11 @@
 """``radfed-node ingest fhir`` and ``radfed-node mapping-report``.
 
-The MRN system comes from node.toml ``[fhir] mrn_system`` (default ``urn:radfed:mrn``).  As with
-``ingest dicom``: bad input is quarantined and counted, never fatal — a finished run exits 0 even
-with quarantined resources; a missing CDM, a path that does not exist or a bad option is one
-``error:`` line and exit status 2.
+The MRN system comes from node.toml ``[fhir] mrn_system`` (default ``urn:radfed:mrn``).  Bad input
+is quarantined and counted, never fatal.  Exit status (:mod:`cdm.errors`): 0 everything loaded
+(or unchanged, or skipped as a type radfed keeps no rows for); 3 the run finished but something was
+quarantined, or references wait for resources not loaded yet (read the summary; nothing was lost);
+2 a missing CDM, a path that does not exist or a bad option (one ``error:`` line); 1 the run
+failed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import click
 
 from cdm.db import open_engine, require_writable_cdm
+from cdm.errors import EXIT_PARTIAL
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 
 
@@ -70,6 +73,8 @@ def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batc
     finally:
         bar.close()
     click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.text())
+    if summary.partial:
+        ctx.exit(EXIT_PARTIAL)
 
 
 @click.command("mapping-report")

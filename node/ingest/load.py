@@ -19,13 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 
 from cdm.schema import tables
 from node.ingest.contract import Row
 from node.quarantine import QUARANTINE, quarantine
 
 SOURCE_RECORD = tables["source_record"]
+PENDING = tables["pending_reference"]
 #: Key column of the OMOP tables that have no single-column primary key.
 KEY_COLUMNS = {"death": "person_id", "episode_event": "event_id", "fact_relationship": "fact_id_1"}
 #: Bound parameters per IN list (SQLite's default limit is 32,766; PostgreSQL's 65,535).
@@ -77,6 +78,10 @@ class Mapped:
     aliases: list[tuple[str, str, int]] = field(default_factory=list)  # (alias key, cdm_table, row id)
     replaces: bool = False
     origin: tuple[str, int] | None = None  # (file, line) it was read from
+    #: (target key, table, row id, column, target table) of references to resources not loaded yet
+    pending: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    #: (key, table, row id) a reference to this resource (or one of its identifiers) resolves to
+    provides: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -90,6 +95,19 @@ class Rejected:
     resource_type: str | None
     resource_id: str | None
     payload: bytes | None
+
+
+def pending_references(unresolved: list[tuple[str, str]], rows: list[Row]) -> list[tuple[str, str, int, str, str]]:
+    """The ``pending_reference`` entries of one mapped resource: each reference it made that named a
+    resource not loaded yet (``unresolved``: target key, target table), on every row whose column for
+    that table (``provider`` -> ``provider_id``) the mapper had to leave empty."""
+    out = []
+    for target_key, target_table in dict.fromkeys(unresolved):
+        column = f"{target_table}_id"
+        for row in rows:
+            if column in tables[row.table].c and row.values.get(column) is None:
+                out.append((target_key, row.table, row.values[key_column(row.table)], column, target_table))
+    return out
 
 
 def _chunks(values: list, size: int = CHUNK) -> Iterable[list]:
@@ -123,9 +141,13 @@ class BatchWriter:
         self.started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         #: rows written per table this run (source_record included): what refresh_statistics needs
         self.rows_written: Counter = Counter()
+        PENDING.create(engine, checkfirst=True)  # a CDM created before the table existed
         with engine.connect() as conn:  # most loads meet an empty quarantine: then skip the clearing
             self._old_quarantine = conn.execute(select(QUARANTINE.c.quarantine_id).where(
                 QUARANTINE.c.ingest_kind == "fhir", QUARANTINE.c.quarantined_at < self.started).limit(1)).first() is not None
+            self._pending = conn.execute(select(PENDING.c.target_key).limit(1)).first() is not None
+        #: pending references this run filled (their target arrived)
+        self.references_resolved = 0
 
     def write(self, mapped: list[Mapped], rejected: list[Rejected]) -> set[int]:
         """Write one batch; returns the person ids whose rows it wrote."""
@@ -139,6 +161,9 @@ class BatchWriter:
                 self._insert_or_fill(conn, table_name, by_key)
                 self.rows_written[table_name] += len(by_key)
             self.rows_written["source_record"] += self._record(conn, mapped, now)
+            self._add_pending(conn, mapped, now)
+            if self._pending:
+                self._resolve_pending(conn, mapped)
             if self._old_quarantine and mapped:
                 self._clear_quarantine(conn, mapped)
             for item in rejected:
@@ -158,6 +183,8 @@ class BatchWriter:
             ):
                 old.setdefault(table_name, set()).add(cdm_id)
             conn.execute(delete(SOURCE_RECORD).where(SOURCE_RECORD.c.source_key.in_(chunk)))
+            if self._pending:
+                conn.execute(delete(PENDING).where(PENDING.c.source_key.in_(chunk)))
         for table_name, ids in old.items():
             if table_name not in tables:
                 continue
@@ -171,6 +198,57 @@ class BatchWriter:
                     conn.execute(delete(table).where(table.c[column].in_(own)))
                     conn.execute(delete(SOURCE_RECORD).where(  # the identifiers of a deleted row go with it
                         SOURCE_RECORD.c.cdm_table == table_name, SOURCE_RECORD.c.cdm_id.in_(own)))
+
+    def _add_pending(self, conn: Connection, mapped: list[Mapped], now: dt.datetime) -> None:
+        entries = {(t, table, i, column): (target, m.key) for m in mapped
+                   for t, table, i, column, target in m.pending}
+        if not entries:
+            return
+        present = set()
+        for chunk in _chunks(sorted({k[0] for k in entries})):
+            present.update(conn.execute(select(PENDING.c.target_key, PENDING.c.cdm_table, PENDING.c.cdm_id,
+                                               PENDING.c.column_name).where(PENDING.c.target_key.in_(chunk))).all())
+        new = [{"target_key": k[0], "cdm_table": k[1], "cdm_id": k[2], "column_name": k[3], "target_table": target,
+                "source_key": source, "recorded_at": now}
+               for k, (target, source) in entries.items() if tuple(k) not in present]
+        if new:
+            conn.execute(insert(PENDING), new)
+        self._pending = True
+
+    def _resolve_pending(self, conn: Connection, mapped: list[Mapped]) -> None:
+        """Fill the columns that waited for a resource of this batch (by key or identifier alias)."""
+        provided = {(key, table): row_id for m in mapped for key, table, row_id in m.provides}
+        provided.update({(alias, table): row_id for m in mapped for alias, table, row_id in m.aliases})
+        if not provided:
+            return
+        found = []
+        for chunk in _chunks(sorted({key for key, _table in provided})):
+            found += conn.execute(select(PENDING).where(PENDING.c.target_key.in_(chunk))).mappings().all()
+        fills: dict[tuple[str, str], list[dict]] = {}
+        resolved = set()
+        for p in found:
+            row_id = provided.get((p["target_key"], p["target_table"]))
+            if row_id is not None:
+                fills.setdefault((p["cdm_table"], p["column_name"]), []).append({"k": p["cdm_id"], "v": row_id})
+                resolved.add((p["target_key"], p["target_table"]))
+        if resolved:
+            conn.execute(delete(PENDING).where(PENDING.c.target_key == bindparam("t"),
+                                               PENDING.c.target_table == bindparam("tt")),
+                         [{"t": t, "tt": tt} for t, tt in sorted(resolved)])
+        for (table_name, column), values in fills.items():
+            table = tables[table_name]
+            key = table.c[key_column(table_name)]
+            conn.execute(update(table).where(key == bindparam("k"), table.c[column].is_(None))
+                         .values({column: bindparam("v")}), values)
+            self.references_resolved += len(values)
+
+    def open_references(self) -> dict[str, int]:
+        """References still waiting for their target after this run, by target resource type."""
+        if not self._pending:
+            return {}
+        with self.engine.connect() as conn:
+            keys = conn.execute(select(PENDING.c.target_key)).scalars().all()
+        return dict(sorted(Counter(_target_type(k) for k in keys).items()))
 
     def _clear_quarantine(self, conn: Connection, mapped: list[Mapped]) -> None:
         by_type: dict[str, set[str]] = {}
@@ -240,6 +318,13 @@ class BatchWriter:
                 {"source_key": k, "cdm_table": t, "cdm_id": i, "content_hash": h, "loaded_at": now}
                 for (k, t, i), h in records.items()])
         return len(records)
+
+
+def _target_type(target_key: str) -> str:
+    """``Practitioner`` of ``fhir|Practitioner|x`` and of ``fhir|Practitioner?identifier=...``."""
+    if not target_key.startswith("fhir|"):
+        return "Bundle entry"
+    return target_key[5:].split("|", 1)[0].split("?", 1)[0]
 
 
 def records_of(conn: Connection, key: str) -> list[tuple[str, int]]:

@@ -4,7 +4,10 @@ Every resource read ends in exactly one of: **loaded** (new), **updated** (conte
 the run that loaded it: its rows were replaced), **unchanged** (same content hash: skipped),
 **quarantined** (with a reason code; see the ``quarantine`` table) or **skipped** (a resource type
 radfed keeps no CDM rows for, a type no mapper handles yet, or a resource that maps to no row — each
-with its reason).  **unmapped** counts codings that found no standard concept (site-local concepts
+with its reason and the files it is in: radfed keeps no copy of them).  A reference to a resource not
+loaded yet (a visit's Practitioner in a file loaded later) leaves its column empty and is **pending**
+until that resource arrives, in this run or a later one; the summary says how many were filled in
+and how many still wait.  **unmapped** counts codings that found no standard concept (site-local concepts
 were created; ``radfed-node mapping-report`` lists them).  Nothing read is left out of the counts.
 """
 
@@ -14,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 STATES = ("loaded", "updated", "unchanged", "quarantined", "skipped")
+MAX_FILES_SHOWN = 3
 
 
 @dataclass
@@ -25,16 +29,32 @@ class IngestSummary:
     quarantined: Counter = field(default_factory=Counter)  # reason code -> count
     skipped: Counter = field(default_factory=Counter)  # "Type: reason" -> count
     unmapped: Counter = field(default_factory=Counter)  # resourceType -> codings without a standard concept
+    #: "Type: reason" of skipped resources -> the files they are in (where an administrator finds them)
+    skipped_files: dict[str, list[str]] = field(default_factory=dict)
+    #: references filled by this run because their target arrived
+    references_resolved: int = 0
+    #: references still waiting for a resource not loaded, by its type (the CDM's, after the run)
+    unresolved_references: dict[str, int] = field(default_factory=dict)
     persons_with_periods: int = 0
     seconds: float = 0.0
 
-    def count(self, resource_type: str | None, state: str, reason: str | None = None) -> None:
+    def count(self, resource_type: str | None, state: str, reason: str | None = None,
+              source_file: str | None = None) -> None:
         resource_type = resource_type if isinstance(resource_type, str) and resource_type else "?"
         self.by_type.setdefault(resource_type, Counter())[state] += 1
         if state == "quarantined":
             self.quarantined[reason or "?"] += 1
         elif state == "skipped":
             self.skipped[f"{resource_type}: {reason}"] += 1
+            if source_file is not None:
+                files = self.skipped_files.setdefault(f"{resource_type}: {reason}", [])
+                if source_file not in files and len(files) < MAX_FILES_SHOWN:
+                    files.append(source_file)
+
+    @property
+    def partial(self) -> bool:
+        """Something was quarantined, or references wait for resources not loaded: exit status 3."""
+        return self.total("quarantined") > 0 or bool(self.unresolved_references)
 
     def total(self, state: str | None = None) -> int:
         return sum(sum(c.values()) if state is None else c[state] for c in self.by_type.values())
@@ -51,6 +71,9 @@ class IngestSummary:
             **{state: self.total(state) for state in STATES},
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
             "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "skipped_files": dict(sorted(self.skipped_files.items())),
+            "references_resolved": self.references_resolved,
+            "unresolved_references": self.unresolved_references,
             "by_type": {t: {**{s: c[s] for s in STATES}, "unmapped_codes": self.unmapped[t]}
                         for t, c in sorted(self.by_type.items())},
             "unmapped_codes": sum(self.unmapped.values()),
@@ -76,7 +99,15 @@ class IngestSummary:
                 cells = [counts[s] for s in STATES] + [self.unmapped[resource_type]]
                 lines.append(f"  {resource_type:<{width}} " + " ".join(f"{n:>11,}" for n in cells))
         for reason, n in sorted(self.skipped.items()):
-            lines.append(f"  skipped {n:,}: {reason}")
+            files = self.skipped_files.get(reason)
+            where = f" (not copied into the CDM; they stay in {', '.join(files)})" if files else ""
+            lines.append(f"  skipped {n:,}: {reason}{where}")
+        if self.references_resolved:
+            lines.append(f"  {self.references_resolved:,} references to resources loaded now were filled in")
+        if self.unresolved_references:
+            waiting = ", ".join(f"{t} {n:,}" for t, n in self.unresolved_references.items())
+            lines.append(f"  references waiting for resources not loaded yet: {waiting} (their columns are "
+                         "empty until those resources are loaded; then they are filled in)")
         if sum(self.unmapped.values()):
             lines.append(f"  {sum(self.unmapped.values()):,} codings without a standard concept "
                          "(see `radfed-node mapping-report`)")
