@@ -51,7 +51,7 @@ from pydantic import (
     model_validator,
 )
 
-from cdm.vocabulary import UnknownCode, parse_reference
+from cdm.vocabulary import SYSTEM_ALIASES, UnknownCode, is_system_uri, parse_reference
 
 SPEC_VERSION = 1
 
@@ -82,7 +82,39 @@ def _check_code(value: str) -> str:
     return value
 
 
-Code = Annotated[str, StringConstraints(min_length=3, max_length=80), AfterValidator(_check_code)]
+Code = Annotated[str, StringConstraints(min_length=3, max_length=320), AfterValidator(_check_code)]
+
+
+def _check_system_uri(value: str) -> str:
+    if not is_system_uri(value):
+        raise ValueError("not a code system URI (e.g. http://hospital.example/codes or urn:oid:1.2.3)")
+    return value
+
+
+def _check_alias(value: str) -> str:
+    if value.upper() in SYSTEM_ALIASES:
+        raise ValueError(f"{value!r} already names a standard vocabulary")
+    return value
+
+
+SystemAlias = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.\-]{0,19}$"), AfterValidator(_check_alias)]
+SystemUri = Annotated[str, AfterValidator(_check_system_uri)]
+#: Spec fields whose strings are codes (``ALIAS:code`` in them is expanded to ``uri|code``).
+CODE_FIELDS = frozenset({"code", "codes", "unit", "types", "gene"})
+
+
+def expand_code_systems(node: Any, aliases: dict[str, str], key: str | None = None) -> Any:
+    """``node`` with every ``ALIAS:code`` in a code field written as ``uri|code`` (FHIR's token form)."""
+    if isinstance(node, dict):
+        return {k: expand_code_systems(v, aliases, k if k in CODE_FIELDS else key if key == "codes" else None)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_code_systems(v, aliases, key) for v in node]
+    if key is not None and isinstance(node, str) and ":" in node and "|" not in node:
+        alias, code = node.split(":", 1)
+        if alias in aliases:
+            return f"{aliases[alias]}|{code}"
+    return node
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=255)]
@@ -792,6 +824,19 @@ class Spec(Model):
     #: resolve *every* code of the spec refuses with ``UNKNOWN_CODE`` rather than answer a different
     #: question (an unknown exclusion code excludes nobody, an unknown variable code is all-missing)
     unknown_codes: Literal["warn", "refuse"] = "warn"
+    #: readable names for local code systems: ``{HOSPLAB: "http://hospital.example/codes"}`` lets the
+    #: spec write ``HOSPLAB:K-12`` for ``http://hospital.example/codes|K-12`` (the coordinator adds the
+    #: network's own ``[code_systems]``); codes are validated and hashed in their expanded form
+    code_systems: Annotated[dict[SystemAlias, SystemUri], Field(max_length=50)] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_aliases(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("code_systems"), dict) and data["code_systems"]:
+            aliases = {k: v for k, v in data["code_systems"].items() if isinstance(k, str) and isinstance(v, str)}
+            data = {k: (v if k in ("code_systems", "version", "unknown_codes") else expand_code_systems(v, aliases))
+                    for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _references(self):
@@ -942,6 +987,8 @@ def _canonical_dump(spec: Spec) -> dict:
     dumped = spec.model_dump(mode="json", by_alias=True)
     if dumped.get("unknown_codes") == "warn":
         del dumped["unknown_codes"]
+    if not dumped.get("code_systems"):
+        dumped.pop("code_systems", None)
     return dumped
 
 

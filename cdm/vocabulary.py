@@ -1,16 +1,25 @@
 """The vocabulary layer: ``SYSTEM:code`` references, Athena CSVs, and site-local concepts.
 
-Queries and ingest name codes as ``SYSTEM:code`` (``LOINC:2160-0``, ``SNOMED:443487006``,
-``HGNC:11998``); FHIR names them by system URI.  Both resolve through the node's own ``concept``
-table, in this order:
+Queries name codes as ``SYSTEM:code`` (``LOINC:2160-0``, ``SNOMED:443487006``, ``HGNC:11998``)
+or, for a local code system, by its URI in FHIR's token form ``system|code``
+(``http://hospital.example/codes|K-12``) or by an alias the spec (or the network) declares for that
+URI (``code_systems: {HOSPLAB: "http://hospital.example/codes"}``, then ``HOSPLAB:K-12``).  FHIR
+names codes by system URI.  All resolve through the node's own ``concept`` table, in this order:
 
-1. a concept with that (vocabulary_id, concept_code) — if it is not standard, its ``Maps to``
+1. a standard concept with that (vocabulary_id, concept_code); a non-standard one's ``Maps to``
    relationship gives the standard concept (OMOP convention);
-2. the site's ``source_to_concept_map`` (how a site maps its local lab codes onto LOINC, say);
+2. the site's ``source_to_concept_map`` (how a site maps its local lab codes onto LOINC, say) —
+   also for a code that already has a site-local concept, so a mapping loaded *after* the first
+   ingest takes effect (and :func:`load_source_to_concept_map` re-maps the rows already loaded);
 3. otherwise, at ingest only, a **site-local concept** is created: ``concept_id`` >= 2,000,000,000
    (OMOP's range for local concepts), keeping vocabulary and code, so the source value survives
    and ``radfed-node mapping-report`` can list it.  Its id is derived from (vocabulary, code), so a
    rebuilt node gives the same code the same id.
+
+A local code system's URI cannot be a vocabulary_id (20 characters at most): it is stored under a
+short name derived from the URI, with the URI itself in ``vocabulary.vocabulary_reference``; that
+derived name is internal — reports show the URI (:func:`display_reference`), specs use the URI or
+an alias.
 
 Project concepts for radfed's extensions (image features, ctDNA, habitats; vocabulary ``RADFED``)
 live in ``cdm/data/radfed_concepts.csv`` in the reserved range 2,000,000,000-2,000,099,999 and are
@@ -29,15 +38,90 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from cdm.omop_csv import CsvFormatError, open_table, parse_value, table_files
 from cdm.schema import tables
 
 LOCAL_CONCEPT_MIN = 2_000_000_000
 PROJECT_CONCEPT_MAX = 2_000_099_999
-_LOCAL_HASH_BASE = 2_000_100_000
+#: Site-local concepts (created at ingest for codes the node has no concept for) start here.
+SITE_LOCAL_MIN = 2_000_100_000
+_LOCAL_HASH_BASE = SITE_LOCAL_MIN
 _LOCAL_HASH_SPAN = 2_147_483_647 - _LOCAL_HASH_BASE
+
+
+@dataclass(frozen=True)
+class CodedColumn:
+    """A CDM column the ingest fills from a source coding: its role, and where the code itself is
+    kept (the source concept column; without one, the concept column names a site-local concept)."""
+
+    table: str
+    column: str
+    role: str
+    source_column: str | None = None
+    source_value: str | None = None
+    #: (column, value) a row must *not* have to count (episode rows copied from their Condition)
+    unless: tuple[str, int] | None = None
+
+
+def _event(table: str, prefix: str) -> CodedColumn:
+    return CodedColumn(table, f"{prefix}_concept_id", "concept", f"{prefix}_source_concept_id", f"{prefix}_source_value")
+
+
+#: Every column the FHIR ingest fills from a coding, by role: what ``mapping-report`` counts and what a
+#: late ``source_to_concept_map`` re-maps.
+CODED_COLUMNS = (
+    _event("condition_occurrence", "condition"), _event("procedure_occurrence", "procedure"),
+    _event("drug_exposure", "drug"), _event("device_exposure", "device"),
+    _event("measurement", "measurement"), _event("observation", "observation"),
+    CodedColumn("specimen", "specimen_concept_id", "concept", source_value="specimen_source_value"),
+    CodedColumn("image_feature", "image_feature_concept_id", "concept", source_value="image_feature_source_value"),
+    CodedColumn("signal_window", "signal_concept_id", "concept", source_value="signal_source_value"),
+    CodedColumn("variant_occurrence", "target_gene1_concept_id", "concept", source_value="target_gene1_symbol"),
+    CodedColumn("variant_occurrence", "target_gene2_concept_id", "concept", source_value="target_gene2_symbol"),
+    CodedColumn("episode", "episode_object_concept_id", "concept", unless=("episode_concept_id", 32533)),
+    CodedColumn("image_occurrence", "modality_concept_id", "concept", source_value="modality_source_value"),
+    CodedColumn("visit_occurrence", "visit_source_concept_id", "visit type", source_value="visit_source_value"),
+    CodedColumn("visit_detail", "visit_detail_source_concept_id", "visit type",
+                source_value="visit_detail_source_value"),
+    CodedColumn("visit_occurrence", "admitted_from_concept_id", "admission", source_value="admitted_from_source_value"),
+    CodedColumn("visit_occurrence", "discharged_to_concept_id", "admission", source_value="discharged_to_source_value"),
+    CodedColumn("measurement", "value_as_concept_id", "value", source_value="value_source_value"),
+    CodedColumn("observation", "value_as_concept_id", "value", source_value="value_source_value"),
+    CodedColumn("image_feature", "value_as_concept_id", "value"),
+    CodedColumn("variant_annotation", "value_as_concept_id", "value"),
+    CodedColumn("biopsy_location", "habitat_concept_id", "value", source_value="habitat_label"),
+    CodedColumn("measurement", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("observation", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("specimen", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("image_feature", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("signal_window", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("drug_exposure", "route_concept_id", "route", source_value="route_source_value"),
+    CodedColumn("specimen", "anatomic_site_concept_id", "anatomic site", source_value="anatomic_site_source_value"),
+    CodedColumn("image_occurrence", "anatomic_site_concept_id", "anatomic site",
+                source_value="anatomic_site_source_value"),
+    CodedColumn("image_feature", "anatomic_site_concept_id", "anatomic site"),
+)
+#: The CDM table of each event domain (where a concept of that domain's rows belong).
+DOMAIN_TABLES = {"Condition": "condition_occurrence", "Procedure": "procedure_occurrence", "Drug": "drug_exposure",
+                 "Device": "device_exposure", "Measurement": "measurement", "Observation": "observation"}
+
+
+def unmapped_clause(table, coded: CodedColumn):
+    """Rows of ``table`` whose ``coded`` column holds no standard concept for a code that was sent: the
+    code's own site-local concept (no mapping was found for it), or 0 for a code known here without a
+    standard one.  A site-local concept that a site mapping targets counts as mapped."""
+    column = table.c[coded.column]
+    if coded.source_column:
+        source = table.c[coded.source_column]
+        clause = or_(and_(column >= SITE_LOCAL_MIN, column == source), and_(column == 0, source != 0))
+    else:
+        stcm = tables["source_to_concept_map"]
+        clause = and_(column >= SITE_LOCAL_MIN, column.notin_(select(stcm.c.target_concept_id)))
+    if coded.unless:
+        clause = and_(clause, table.c[coded.unless[0]] != coded.unless[1])
+    return clause
 
 #: Query-spec system names -> OMOP vocabulary_id.
 SYSTEM_ALIASES = {
@@ -78,7 +162,10 @@ SYSTEM_URIS = {
     "https://radfed.org/fhir/CodeSystem/radfed": "RADFED",
 }
 
+_KNOWN_VOCABULARIES = frozenset(SYSTEM_ALIASES.values()) | frozenset(SYSTEM_URIS.values())
 _SYSTEM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,19}$")
+#: A code system URI (http(s)://..., urn:oid:..., urn:uuid:...): printable, no spaces, at most 255.
+_SYSTEM_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[!-{}~]{1,250}$")
 
 
 class UnknownCode(LookupError):
@@ -96,12 +183,19 @@ class ConceptMatch:
 
 
 def parse_reference(reference: str) -> tuple[str, str]:
-    """Split ``SYSTEM:code`` into (OMOP vocabulary_id, code).
+    """Split ``SYSTEM:code`` or ``system-uri|code`` into (OMOP vocabulary_id, code).
 
     Known system names are case-insensitive aliases (``SNOMED``, ``SCT``); any other well-formed name
-    is taken as a site vocabulary (``LOCALLAB:NA-1``).  ``HGNC:HGNC:11998`` and ``HGNC:11998`` are
-    the same gene.
+    is taken as a site vocabulary (``LOCALLAB:NA-1``).  A system URI (FHIR token form) names the
+    vocabulary the FHIR ingest files that system's codes under (:func:`vocabulary_for_uri`).
+    ``HGNC:HGNC:11998`` and ``HGNC:11998`` are the same gene.
     """
+    if isinstance(reference, str) and "|" in reference:
+        system, code = reference.split("|", 1)
+        if not _SYSTEM_URI.match(system) or not code.strip() or len(code) > 50:
+            raise UnknownCode(f"code reference {reference!r} is not of the form system-uri|code")
+        vocabulary_id = vocabulary_for_uri(system)
+        return vocabulary_id, normalise_code(vocabulary_id, code)
     if not isinstance(reference, str) or ":" not in reference:
         raise UnknownCode(f"code reference {reference!r} is not of the form SYSTEM:code")
     system, code = reference.split(":", 1)
@@ -109,6 +203,11 @@ def parse_reference(reference: str) -> tuple[str, str]:
         raise UnknownCode(f"code reference {reference!r} is not of the form SYSTEM:code")
     vocabulary_id = SYSTEM_ALIASES.get(system.upper(), system)
     return vocabulary_id, normalise_code(vocabulary_id, code)
+
+
+def is_system_uri(value: object) -> bool:
+    """True for a code system URI as FHIR writes ``Coding.system`` (``http://...``, ``urn:oid:...``)."""
+    return isinstance(value, str) and _SYSTEM_URI.match(value) is not None
 
 
 def normalise_code(vocabulary_id: str, code: str) -> str:
@@ -133,6 +232,15 @@ def vocabulary_for_uri(system_uri: str | None) -> str:
     if system_uri.startswith("urn:oid:2.16.840.1.113883.6.1"):
         return "LOINC"
     return "L" + hashlib.blake2b(system_uri.encode(), digest_size=6).hexdigest()
+
+
+def display_reference(vocabulary_id: str | None, code: str | None, system_uri: str | None = None) -> str:
+    """How a code is shown to people and written in specs: ``LOINC:2160-0`` for a known vocabulary,
+    ``http://hospital.example/codes|K-12`` for a local code system (never its internal short name)."""
+    if system_uri and vocabulary_id not in _KNOWN_VOCABULARIES:
+        return f"{system_uri}|{code or '?'}"
+    name = next((a for a, v in SYSTEM_ALIASES.items() if v == vocabulary_id), vocabulary_id or "?")
+    return f"{name}:{code or '?'}"
 
 
 def local_concept_id(vocabulary_id: str, code: str, taken=frozenset()) -> int:
@@ -178,33 +286,38 @@ class Vocabulary:
                     concept.c.vocabulary_id == vocabulary_id, concept.c.concept_code == code
                 )
             ).first()
-            match = None
-            if row is not None:
-                source_id, standard, domain = row
-                target, target_domain = source_id, domain
-                if standard != "S":
+            if row is not None and row[1] == "S":
+                match = ConceptMatch(row[0], row[0], row[2], row[0] >= LOCAL_CONCEPT_MIN)
+            else:
+                mapped = None
+                if row is not None:
                     mapped = conn.execute(
                         select(relationship.c.concept_id_2, concept.c.domain_id)
                         .join(concept, concept.c.concept_id == relationship.c.concept_id_2)
                         .where(
-                            relationship.c.concept_id_1 == source_id,
+                            relationship.c.concept_id_1 == row[0],
                             relationship.c.relationship_id == "Maps to",
                             relationship.c.invalid_reason.is_(None),
                         )
                     ).first()
-                    if mapped is not None:
-                        target, target_domain = mapped
-                    elif source_id < LOCAL_CONCEPT_MIN:
-                        target = 0
-                match = ConceptMatch(target, source_id, target_domain, source_id >= LOCAL_CONCEPT_MIN)
-            else:
-                mapped = conn.execute(
-                    select(stcm.c.target_concept_id, stcm.c.source_concept_id, concept.c.domain_id)
-                    .outerjoin(concept, concept.c.concept_id == stcm.c.target_concept_id)
-                    .where(stcm.c.source_vocabulary_id == vocabulary_id, stcm.c.source_code == code)
-                ).first()
                 if mapped is not None:
-                    match = ConceptMatch(mapped[0], mapped[1] or 0, mapped[2], False)
+                    match = ConceptMatch(mapped[0], row[0], mapped[1], row[0] >= LOCAL_CONCEPT_MIN)
+                else:
+                    # The site's own mapping wins over a concept the ingest made for the code before
+                    # the mapping was loaded (the site-local concept stays its source concept).
+                    site = conn.execute(
+                        select(stcm.c.target_concept_id, stcm.c.source_concept_id, concept.c.domain_id)
+                        .outerjoin(concept, concept.c.concept_id == stcm.c.target_concept_id)
+                        .where(stcm.c.source_vocabulary_id == vocabulary_id, stcm.c.source_code == code)
+                    ).first()
+                    if site is not None:
+                        match = ConceptMatch(site[0], row[0] if row is not None else site[1] or 0, site[2], False)
+                    elif row is not None:
+                        source_id = row[0]
+                        match = ConceptMatch(source_id if source_id >= LOCAL_CONCEPT_MIN else 0, source_id, row[2],
+                                             source_id >= LOCAL_CONCEPT_MIN)
+                    else:
+                        match = None
         self._cache[key] = match
         return match
 
@@ -216,6 +329,20 @@ class Vocabulary:
         """
         match = self.lookup(*parse_reference(reference))
         return None if match is None else match.concept_id
+
+    def usage(self, concept_id: int) -> dict[str, int]:
+        """Rows per CDM table that carry ``concept_id`` in a coded column (concept or source concept):
+        what lets a site administrator tell "known here, 0 rows" from "unknown code"."""
+        counts: dict[str, int] = {}
+        with self._connection() as conn:
+            for coded in CODED_COLUMNS:
+                table = tables[coded.table]
+                columns = [table.c[coded.column]] + ([table.c[coded.source_column]] if coded.source_column else [])
+                n = conn.execute(select(func.count()).select_from(table)
+                                 .where(or_(*(c == concept_id for c in columns)))).scalar_one()
+                if n:
+                    counts[coded.table] = counts.get(coded.table, 0) + n
+        return counts
 
     def descendants(self, concept_id: int) -> set[int]:
         """``concept_id`` and its descendants (from Athena's CONCEPT_ANCESTOR where loaded)."""
@@ -235,10 +362,12 @@ class Vocabulary:
         name: str | None = None,
         domain_id: str | None = None,
         conn: Connection | None = None,
+        system_uri: str | None = None,
     ) -> ConceptMatch:
         """The mapping of a source code, creating a site-local concept when the node has none.
 
-        ``conn`` is the ingest transaction to write the new concept in (the engine otherwise).
+        ``conn`` is the ingest transaction to write the new concept in (the engine otherwise);
+        ``system_uri`` the FHIR code system it came from (kept as the vocabulary's reference).
         """
         code = normalise_code(vocabulary_id, code)
         found = self.lookup(vocabulary_id, code)
@@ -247,7 +376,7 @@ class Vocabulary:
         concept = tables["concept"]
         writer = _Borrowed(conn) if conn is not None else self._begin()
         with writer as c:
-            self._ensure_vocabulary(c, vocabulary_id)
+            self._ensure_vocabulary(c, vocabulary_id, system_uri)
             taken = set(
                 c.execute(select(concept.c.concept_id).where(concept.c.concept_id >= _LOCAL_HASH_BASE)).scalars()
             ) if self._collides(c, vocabulary_id, code) else frozenset()
@@ -279,7 +408,7 @@ class Vocabulary:
         candidate = local_concept_id(vocabulary_id, code)
         return conn.execute(select(concept.c.concept_id).where(concept.c.concept_id == candidate)).first() is not None
 
-    def _ensure_vocabulary(self, conn: Connection, vocabulary_id: str) -> None:
+    def _ensure_vocabulary(self, conn: Connection, vocabulary_id: str, system_uri: str | None = None) -> None:
         vocabulary = tables["vocabulary"]
         if self._vocabularies is None:
             self._vocabularies = set(conn.execute(select(vocabulary.c.vocabulary_id)).scalars())
@@ -287,7 +416,8 @@ class Vocabulary:
             conn.execute(
                 insert(vocabulary).values(
                     vocabulary_id=vocabulary_id[:20],
-                    vocabulary_name=f"{vocabulary_id} (site-local concepts)",
+                    vocabulary_name=f"{system_uri or vocabulary_id} (site-local concepts)"[:255],
+                    vocabulary_reference=system_uri[:255] if system_uri else None,
                     vocabulary_concept_id=0,
                 )
             )
@@ -456,7 +586,7 @@ USUAL_DOMAIN = {"LOINC": "Measurement", "UCUM": "Unit", "RxNorm": "Drug", "CVX":
                 "ICDO3": "Condition", "ICD10CM": "Condition", "ICD10": "Condition", "HGNC": "Observation"}
 
 
-def load_source_to_concept_map(engine: Engine, path: str | Path) -> int:
+def load_source_to_concept_map(engine: Engine, path: str | Path) -> "MapLoad":
     """Load a site's own code mappings (OMOP SOURCE_TO_CONCEPT_MAP columns, comma- or tab-separated).
 
     Target concepts may be named by id (``target_concept_id``) or, more conveniently for a site,
@@ -505,4 +635,66 @@ def load_source_to_concept_map(engine: Engine, path: str | Path) -> int:
             )
         if rows:
             conn.execute(insert(table), rows)
-    return len(rows)
+        remapped = remap_loaded_rows(conn, rows)
+    return MapLoad(len(rows), *remapped)
+
+
+@dataclass(frozen=True)
+class MapLoad:
+    """What ``vocab load-map`` did: mappings loaded, rows already in the CDM re-mapped in place, and
+    rows that belong in another table now (their resources are marked for re-mapping by the next
+    ``radfed-node ingest fhir`` of the same files)."""
+
+    mappings: int
+    rows_remapped: int = 0
+    rows_to_move: int = 0
+
+    def text(self) -> str:
+        lines = [f"{self.mappings:,} mappings loaded"]
+        if self.rows_remapped:
+            lines.append(f"{self.rows_remapped:,} rows already loaded now carry the mapped concepts")
+        if self.rows_to_move:
+            lines.append(f"{self.rows_to_move:,} rows belong in another table under their new concept's domain: "
+                         "run `radfed-node ingest fhir` on the same files again to move them (their resources "
+                         "are re-mapped even though unchanged; no --force needed)")
+        return "\n".join(lines)
+
+
+def remap_loaded_rows(conn: Connection, mappings: list[dict]) -> tuple[int, int]:
+    """Re-map rows the ingest loaded before these mappings existed: every coded column holding the
+    site-local concept of a mapped (vocabulary, code) now holds the mapping's target (the source
+    concept column keeps the local concept: the code as sent).  Rows whose table no longer fits the
+    target's domain are marked stale in ``source_record`` so the next ingest of their files moves them.
+    Returns (rows re-mapped, rows to move)."""
+    concept, record = tables["concept"], tables["source_record"]
+    targets: dict[int, int] = {}
+    for r in mappings:
+        local = conn.execute(select(concept.c.concept_id).where(
+            concept.c.vocabulary_id == r["source_vocabulary_id"], concept.c.concept_code == r["source_code"],
+            concept.c.concept_id >= SITE_LOCAL_MIN)).scalar()
+        if local is not None and r["target_concept_id"]:
+            targets[local] = r["target_concept_id"]
+    if not targets:
+        return 0, 0
+    domains = dict(conn.execute(select(concept.c.concept_id, concept.c.domain_id)
+                                .where(concept.c.concept_id.in_(sorted(set(targets.values()))))).all())
+    remapped = moved = 0
+    for coded in CODED_COLUMNS:
+        if coded.role == "visit type":  # a source concept column: it keeps the code as sent
+            continue
+        table = tables[coded.table]
+        key = next(iter(table.primary_key.columns), None)
+        for local, target in targets.items():
+            hit = table.c[coded.column] == local
+            home = DOMAIN_TABLES.get(domains.get(target) or "")
+            if coded.role == "concept" and coded.table in DOMAIN_TABLES.values() and home not in (None, coded.table):
+                ids = list(conn.execute(select(key).where(hit)).scalars())
+                moved += len(ids)
+                for start in range(0, len(ids), 2_000):
+                    owners = select(record.c.source_key).where(record.c.cdm_table == coded.table,
+                                                               record.c.cdm_id.in_(ids[start:start + 2_000]))
+                    # every row of the resource: the engine compares the hash of any of them
+                    conn.execute(update(record).where(record.c.source_key.in_(owners))
+                                 .values(content_hash="stale: vocab load-map"))
+            remapped += conn.execute(update(table).where(hit).values({coded.column: target})).rowcount
+    return remapped, moved

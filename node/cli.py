@@ -113,20 +113,25 @@ def vocab_load_map(ctx: click.Context, path: str) -> None:
     """Load the site's SOURCE_TO_CONCEPT_MAP (local codes onto standard ones)."""
     engine = open_engine(node_config(ctx).database_url)
     require_writable_cdm(engine, "vocab load-map")
-    click.echo(f"{load_source_to_concept_map(engine, path):,} mappings loaded")
+    click.echo(load_source_to_concept_map(engine, path).text())
 
 
 @vocab.command("resolve")
 @click.argument("references", nargs=-1, required=True)
 @click.pass_context
 def vocab_resolve(ctx: click.Context, references: tuple[str, ...]) -> None:
-    """Show the concept id each SYSTEM:code resolves to at this node."""
+    """Show what each SYSTEM:code (or system-uri|code) means here and how many rows carry it."""
     engine = open_engine(node_config(ctx).database_url)
     require_cdm(engine)
     vocabulary = Vocabulary(engine)
     for reference in references:
         concept_id = vocabulary.resolve(reference)
-        click.echo(f"{reference}\t{concept_id if concept_id is not None else 'not in this node'}")
+        if concept_id is None:
+            click.echo(f"{reference}\tunknown code: not in this node's vocabulary")
+            continue
+        rows = vocabulary.usage(concept_id)
+        found = ", ".join(f"{n:,} in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
+        click.echo(f"{reference}\t{concept_id}\t{found}")
 
 
 @main.group()

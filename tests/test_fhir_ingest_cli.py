@@ -89,8 +89,10 @@ def test_mapping_report_lists_unmapped_codes_by_frequency(tmp_path):
     result = runner.invoke(main, ["--db", db, "mapping-report", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert [(r["code"], r["rows"], r["table"], r["name"]) for r in report] == [
-        ("DX-A", 3, "condition_occurrence", "local DX-A"), ("DX-B", 1, "condition_occurrence", "local DX-B")]
+    # a local code system is shown by its URI (how a spec names it), never by an internal vocabulary name
+    assert [(r["code"], r["rows"], r["table"], r["role"], r["name"]) for r in report] == [
+        ("urn:site:dx|DX-A", 3, "condition_occurrence", "concept", "local DX-A"),
+        ("urn:site:dx|DX-B", 1, "condition_occurrence", "concept", "local DX-B")]
     result = runner.invoke(main, ["--db", db, "mapping-report", "--limit", "1"])
     assert "1 unmapped source codes" in result.output and "DX-A" in result.output and "DX-B" not in result.output
 

@@ -29,7 +29,8 @@ def test_init_on_postgresql_and_vocab_commands(pg_url):
     loaded = runner.invoke(main, ["--db", pg_url, "vocab", "load-athena", str(ATHENA)])
     assert loaded.exit_code == 0 and "concept: 8 rows" in loaded.output
     resolved = runner.invoke(main, ["--db", pg_url, "vocab", "resolve", "LOINC:2160-0", "SNOMED:0000"])
-    assert resolved.output.splitlines() == ["LOINC:2160-0\t3016723", "SNOMED:0000\tnot in this node"]
+    assert resolved.output.splitlines() == ["LOINC:2160-0\t3016723\tcode known here, 0 rows",
+                                            "SNOMED:0000\tunknown code: not in this node's vocabulary"]
     status = runner.invoke(main, ["--db", pg_url, "status"])
     assert status.exit_code == 0 and "concept" in status.output
 

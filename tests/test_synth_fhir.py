@@ -410,7 +410,7 @@ def test_local_lab_codes_map_to_loinc_through_the_site_file(network, truth, tmp_
     assert local[site["lab_system"]] > 0
     engine = open_engine(str(tmp_path / "cdm.sqlite"))
     create_cdm(engine, source_name=site["name"])
-    assert load_source_to_concept_map(engine, network / site["vocabulary_map"]) == len(rows)
+    assert load_source_to_concept_map(engine, network / site["vocabulary_map"]).mappings == len(rows)
     vocab = Vocabulary(engine)
     creat = next(r for r in rows if r["target"] == "LOINC:2160-0")
     match = vocab.lookup(creat["source_vocabulary_id"], creat["source_code"])

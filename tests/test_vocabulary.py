@@ -73,7 +73,7 @@ def test_site_mapping_file_maps_local_code_onto_standard(any_cdm, tmp_path):
         "source_code,source_vocabulary_id,source_code_description,target\n"
         "CREA,LOCALLAB,Creatinine (site code),LOINC:2160-0\n"
     )
-    assert load_source_to_concept_map(any_cdm, mapping) == 1
+    assert load_source_to_concept_map(any_cdm, mapping).mappings == 1
     vocab = Vocabulary(any_cdm)
     match = vocab.concept_for("LOCALLAB", "CREA")
     assert match.concept_id == 3016723 and not match.is_local
@@ -90,7 +90,7 @@ def test_mapping_targets_unknown_to_the_node_get_their_vocabularys_domain(any_cd
         "SMOKE,LOCALQ,Smoker (site code),SNOMED:77176002,\n"
         "ECOG,LOCALQ,ECOG score,SNOMED:423740007,Measurement\n"
     )
-    assert load_source_to_concept_map(any_cdm, mapping) == 3
+    assert load_source_to_concept_map(any_cdm, mapping).mappings == 3
     vocab = Vocabulary(any_cdm)
     assert vocab.lookup("LOCALLAB", "CREA").domain_id == "Measurement"
     assert vocab.lookup("LOCALQ", "SMOKE").domain_id == "Observation"

@@ -13,20 +13,16 @@ Organization / Location / Practitioner resources: within a run from memory, acro
 
 from __future__ import annotations
 
-from collections import Counter
-
 from sqlalchemy import Engine, select
 
 from cdm.ids import stable_id
 from cdm.schema import tables
-from cdm.vocabulary import ConceptMatch, Vocabulary, vocabulary_for_uri
+from cdm.vocabulary import SITE_LOCAL_MIN, ConceptMatch, Vocabulary, vocabulary_for_uri
 from node.fhir_profile import DEFAULT_MRN_SYSTEM, UCUM
 from node.ingest.contract import Unmappable
 
 UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
 NO_PATIENT = "NO_PATIENT"
-#: Site-local concepts (created at ingest for unknown codes) start here; RADFED project concepts are below.
-SITE_LOCAL_MIN = 2_000_100_000
 NO_CONCEPT = ConceptMatch(0, 0, None, False)
 #: Resource types whose identifiers conditional references may use.
 IDENTIFIED_TYPES = ("Organization", "Location", "Practitioner")
@@ -52,8 +48,12 @@ def identifier_key(resource_type: str, system: str | None, value: str) -> str:
 
 
 def is_unmapped(match: ConceptMatch) -> bool:
-    """True for a code the node has no standard concept for (0, or a site-local concept)."""
-    return match.concept_id == 0 or match.concept_id >= SITE_LOCAL_MIN
+    """True for a code the node has no standard concept for: its own site-local concept (no mapping
+    found), or 0 for a code it knows without a standard one (``cdm.vocabulary.unmapped_clause``
+    counts the same in the CDM)."""
+    if match.concept_id == 0:
+        return match.source_concept_id != 0
+    return match.concept_id >= SITE_LOCAL_MIN and match.concept_id == match.source_concept_id
 
 
 class RecentCache:
@@ -111,8 +111,9 @@ class RunContext:
         self._detail_visit = RecentCache(cache_size)  # visit_detail id -> its visit_occurrence id
         self._db_hits = RecentCache(cache_size)
         self._aliases: dict[str, int] = {}  # identifier key -> row id (organisations, practitioners: few)
-        #: resourceType -> number of codings mapped to no standard concept, for the run summary.
-        self.unmapped: Counter[str] = Counter()
+        #: codings of the resource being mapped that found no standard concept (the engine adds them to
+        #: the summary when the resource's rows are written, so the summary counts what the CDM holds)
+        self.unmapped_codings = 0
         self.current_type: str | None = None
         #: (target source key, CDM table) of the references of the resource being mapped that name a
         #: resource not loaded (yet); the engine turns them into ``pending_reference`` rows.
@@ -239,13 +240,14 @@ class RunContext:
         for coding in codings:
             vocabulary_id = vocabulary_for_uri(coding.get("system"))
             known = self.vocabulary.lookup(vocabulary_id, str(coding["code"]).strip())
-            if known is not None and not is_unmapped(known):
+            if known is not None and known.concept_id != 0 and not is_unmapped(known):
                 return known
         first = codings[0]
         match = self.vocabulary.concept_for(vocabulary_for_uri(first.get("system")), str(first["code"])[:50],
-                                            first.get("display") or (codeable or {}).get("text"), domain_hint)
+                                            first.get("display") or (codeable or {}).get("text"), domain_hint,
+                                            system_uri=first.get("system"))
         if is_unmapped(match):
-            self.unmapped[self.current_type or "?"] += 1
+            self.unmapped_codings += 1
         return match
 
     def known_concept(self, vocabulary_id: str, code: str) -> int | None:

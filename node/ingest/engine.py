@@ -227,7 +227,7 @@ class IngestRun:
         if fn is None:
             self.summary.count(resource_type, "skipped", "no mapper", item.source_file)
             return None
-        self.ctx.unresolved = []
+        self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
         try:
             rows = fn(resource, self.ctx)
         except Unmappable as exc:
@@ -263,6 +263,7 @@ class IngestRun:
             self.ctx.mark_visit_detail(main_id, main.values["visit_occurrence_id"])
             provides.append((key, "visit_occurrence", main.values["visit_occurrence_id"]))
         self.summary.count(resource_type, "updated" if replaces else "loaded")
+        self.summary.unmapped[resource_type] += self.ctx.unmapped_codings
         return Mapped(key, digest, rows, aliases, replaces, (item.source_file, item.line),
                       pending_references(self.ctx.unresolved, rows), provides)
 
@@ -298,7 +299,6 @@ class IngestRun:
             with self.engine.begin() as conn:
                 for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
                     step(conn, self.persons)
-        self.summary.unmapped.update(self.ctx.unmapped)
         self.summary.references_resolved = self.writer.references_resolved
         self.summary.unresolved_references = self.writer.open_references()
         self.summary.seconds = time.perf_counter() - self._started

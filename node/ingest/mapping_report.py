@@ -1,77 +1,86 @@
-"""``radfed-node mapping-report``: the source codes this node could not map, most frequent first.
+"""``radfed-node mapping-report``: the source codes this node could not map, by role, most frequent first.
 
-A code is unmapped when the rows it produced carry no standard concept: concept 0, or a site-local
-concept (id >= 2,000,100,000, created at ingest; :mod:`cdm.vocabulary`).  The report counts rows in
-the CDM itself, so it reflects every run so far and shrinks as the site loads Athena vocabularies or
-its ``source_to_concept_map`` and reloads with ``radfed-node ingest fhir --force`` (an unchanged resource is
-not re-mapped otherwise).  The counting is one grouped UNION ALL in the database.
+A coding is unmapped when the CDM column it filled holds no standard concept: a site-local concept
+(id >= 2,000,100,000, created at ingest; :mod:`cdm.vocabulary`), or 0 for a code the node knows
+without a standard mapping.  Every column the FHIR ingest fills from a coding is counted
+(:data:`cdm.vocabulary.CODED_COLUMNS`), by its **role**: the event's own concept, a coded *value*
+(``value_as_concept_id``), a *unit*, a route, an anatomic site, a visit type...  So the report's
+total equals the ``unmapped codings`` of the ingest summary that loaded the same rows.
+
+The report counts rows in the CDM itself, so it reflects every run so far and shrinks as the site
+loads Athena vocabularies or its ``source_to_concept_map`` (``vocab load-map`` re-maps the rows
+already loaded).  Codes of a local code system are shown by their system URI (``system|code``, how
+a spec names them), never by the internal vocabulary name.  The counting is one grouped UNION ALL
+in the database.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Engine, func, literal, or_, select, union_all
+from sqlalchemy import Engine, func, literal, select, union_all
 
 from cdm.schema import tables
-from node.ingest.context import SITE_LOCAL_MIN
-
-#: (table, concept column, source concept column, source value column) of each coded event table.
-CODED_COLUMNS = (
-    ("condition_occurrence", "condition_concept_id", "condition_source_concept_id", "condition_source_value"),
-    ("procedure_occurrence", "procedure_concept_id", "procedure_source_concept_id", "procedure_source_value"),
-    ("drug_exposure", "drug_concept_id", "drug_source_concept_id", "drug_source_value"),
-    ("device_exposure", "device_concept_id", "device_source_concept_id", "device_source_value"),
-    ("measurement", "measurement_concept_id", "measurement_source_concept_id", "measurement_source_value"),
-    ("observation", "observation_concept_id", "observation_source_concept_id", "observation_source_value"),
-    ("specimen", "specimen_concept_id", None, "specimen_source_value"),
-)
+from cdm.vocabulary import CODED_COLUMNS, display_reference, unmapped_clause
 
 
 @dataclass(frozen=True)
 class UnmappedCode:
     table: str
-    vocabulary_id: str | None
-    code: str | None
+    role: str
+    code: str
     name: str | None
     rows: int
 
 
 def unmapped_codes(engine: Engine, limit: int | None = None) -> list[UnmappedCode]:
-    """Source codes without a standard concept, with the number of CDM rows each produced."""
-    concept = tables["concept"]
+    """Source codes without a standard concept, with the number of CDM columns each filled."""
+    concept, vocabulary = tables["concept"], tables["vocabulary"]
     parts = []
-    for name, concept_column, source_concept_column, value_column in CODED_COLUMNS:
-        table = tables[name]
-        # The source concept names the code; the specimen table has none, so its own concept does.
-        code_concept = table.c[source_concept_column] if source_concept_column else table.c[concept_column]
+    for coded in CODED_COLUMNS:
+        table = tables[coded.table]
+        # The source concept names the code; without a source column, the (site-local) concept does.
+        code_concept = table.c[coded.source_column] if coded.source_column else table.c[coded.column]
+        source_value = table.c[coded.source_value] if coded.source_value else literal(None)
         parts.append(
-            select(literal(name).label("cdm_table"), code_concept.label("source_concept_id"),
-                   table.c[value_column].label("source_value"))
-            .where(or_(table.c[concept_column] == 0, table.c[concept_column] >= SITE_LOCAL_MIN))
+            select(literal(coded.table).label("cdm_table"), literal(coded.role).label("role"),
+                   code_concept.label("source_concept_id"), source_value.label("source_value"))
+            .where(unmapped_clause(table, coded))
         )
     events = union_all(*parts).subquery("events")
+    code = func.coalesce(concept.c.concept_code, events.c.source_value)
+    n = func.count().label("n")
     query = (
-        select(events.c.cdm_table, concept.c.vocabulary_id, func.coalesce(concept.c.concept_code, events.c.source_value),
-               concept.c.concept_name, func.count().label("n"))
-        .select_from(events.outerjoin(concept, concept.c.concept_id == events.c.source_concept_id))
-        .group_by(events.c.cdm_table, concept.c.vocabulary_id,
-                  func.coalesce(concept.c.concept_code, events.c.source_value), concept.c.concept_name)
-        .order_by(func.count().desc(), events.c.cdm_table, concept.c.vocabulary_id,
-                  func.coalesce(concept.c.concept_code, events.c.source_value))
+        select(events.c.cdm_table, events.c.role, concept.c.vocabulary_id, vocabulary.c.vocabulary_reference, code,
+               concept.c.concept_name, n)
+        .select_from(events.outerjoin(concept, concept.c.concept_id == events.c.source_concept_id)
+                     .outerjoin(vocabulary, vocabulary.c.vocabulary_id == concept.c.vocabulary_id))
+        .group_by(events.c.cdm_table, events.c.role, concept.c.vocabulary_id, vocabulary.c.vocabulary_reference,
+                  code, concept.c.concept_name)
+        .order_by(func.count().desc(), events.c.cdm_table, events.c.role, concept.c.vocabulary_id, code)
     )
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
-        return [UnmappedCode(*row) for row in conn.execute(query)]
+        return [UnmappedCode(table, role, display_reference(vocabulary_id, value, uri), name, rows)
+                for table, role, vocabulary_id, uri, value, name, rows in conn.execute(query)]
+
+
+def totals_by_role(codes: list[UnmappedCode]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in codes:
+        out[c.role] = out.get(c.role, 0) + c.rows
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def report_text(codes: list[UnmappedCode]) -> str:
     if not codes:
         return "every source code maps to a standard concept"
-    lines = [f"{len(codes)} unmapped source codes (rows, table, vocabulary:code, name):"]
+    total = sum(c.rows for c in codes)
+    roles = ", ".join(f"{role} {n:,}" for role, n in totals_by_role(codes).items())
+    lines = [f"{len(codes)} unmapped source codes, {total:,} codings ({roles}); rows, table, role, code, name:"]
     for c in codes:
-        lines.append(f"  {c.rows:>8,}  {c.table:<20}  {c.vocabulary_id or '?'}:{c.code or '?'}  {c.name or ''}")
+        lines.append(f"  {c.rows:>8,}  {c.table:<20}  {c.role:<13}  {c.code}  {c.name or ''}")
     return "\n".join(lines)
 
 
