@@ -337,6 +337,13 @@ def _(m: S.VisitCriterion, r):
 
 
 @events.register
+def _(m: S.NoteCriterion, r):
+    t = T["note"]
+    where = [t.c.note_class_concept_id.in_(r.ids(m.codes, m.descendants))] if m.codes else []
+    return Events(t, t.c.person_id, t.c.note_date, where, order=t.c.note_id)
+
+
+@events.register
 def _(m: S.DeathCriterion, r):
     t = T["death"]
     return Events(t, t.c.person_id, t.c.death_date, [], order=t.c.death_date)

@@ -254,6 +254,17 @@ class DeathCriterion(_Event):
     kind: Literal["death"] = "death"
 
 
+class NoteCriterion(_Event):
+    """Clinical notes (``note``: radiology and pathology reports, discharge letters...) by document
+    type: ``codes`` match the note's class (FHIR ``DocumentReference.type`` / the report's ``code``,
+    e.g. ``LOINC:18748-4`` "Diagnostic imaging study"); without codes any note matches.  The text
+    itself is never searched by a spec."""
+
+    kind: Literal["note"] = "note"
+    codes: Codes | None = None
+    descendants: bool = True
+
+
 class VisitCriterion(_Event):
     """Visits (``visit_occurrence``: a FHIR Encounter), by visit concept and/or encounter type.
 
@@ -305,7 +316,7 @@ class Not(Model):
 
 
 EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "signal",
-               "episode", "death", "visit")
+               "episode", "death", "visit", "note")
 CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "all", "any", "not")
 
 
@@ -333,6 +344,7 @@ Criterion = Annotated[
         Annotated[EpisodeCriterion, Tag("episode")],
         Annotated[DeathCriterion, Tag("death")],
         Annotated[VisitCriterion, Tag("visit")],
+        Annotated[NoteCriterion, Tag("note")],
         Annotated[AgeCriterion, Tag("age")],
         Annotated[SexCriterion, Tag("sex")],
         Annotated[AllOf, Tag("all")],
@@ -351,6 +363,7 @@ for _m in (AllOf, AnyOf, Not):
 EventCriterion = Union[
     ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
     ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion, VisitCriterion,
+    NoteCriterion,
 ]
 
 
@@ -364,7 +377,7 @@ class ObservationStart(Model):
 
 
 IndexKind = Literal["condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode",
-                    "visit"]
+                    "visit", "note"]
 
 
 IndexEvent = Annotated[
@@ -378,13 +391,14 @@ IndexEvent = Annotated[
         Annotated[CtdnaCriterion, Tag("ctdna")],
         Annotated[EpisodeCriterion, Tag("episode")],
         Annotated[VisitCriterion, Tag("visit")],
+        Annotated[NoteCriterion, Tag("note")],
         Annotated[ObservationStart, Tag("observation_start")],
     ],
     Discriminator(
         _tag,
         custom_error_type="index_kind",
         custom_error_message="the index event needs kind: condition|procedure|drug|measurement|variant|"
-        "image_feature|ctdna|episode|visit|observation_start",
+        "image_feature|ctdna|episode|visit|note|observation_start",
     ),
 ]
 

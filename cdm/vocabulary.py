@@ -82,6 +82,7 @@ CODED_COLUMNS = (
     CodedColumn("variant_occurrence", "target_gene2_concept_id", "concept", source_value="target_gene2_symbol"),
     CodedColumn("episode", "episode_object_concept_id", "concept", unless=("episode_concept_id", 32533)),
     CodedColumn("image_occurrence", "modality_concept_id", "concept", source_value="modality_source_value"),
+    CodedColumn("note", "note_class_concept_id", "note type", source_value="note_source_value"),
     CodedColumn("visit_occurrence", "visit_source_concept_id", "visit type", source_value="visit_source_value"),
     CodedColumn("visit_detail", "visit_detail_source_concept_id", "visit type",
                 source_value="visit_detail_source_value"),
@@ -164,8 +165,8 @@ SYSTEM_URIS = {
 
 _KNOWN_VOCABULARIES = frozenset(SYSTEM_ALIASES.values()) | frozenset(SYSTEM_URIS.values())
 _SYSTEM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,19}$")
-#: A code system URI (http(s)://..., urn:oid:..., urn:uuid:...): printable, no spaces, at most 255.
-_SYSTEM_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[!-{}~]{1,250}$")
+#: A code system URI (http(s)://..., urn:oid:..., urn:uuid:...): printable, no spaces or "|", at most 255.
+_SYSTEM_URI = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://|[Uu][Rr][Nn]:)[!-{}~]{1,245}$")
 
 
 class UnknownCode(LookupError):
@@ -190,9 +191,9 @@ def parse_reference(reference: str) -> tuple[str, str]:
     vocabulary the FHIR ingest files that system's codes under (:func:`vocabulary_for_uri`).
     ``HGNC:HGNC:11998`` and ``HGNC:11998`` are the same gene.
     """
-    if isinstance(reference, str) and "|" in reference:
+    if isinstance(reference, str) and "|" in reference and _SYSTEM_URI.match(reference.split("|", 1)[0]):
         system, code = reference.split("|", 1)
-        if not _SYSTEM_URI.match(system) or not code.strip() or len(code) > 50:
+        if not code.strip() or len(code) > 50:
             raise UnknownCode(f"code reference {reference!r} is not of the form system-uri|code")
         vocabulary_id = vocabulary_for_uri(system)
         return vocabulary_id, normalise_code(vocabulary_id, code)

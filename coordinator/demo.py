@@ -87,7 +87,8 @@ class Demo:
             _run(node + ["init"], f"{name} init", self.log)
             if site.get("vocabulary_map") and (data / site["vocabulary_map"]).exists():
                 _run(node + ["vocab", "load-map", str(data / site["vocabulary_map"])], f"{name} vocabulary map", self.log)
-            _run(node + ["ingest", "fhir", str(data / site["fhir_dir"])], f"{name} FHIR", self.log)
+            _run(node + ["ingest", "fhir", str(data / site["fhir_dir"])], f"{name} FHIR", self.log,
+                 partial_ok=True)
             if site.get("dicom_dir"):
                 _run(node + ["ingest", "dicom", str(data / site["dicom_dir"])], f"{name} DICOM", self.log,
                      partial_ok=True)

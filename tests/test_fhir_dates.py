@@ -68,6 +68,9 @@ def _resources(tag: str, stamp: str, n: int) -> list[dict]:
          "series": [{"uid": f"1.2.3.{n}.1", "modality": {"code": "MR"}}]},
         {"resourceType": "DiagnosticReport", "id": f"dr-{tag}", "status": "final", "subject": subject,
          "code": _cc(LOINC, "18748-4"), "effectiveDateTime": stamp, "conclusionCode": [_cc(SNOMED, "363346000")]},
+        {"resourceType": "DocumentReference", "id": f"doc-{tag}", "status": "current", "subject": subject,
+         "type": _cc(LOINC, "11506-3"), "context": {"period": {"start": stamp}},
+         "content": [{"attachment": {"contentType": "text/plain", "data": "bm90ZQ=="}}]},
     ]
 
 
@@ -80,6 +83,7 @@ DATED = [("visit_occurrence", "visit_start_date", "visit_start_datetime"),
          ("observation", "observation_date", "observation_datetime"),
          ("specimen", "specimen_date", "specimen_datetime"),
          ("image_occurrence", "image_occurrence_date", "image_occurrence_datetime"),
+         ("note", "note_date", "note_datetime"),
          ("signal_window", None, "window_start_datetime")]
 
 

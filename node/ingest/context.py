@@ -13,7 +13,7 @@ Organization / Location / Practitioner resources: within a run from memory, acro
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from cdm.ids import stable_id
 from cdm.schema import tables
@@ -34,7 +34,11 @@ SOURCE_RECORD = tables["source_record"]
 #: and not found is *pending* (filled when the target arrives); asked as another table it is not.
 REFERENCE_TABLES = {"Patient": "person", "Practitioner": "provider", "Organization": "care_site",
                     "Location": "location", "Encounter": "visit_occurrence", "Specimen": "specimen",
-                    "Procedure": "procedure_occurrence", "Device": "device_exposure"}
+                    "Procedure": "procedure_occurrence", "Device": "device_exposure",
+                    "ImagingStudy": "image_occurrence"}
+#: Types whose rows do not carry the resource's own stable id (an ImagingStudy is one row per series,
+#: id from the SeriesInstanceUID): a reference to one means its row with the smallest id.
+MAIN_ROW_BY_RECORD = frozenset({"ImagingStudy"})
 
 
 def source_key(resource_type: str, resource_id: str) -> str:
@@ -110,6 +114,7 @@ class RunContext:
         self._present = RecentCache(cache_size)
         self._detail_visit = RecentCache(cache_size)  # visit_detail id -> its visit_occurrence id
         self._db_hits = RecentCache(cache_size)
+        self._main_ids = RecentCache(cache_size)  # (type, id) -> main row id, when not row_id(type, id)
         self._aliases: dict[str, int] = {}  # identifier key -> row id (organisations, practitioners: few)
         #: codings of the resource being mapped that found no standard concept (the engine adds them to
         #: the summary when the resource's rows are written, so the summary counts what the CDM holds)
@@ -121,9 +126,14 @@ class RunContext:
 
     # -- bookkeeping the engine calls ------------------------------------------------------------
 
-    def mark_present(self, resource_type: str, resource_id: str, table: str | None = None) -> None:
+    def mark_present(self, resource_type: str, resource_id: str, table: str | None = None,
+                     row_id: int | None = None) -> None:
+        """``row_id``: the main row's id when it is not the resource's own stable id (an ImagingStudy's
+        first series)."""
         if resource_type not in UNREFERENCED:
             self._present[(resource_type, resource_id)] = table
+            if row_id is not None:
+                self._main_ids[(resource_type, resource_id)] = row_id
 
     def mark_visit_detail(self, visit_detail_id: int, visit_occurrence_id: int) -> None:
         """A sub-encounter became a visit_detail: references to it as a visit mean its parent visit."""
@@ -207,7 +217,7 @@ class RunContext:
         row_id = self.row_id(*target)
         known = self._present.get(target, False)  # table, None (unchanged: ask the CDM) or False (not seen)
         if known == cdm_table:
-            return row_id
+            return self._main_ids.get(target, row_id)
         as_visit = cdm_table == "visit_occurrence" and target[0] == "Encounter"
         if known not in (None, False):  # mapped in this run, to another table
             return self._parent_visit(row_id) if as_visit and known == "visit_detail" else None
@@ -217,10 +227,24 @@ class RunContext:
         column = next(iter(table.primary_key.columns)).name
         if self._exists(cdm_table, column, row_id):
             return row_id
-        found = self._parent_visit(row_id) if as_visit else None
+        found = self._parent_visit(row_id) if as_visit else self._first_row(target, cdm_table)
         if found is None:
             self._pending(target[0], source_key(*target), cdm_table)
         return found
+
+    def _first_row(self, target: tuple[str, str], cdm_table: str) -> int | None:
+        """The smallest id of the ``cdm_table`` rows a resource wrote whose rows do not carry its own
+        stable id (an ImagingStudy's series), through ``source_record``."""
+        if REFERENCE_TABLES.get(target[0]) != cdm_table or target[0] not in MAIN_ROW_BY_RECORD:
+            return None
+        if target not in self._main_ids:
+            with self.engine.connect() as conn:
+                found = conn.execute(select(func.min(SOURCE_RECORD.c.cdm_id)).where(
+                    SOURCE_RECORD.c.source_key == source_key(*target), SOURCE_RECORD.c.cdm_table == cdm_table)).scalar()
+            if found is None:
+                return None
+            self._main_ids[target] = found
+        return self._main_ids[target]
 
     def _parent_visit(self, visit_detail_id: int) -> int | None:
         if visit_detail_id not in self._detail_visit:

@@ -46,9 +46,8 @@ from node.ingest.summary import IngestSummary
 from node.ingest.validate import ValidationPool, problem, relaxed_gc
 
 #: Resource types radfed keeps no CDM rows for: counted as skipped, neither validated nor quarantined.
-NO_CDM_TABLE = frozenset({"PractitionerRole", "OperationOutcome", "Provenance", "DocumentReference",
-                          "CareTeam", "CarePlan", "Claim", "ExplanationOfBenefit", "SupplyDelivery",
-                          "Goal", "Coverage"})
+NO_CDM_TABLE = frozenset({"PractitionerRole", "OperationOutcome", "Provenance", "CareTeam", "CarePlan", "Claim",
+                          "ExplanationOfBenefit", "SupplyDelivery", "Goal", "Coverage"})
 #: The CDM table a conditional reference to each identified type points at.
 IDENTIFIED_TABLE = {"Organization": "care_site", "Location": "location", "Practitioner": "provider"}
 MAPPING_ERROR = "MAPPING_ERROR"
@@ -256,9 +255,12 @@ class IngestRun:
                     aliases.append((alias, IDENTIFIED_TABLE[resource_type], row_id))
                     self.ctx.add_alias(alias, row_id)
         main_id = self.ctx.row_id(resource_type, resource["id"])
-        main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), rows[0])
-        self.ctx.mark_present(resource_type, resource["id"], main.table)
-        provides = [(key, main.table, main.values[key_column(main.table)])]
+        main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), None)
+        if main is None:  # no row carries the resource's own id (ImagingStudy: one per series): the smallest
+            main = min((r for r in rows if r.table == rows[0].table), key=lambda r: r.values[key_column(r.table)])
+        own = main.values[key_column(main.table)]
+        self.ctx.mark_present(resource_type, resource["id"], main.table, None if own == main_id else own)
+        provides = [(key, main.table, own)]
         if main.table == "visit_detail":
             self.ctx.mark_visit_detail(main_id, main.values["visit_occurrence_id"])
             provides.append((key, "visit_occurrence", main.values["visit_occurrence_id"]))

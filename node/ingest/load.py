@@ -32,6 +32,8 @@ KEY_COLUMNS = {"death": "person_id", "episode_event": "event_id", "fact_relation
 #: Bound parameters per IN list (SQLite's default limit is 32,766; PostgreSQL's 65,535).
 CHUNK = 2_000
 ALIAS_MARK = "?identifier="
+#: The column a reference to a table fills when it is not ``<table>_id`` (a note's imaging study).
+REFERENCE_COLUMNS = {"image_occurrence": "note_event_id"}
 
 
 @lru_cache(maxsize=None)
@@ -103,7 +105,7 @@ def pending_references(unresolved: list[tuple[str, str]], rows: list[Row]) -> li
     that table (``provider`` -> ``provider_id``) the mapper had to leave empty."""
     out = []
     for target_key, target_table in dict.fromkeys(unresolved):
-        column = f"{target_table}_id"
+        column = REFERENCE_COLUMNS.get(target_table, f"{target_table}_id")
         for row in rows:
             if column in tables[row.table].c and row.values.get(column) is None:
                 out.append((target_key, row.table, row.values[key_column(row.table)], column, target_table))

@@ -35,6 +35,7 @@ EVENT_DATES = (
     ("death", "death_date", None),
     ("image_occurrence", "image_occurrence_date", None),
     ("episode", "episode_start_date", "episode_end_date"),
+    ("note", "note_date", None),
 )
 
 

@@ -23,7 +23,9 @@ ImagingStudy               :mod:`.imaging_study` -> image_occurrence
 Observation                :mod:`.observation_dispatch` -> :mod:`.observation` (measurement /
                            observation), :mod:`.variant`, :mod:`.ctdna`, :mod:`.image_feature`,
                            :mod:`.biopsy_location`, :mod:`.sampled_data`, :mod:`.disease_status`
-DiagnosticReport           :mod:`.diagnostic_report` -> its contained results, conclusion codes
+DiagnosticReport           :mod:`.diagnostic_report` -> its contained results, conclusion codes,
+                           :mod:`.note` (its presentedForm: the report text)
+DocumentReference          :mod:`.note` -> note
 =========================  ======================================================================
 """
 
@@ -45,6 +47,7 @@ from node.ingest.mappers.imaging_study import map_imaging_study
 from node.ingest.mappers.medication import (
     map_immunization, map_medication_administration, map_medication_request, map_medication_statement,
 )
+from node.ingest.mappers.note import map_document_reference
 from node.ingest.mappers.observation_dispatch import map_observation
 from node.ingest.mappers.patient import map_patient
 from node.ingest.mappers.procedure import map_procedure
@@ -69,6 +72,7 @@ MAPPERS: dict[str, Mapper] = {
     "ImagingStudy": map_imaging_study,
     "Observation": map_observation,
     "DiagnosticReport": map_diagnostic_report,
+    "DocumentReference": map_document_reference,
 }
 
 #: Set-based steps run after every load over the persons it touched (``None``: everyone), in order:

@@ -1,7 +1,8 @@
 """FHIR DiagnosticReport -> the rows of its contained results and an ``observation`` per conclusion code.
 
-A DiagnosticReport (Genomics Reporting IG "Genomics Report", or any report) gives no row of its own:
-its ``result`` Observations are resources loaded on their own.  Observations *contained* in the
+A DiagnosticReport (Genomics Reporting IG "Genomics Report", a radiology report...) gives no event
+row of its own: its ``result`` Observations are resources loaded on their own, and its
+``presentedForm`` (the report text) becomes ``note`` rows (:mod:`.note`).  Observations *contained* in the
 report are mapped here like any Observation (:mod:`.observation_dispatch`; row ids from
 ``"<report id>#<contained id>"``), and each ``conclusionCode`` becomes an ``observation`` row
 (concept = the report code, value = the conclusion code).
@@ -10,6 +11,7 @@ report are mapped here like any Observation (:mod:`.observation_dispatch`; row i
 from __future__ import annotations
 
 from node.ingest.contract import Row
+from node.ingest.mappers.note import presented_form_notes
 from node.ingest.mappers.observation import event_row
 from node.ingest.mappers.observation_dispatch import SKIPPED_STATUSES, map_observation
 from node.ingest.mappers.values import effective, first_code, reference
@@ -45,4 +47,4 @@ def map_diagnostic_report(resource: dict, ctx) -> list[Row]:
                               "value_source_value": (first_code(conclusion) or "")[:50] or None,
                               "value_as_string": (resource.get("conclusion") or "")[:60] or None},
                              visit_id, None))
-    return rows
+    return rows + presented_form_notes(resource, ctx)
