@@ -14,6 +14,7 @@ Age:      ``year(index) - year_of_birth - [birthday not yet reached in the index
 
 from __future__ import annotations
 
+import bisect
 import weakref
 from dataclasses import dataclass, field
 from functools import singledispatch
@@ -363,6 +364,7 @@ class Context:
     person_id: object
     index_date: object
     person: object
+    variables: dict = field(default_factory=dict)  # the spec's variables (``group`` criteria name them)
 
 
 def within(date, index_date, window: S.Window) -> list:
@@ -437,6 +439,18 @@ def _(m: S.SexCriterion, ctx, r):
 
 
 @criterion.register
+def _(m: S.GroupCriterion, ctx, r):
+    var = ctx.variables[m.variable]
+    value, _ = variable_column(var.of, ctx, r)
+    groups = []
+    for label in dict.fromkeys(m.values):
+        low, high = var.bounds(label)
+        groups.append(and_(value.isnot(None), *([value >= low] if low is not None else []),
+                           *([value < high] if high is not None else [])))
+    return or_(false(), *groups)
+
+
+@criterion.register
 def _(m: S.AllOf, ctx, r):
     return and_(true(), *(criterion(c, ctx, r) for c in m.all))
 
@@ -463,7 +477,7 @@ def cohort_select(spec: S.Spec, resolver: Resolver):
     index CTE joined to ``person`` once, filtered by every criterion."""
     idx = index_select(spec.cohort, resolver).cte("idx")
     person = T["person"]
-    ctx = Context(idx.c.person_id, idx.c.index_date, person)
+    ctx = Context(idx.c.person_id, idx.c.index_date, person, spec.variables)
     c = spec.cohort
     where = [criterion(x, ctx, resolver) for x in c.inclusion]
     where += [not_(criterion(x, ctx, resolver)) for x in c.exclusion]
@@ -502,6 +516,10 @@ def variable_column(var, ctx: Context, resolver: Resolver, site: str = "local"):
         return ctx.person.c.gender_concept_id, lambda v: None if v is None else {MALE: "M", FEMALE: "F"}.get(v, "O")
     if kind == "site":
         return None, lambda v: site
+    if kind == "groups":
+        value, _ = variable_column(var.of, ctx, resolver, site)
+        labels, cuts = var.group_labels, var.cuts
+        return value, lambda v: None if v is None else labels[bisect.bisect_right(cuts, float(v))]
     ev = events(var, resolver)
     conds = _matching(ev, ctx, var.window)
     if kind == "condition" and var.categorical:
@@ -544,6 +562,7 @@ def resolve_variables(variables: list, resolver: Resolver) -> None:
     """Resolve the codes of ``variables`` without building their columns (what a frame that does not
     select them still owes its ``resolver.unresolved``: the warnings a site returns)."""
     for var in variables:
+        var = var.of if var.kind == "groups" else var
         if var.kind not in ("age", "sex", "site"):
             events(var, resolver)
 

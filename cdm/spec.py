@@ -155,6 +155,11 @@ class Window(Model):
 ANY_TIME = Window()
 FROM_INDEX = Window(start=0)
 
+
+def _increasing(values, where: str):
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{where} must be strictly increasing")
+
 Codes = Annotated[list[Code], Field(min_length=1, max_length=MAX_LIST)]
 VariantType = Literal["snv", "indel", "cnv", "fusion", "loss"]
 CtdnaField = Literal["tumour_fraction", "max_vaf", "mean_vaf", "detected"]
@@ -300,6 +305,15 @@ class SexCriterion(Model):
     values: Annotated[list[Sex], Field(min_length=1, max_length=4)]
 
 
+class GroupCriterion(Model):
+    """Persons whose ``groups`` variable (defined under ``variables``) is in one of ``values``,
+    evaluated at the index date like the variable itself; persons without a value match no group."""
+
+    kind: Literal["group"] = "group"
+    variable: Name
+    values: Annotated[list[Label], Field(min_length=1, max_length=21)]
+
+
 class AllOf(Model):
     kind: Literal["all"] = "all"
     all: Annotated[list["Criterion"], Field(max_length=MAX_LIST)]
@@ -317,7 +331,7 @@ class Not(Model):
 
 EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "signal",
                "episode", "death", "visit", "note")
-CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "all", "any", "not")
+CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "group", "all", "any", "not")
 
 
 def _tag(value: Any) -> str | None:
@@ -347,6 +361,7 @@ Criterion = Annotated[
         Annotated[NoteCriterion, Tag("note")],
         Annotated[AgeCriterion, Tag("age")],
         Annotated[SexCriterion, Tag("sex")],
+        Annotated[GroupCriterion, Tag("group")],
         Annotated[AllOf, Tag("all")],
         Annotated[AnyOf, Tag("any")],
         Annotated[Not, Tag("not")],
@@ -534,9 +549,57 @@ class SiteVar(_Var):
     categorical: ClassVar[bool] = True
 
 
+NumericVariable = Annotated[
+    Union[ImageFeatureVar, MeasurementVar, CtdnaVar, SignalVar, VariantVar, ConditionVar, EpisodeVar, AgeVar],
+    Field(discriminator="kind"),
+]
+
+
+class GroupsVar(_Var):
+    """A categorical variable made from a numeric one (``of``, any numeric variable written inline):
+    ``cuts`` split its value into ``len(cuts) + 1`` groups, each closed below and open above —
+    group ``i`` holds ``cuts[i-1] <= value < cuts[i]`` — named by ``labels`` (default ``<c1``,
+    ``c1-c2``... ``>=ck``).  One cut is a threshold: ``{of: {kind: measurement, code: ...}, cuts:
+    [0.5], labels: ["0", "1"]}`` turns a 0/1 measurement into two groups.  Persons without a value
+    are in no group.  The groups come from the spec, never from the data, so a crosstab, KM or
+    log-rank by them releases the same shape under the same disclosure rules as any other category."""
+
+    kind: Literal["groups"] = "groups"
+    of: NumericVariable
+    cuts: Annotated[list[Number], Field(min_length=1, max_length=20)]
+    labels: Annotated[list[Label], Field(min_length=2, max_length=21)] | None = None
+    categorical: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _groups(self):
+        _increasing(self.cuts, "cuts")
+        if self.labels is not None:
+            if len(self.labels) != len(self.cuts) + 1:
+                raise ValueError(f"labels needs {len(self.cuts) + 1} names for {len(self.cuts)} cuts")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must be distinct")
+        if self.time_varying or self.of.time_varying:
+            raise ValueError("groups variables cannot be time-varying")
+        if self.of.categorical:
+            raise ValueError("of: groups are cut from a numeric variable")
+        return self
+
+    @property
+    def group_labels(self) -> list[str]:
+        if self.labels is not None:
+            return list(self.labels)
+        cuts = [f"{c:g}" for c in self.cuts]
+        return [f"<{cuts[0]}", *(f"{a}-{b}" for a, b in zip(cuts, cuts[1:])), f">={cuts[-1]}"]
+
+    def bounds(self, label: str) -> tuple[float | None, float | None]:
+        """``[low, high)`` of a group (``None``: open)."""
+        i = self.group_labels.index(label)
+        return (self.cuts[i - 1] if i > 0 else None), (self.cuts[i] if i < len(self.cuts) else None)
+
+
 Variable = Annotated[
     Union[ImageFeatureVar, MeasurementVar, CtdnaVar, SignalVar, VariantVar, ConditionVar, EpisodeVar, AgeVar, SexVar,
-          SiteVar],
+          SiteVar, GroupsVar],
     Field(discriminator="kind"),
 ]
 TIME_VARYING_KINDS = ("image_feature", "measurement", "ctdna", "signal")
@@ -574,11 +637,6 @@ class SurvivalTime(Model):
 Vars = Annotated[list[Name], Field(min_length=1, max_length=50)]
 Beta = Annotated[list[Number], Field(max_length=101)]
 Edges = Annotated[list[Number], Field(min_length=2, max_length=1001)]
-
-
-def _increasing(values, where: str):
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"{where} must be strictly increasing")
 
 
 class CountAnalysis(Model):
@@ -882,7 +940,8 @@ class Spec(Model):
                                     "(episode, condition list, variant presence or ctdna detected)")
         elif isinstance(analysis, (KMRound, KMAnalysis)) and analysis.group and analysis.group not in categorical:
             if not _binary(self.variables[analysis.group]):
-                problems.append(f"analysis.group: {analysis.group!r} must be categorical or 0/1")
+                problems.append(f"analysis.group: {analysis.group!r} must be categorical or 0/1 (cut a numeric "
+                                "variable into groups: {kind: groups, of: {...}, cuts: [...]})")
         for where, name in numeric_only:
             if name in categorical:
                 problems.append(f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable")
@@ -890,12 +949,34 @@ class Spec(Model):
             tv = [n for n in analysis.covariates if self.variables[n].time_varying]
             if tv and not analysis.time_varying:
                 problems.append(f"analysis.time_varying: covariates {tv} are time-varying; set time_varying: true")
+        for where, criterion in _criteria(self.cohort):
+            if criterion.kind != "group":
+                continue
+            var = self.variables.get(criterion.variable)
+            if not isinstance(var, GroupsVar):
+                problems.append(f"{where}.variable: {criterion.variable!r} is not a groups variable under variables")
+            elif set(criterion.values) - set(var.group_labels):
+                problems.append(f"{where}.values: {sorted(set(criterion.values) - set(var.group_labels))} are not "
+                                f"groups of {criterion.variable!r} ({', '.join(var.group_labels)})")
         for name, var in self.variables.items():
             if var.time_varying and var.kind not in TIME_VARYING_KINDS:
                 problems.append(f"variables.{name}.time_varying: only {', '.join(TIME_VARYING_KINDS)} can vary in time")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _criteria(cohort: Cohort):
+    """(field path, criterion) of every criterion of a cohort, nested ones included."""
+    stack = [(f"cohort.{part}[{i}]", c) for part in ("inclusion", "exclusion")
+             for i, c in enumerate(getattr(cohort, part))]
+    while stack:
+        where, c = stack.pop()
+        yield where, c
+        if c.kind in ("all", "any"):
+            stack += [(f"{where}.{c.kind}[{i}]", x) for i, x in enumerate(getattr(c, c.kind))]
+        elif c.kind == "not":
+            stack.append((f"{where}.not", c.not_))
 
 
 def _binary(var) -> bool:

@@ -590,8 +590,11 @@ USUAL_DOMAIN = {"LOINC": "Measurement", "UCUM": "Unit", "RxNorm": "Drug", "CVX":
 def load_source_to_concept_map(engine: Engine, path: str | Path) -> "MapLoad":
     """Load a site's own code mappings (OMOP SOURCE_TO_CONCEPT_MAP columns, comma- or tab-separated).
 
-    Target concepts may be named by id (``target_concept_id``) or, more conveniently for a site,
-    by reference (a ``target`` column holding ``LOINC:2160-0``), resolved through this node.  A
+    Source codes are ``source_vocabulary_id`` + ``source_code`` (the vocabulary may be a local code
+    system's URI), or one ``source`` column holding the code as ``mapping-report`` shows it
+    (``http://hospital.example/codes|K-12``).  Target concepts may be named by id
+    (``target_concept_id``) or, more conveniently for a site, by reference (a ``target`` column
+    holding ``LOINC:2160-0``), resolved through this node.  A
     target the node has no concept for yet (no Athena load) is created site-local with the domain of
     an optional ``target_domain_id`` column, else its vocabulary's usual domain
     (:data:`USUAL_DOMAIN`): its domain decides the CDM table mapped records land in, so a local lab
@@ -614,11 +617,17 @@ def load_source_to_concept_map(engine: Engine, path: str | Path) -> "MapLoad":
             target = int(r["target_concept_id"])
         else:
             raise AthenaError(f"{path.name} line {line_no}: needs target or target_concept_id")
+        if r.get("source"):  # the code as mapping-report shows it: SYSTEM:code or system-uri|code
+            source_vocabulary, source_code = parse_reference(r["source"])
+        else:
+            source_vocabulary, source_code = r["source_vocabulary_id"], r["source_code"]
+            if is_system_uri(source_vocabulary):  # a local code system by its URI
+                source_vocabulary = vocabulary_for_uri(source_vocabulary)
         rows.append(
             {
-                "source_code": r["source_code"],
+                "source_code": source_code,
                 "source_concept_id": int(r.get("source_concept_id") or 0),
-                "source_vocabulary_id": r["source_vocabulary_id"],
+                "source_vocabulary_id": source_vocabulary,
                 "source_code_description": r.get("source_code_description"),
                 "target_concept_id": target,
                 "target_vocabulary_id": r.get("target_vocabulary_id") or "None",

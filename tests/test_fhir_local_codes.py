@@ -92,8 +92,9 @@ def test_local_codes_by_uri_and_alias_then_a_late_mapping_takes_effect(any_cdm, 
     before = run_request(any_cdm, None, {"spec": {"cohort": {"index": {"kind": "measurement", "code": "LOINC:2160-0"}}}})
     assert before["status"] == "refused" and before["code"] == "UNKNOWN_CODE"  # not yet known here
     mapping = tmp_path / "map.csv"
-    mapping.write_text("source_code,source_vocabulary_id,target\n"
-                       f"K-12,{hashed},LOINC:2160-0\nSMOKE,{hashed},LOINC:72166-2\nUNUSED,{hashed},LOINC:1234-5\n")
+    # the map names the local codes as mapping-report shows them (or by system URI): no internal name
+    mapping.write_text("source,source_code,source_vocabulary_id,target\n"
+                       f"{LAB}|K-12,,,LOINC:2160-0\n,SMOKE,{LAB},LOINC:72166-2\n{LAB}|UNUSED,,,LOINC:1234-5\n")
     loaded = load_source_to_concept_map(any_cdm, mapping)
     assert loaded.mappings == 3 and loaded.rows_remapped == 2 * PATIENTS
     # smoking status was an observation; LOINC files it under Measurement: those rows must move tables
