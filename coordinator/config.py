@@ -40,6 +40,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from cdm.spec import Spec
 from cdm.tomlkeys import unknown_or_mistyped
 from coordinator.home import DEFAULTS, CoordinatorHome, HomeError
 
@@ -87,7 +90,10 @@ class CoordinatorConfig:
     def settings(self) -> dict:
         """The settings.json values this file fixes: its own, else the defaults (``None``: not set,
         the reader's own default applies)."""
-        return {name: self.get(table, key, DEFAULTS.get(name)) for (table, key), name in SETTINGS.items()}
+        fixed = {name: self.get(table, key, DEFAULTS.get(name)) for (table, key), name in SETTINGS.items()}
+        # [code_systems] ALIAS = "uri": the network's names for local code systems, added to every spec
+        fixed["code_systems"] = dict(self.raw["code_systems"]) if self.raw.get("code_systems") else None
+        return fixed
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
@@ -103,9 +109,14 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
 
 def validate(config: CoordinatorConfig) -> list[str]:
     """Problems: unknown tables/keys, wrong types, impossible values (ports, TLS host list)."""
-    problems = unknown_or_mistyped(config.raw, KNOWN_KEYS)
+    problems = unknown_or_mistyped({k: v for k, v in config.raw.items() if k != "code_systems"}, KNOWN_KEYS)
     if problems:
         return problems
+    try:  # the same rules as a spec's own code_systems
+        Spec.model_validate({"code_systems": config.raw.get("code_systems") or {}})
+    except ValidationError as exc:
+        problems += [f"[code_systems] {'.'.join(map(str, e['loc'][1:]))}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors(include_url=False, include_input=False)]
     for table in ("nats", "api", "flower"):
         port = config.get(table, "port")
         if port is not None and not 0 < port < 65536:

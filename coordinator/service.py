@@ -66,6 +66,16 @@ def validate_spec(spec: dict) -> None:
         raise SubmitError(f"invalid spec: {exc}") from None
 
 
+def with_code_systems(spec, network: dict | None):
+    """``spec`` with the network's names for local code systems (coordinator.toml ``[code_systems]``)
+    added to its own ``code_systems`` (a name the spec declares itself wins), so researchers write
+    ``HOSPLAB:K-12`` and every node reads ``http://hospital.example/codes|K-12``."""
+    if not network or not isinstance(spec, dict):
+        return spec
+    own = spec.get("code_systems") if isinstance(spec.get("code_systems"), dict) else {}
+    return {**spec, "code_systems": {**network, **own}}
+
+
 class Coordinator:
     def __init__(self, home: CoordinatorHome, nats_url: str | None = None, log=None):
         self.home = home
@@ -256,6 +266,7 @@ class Coordinator:
     def submit(self, researcher: str, spec: dict, sites: list[str] | None = None, quorum: int | None = None,
                timeout: float | None = None, hold_offline: float | None = None) -> str:
         node_spec, options = split_spec(spec)
+        node_spec = with_code_systems(node_spec, self.home.settings.get("code_systems"))
         validate_spec(node_spec)
         chosen = self.chosen_sites(sites, options)
         quorum = int(quorum if quorum is not None else options.get("quorum", 1))

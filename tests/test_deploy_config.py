@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from cdm.spec import parse_spec
 from coordinator.config import CoordinatorConfigError, apply, load_coordinator_config, validate
+from coordinator.service import with_code_systems
 from node.config import NodeConfig, validate as validate_node
 
 
@@ -53,6 +55,8 @@ def test_apply_writes_exactly_the_file_and_makes_tls_once(tmp_path):
     ("[api]\nport = true\n", "[api] port: expected int, got bool"),
     ('[bus]\nurl = "nats://x"\n', "[bus]: unknown table"),
     ('[database]\nuri = "sqlite:///x"\n', "[database] uri: unknown key"),
+    ('[code_systems]\nHOSPLAB = "not a uri"\n', "[code_systems] HOSPLAB: not a code system URI"),
+    ('[code_systems]\nLOINC = "http://hospital.example/codes"\n', "already names a standard vocabulary"),
 ])
 def test_coordinator_config_problems_are_named_and_nothing_is_written(tmp_path, body, problem):
     config = write(tmp_path, body)
@@ -84,3 +88,18 @@ def test_node_config_problems_are_named(raw, problem):
 
 def test_node_config_accepts_numbers_where_floats_are_allowed():
     assert validate_node(NodeConfig(None, {"bus": {"heartbeat_seconds": 2}, "dicom": {"port": 104}})) == []
+
+
+def test_network_code_system_names_reach_every_spec(tmp_path):
+    """A local code system named once for the network (coordinator.toml [code_systems]) (issue 19.3)."""
+    home, _ = apply(write(tmp_path, '[code_systems]\nHOSPLAB = "http://hospital.example/codes"\n'))
+    network = json.loads(home.settings_path.read_text())["code_systems"]
+    assert network == {"HOSPLAB": "http://hospital.example/codes"}
+    spec = {"cohort": {"index": {"kind": "measurement", "code": "HOSPLAB:K-12"}}, "analysis": {"type": "count"}}
+    assert parse_spec(with_code_systems(spec, network)).cohort.index.code == "http://hospital.example/codes|K-12"
+    own = {**spec, "code_systems": {"HOSPLAB": "urn:oid:1.2.3"}}  # a spec's own name wins
+    assert parse_spec(with_code_systems(own, network)).cohort.index.code == "urn:oid:1.2.3|K-12"
+    # without the network's names the alias is just an unknown vocabulary name at every node
+    assert parse_spec(spec).cohort.index.code == "HOSPLAB:K-12"
+    home, _ = apply(write(tmp_path, ""))
+    assert json.loads(home.settings_path.read_text()).get("code_systems") is None
