@@ -94,7 +94,8 @@ def test_mapping_report_lists_unmapped_codes_by_frequency(tmp_path):
         ("urn:site:dx|DX-A", 3, "condition_occurrence", "concept", "local DX-A"),
         ("urn:site:dx|DX-B", 1, "condition_occurrence", "concept", "local DX-B")]
     result = runner.invoke(main, ["--db", db, "mapping-report", "--limit", "1"])
-    assert "1 unmapped source codes" in result.output and "DX-A" in result.output and "DX-B" not in result.output
+    assert "2 unmapped source codes, 4 codings (concept 4); the 1 most frequent" in result.output
+    assert "DX-A" in result.output and "DX-B" not in result.output
 
 
 def test_generator_export_loads_with_only_its_planted_bad_records_quarantined(sqlite_cdm, tmp_path):

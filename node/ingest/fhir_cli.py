@@ -85,5 +85,5 @@ def mapping_report_command(ctx: click.Context, as_json: bool, limit: int | None)
     """List the source codes without a standard concept, most frequent first."""
     from node.ingest.mapping_report import report_json, report_text, unmapped_codes
 
-    codes = unmapped_codes(_engine(ctx), limit)
-    click.echo(json.dumps(report_json(codes), indent=2) if as_json else report_text(codes))
+    codes = unmapped_codes(_engine(ctx))
+    click.echo(json.dumps(report_json(codes[:limit]), indent=2) if as_json else report_text(codes, limit))

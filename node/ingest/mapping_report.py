@@ -73,13 +73,15 @@ def totals_by_role(codes: list[UnmappedCode]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def report_text(codes: list[UnmappedCode]) -> str:
+def report_text(codes: list[UnmappedCode], limit: int | None = None) -> str:
+    """The totals of every code in ``codes``, then the ``limit`` most frequent (all without one)."""
     if not codes:
         return "every source code maps to a standard concept"
     total = sum(c.rows for c in codes)
     roles = ", ".join(f"{role} {n:,}" for role, n in totals_by_role(codes).items())
-    lines = [f"{len(codes)} unmapped source codes, {total:,} codings ({roles}); rows, table, role, code, name:"]
-    for c in codes:
+    shown = f"; the {limit} most frequent" if limit and limit < len(codes) else ""
+    lines = [f"{len(codes)} unmapped source codes, {total:,} codings ({roles}){shown}; rows, table, role, code, name:"]
+    for c in codes[:limit]:
         lines.append(f"  {c.rows:>8,}  {c.table:<20}  {c.role:<13}  {c.code}  {c.name or ''}")
     return "\n".join(lines)
 
