@@ -103,6 +103,20 @@ SystemUri = Annotated[str, AfterValidator(_check_system_uri)]
 CODE_FIELDS = frozenset({"code", "codes", "unit", "types", "gene"})
 
 
+def spec_codes(node: Any, key: str | None = None) -> list[str]:
+    """Every code a (dumped) spec names, in order, each once."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += spec_codes(v, k if k in CODE_FIELDS else key if key == "codes" else None)
+    elif isinstance(node, list):
+        for v in node:
+            found += spec_codes(v, key)
+    elif key is not None and isinstance(node, str) and (":" in node or "|" in node):
+        found.append(node)
+    return list(dict.fromkeys(found))
+
+
 def expand_code_systems(node: Any, aliases: dict[str, str], key: str | None = None) -> Any:
     """``node`` with every ``ALIAS:code`` in a code field written as ``uri|code`` (FHIR's token form)."""
     if isinstance(node, dict):

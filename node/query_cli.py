@@ -9,7 +9,8 @@ import uuid
 import click
 
 from cdm.db import open_engine, require_cdm
-from cdm.spec import SpecError, load_spec, spec_json_schema
+from cdm.spec import SpecError, load_spec, spec_codes, spec_json_schema
+from cdm.vocabulary import UnknownCode, Vocabulary
 from node.audit import AuditLog
 from node.execute import run_request
 
@@ -43,6 +44,9 @@ def query_command(ctx, spec_path, requester, as_json, schema):
                                             "spec": spec.model_dump(mode="json", by_alias=True)})
     for warning in [] if as_json else response.get("warnings") or []:  # e.g. UNKNOWN_CODE, on stderr
         click.echo(f"warning: {warning}", err=True)
+    if not as_json:  # the site's own view: which codes have rows here (never part of a release)
+        for line in code_usage(engine, spec):
+            click.echo(f"code {line}", err=True)
     if as_json:
         click.echo(json.dumps(response, indent=2))
     elif response["status"] == "ok":
@@ -50,6 +54,26 @@ def query_command(ctx, spec_path, requester, as_json, schema):
     else:
         click.echo(f"{response['status']} {response['code']}: {response['message']}")
     sys.exit(0 if response["status"] == "ok" else 1)
+
+
+def code_usage(engine, spec) -> list[str]:
+    """One line per code of ``spec``: the rows carrying it here, ``code known here, 0 rows`` (a
+    concept this node has, with no data: often a local code whose mapping is not loaded yet) or
+    ``unknown code``."""
+    vocabulary = Vocabulary(engine)
+    lines = []
+    for reference in spec_codes(spec.model_dump(mode="json", by_alias=True)):
+        try:
+            concept_id = vocabulary.resolve(reference)
+        except UnknownCode:
+            continue  # a gene symbol (variant criteria take plain symbols too)
+        if concept_id is None:
+            lines.append(f"{reference}: unknown code (not in this node's vocabulary)")
+            continue
+        rows = vocabulary.usage(concept_id)
+        found = ", ".join(f"{n:,} rows in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
+        lines.append(f"{reference}: concept {concept_id}, {found}")
+    return lines
 
 
 @click.group("audit")

@@ -107,6 +107,14 @@ def test_local_codes_by_uri_and_alias_then_a_late_mapping_takes_effect(any_cdm, 
     assert lines[0].endswith(f"{PATIENTS} in measurement"), lines
     assert lines[1].endswith("code known here, 0 rows"), lines
     assert lines[2].endswith("unknown code: not in this node's vocabulary"), lines
+    # the site's dry run of a spec says the same per code, apart from the (released) answer
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text('cohort: {index: {kind: measurement, code: "LOINC:2160-0"}, '
+                         'inclusion: [{kind: measurement, code: "LOINC:1234-5"}, {kind: condition, codes: ["SNOMED:9"]}]}\n')
+    dry = CliRunner().invoke(main, ["--db", any_cdm.url.render_as_string(hide_password=False), "query", str(spec_file)])
+    assert "code LOINC:2160-0: concept" in dry.output and f"{PATIENTS} rows in measurement" in dry.output
+    assert "code LOINC:1234-5: concept" in dry.output and "code known here, 0 rows" in dry.output
+    assert "code SNOMED:9: unknown code" in dry.output
     assert totals_by_role(unmapped_codes(any_cdm)) == {"value": PATIENTS, "unit": PATIENTS}
 
     # the next ingest of the same files (no --force) re-maps the resources whose rows must move
