@@ -345,6 +345,15 @@ class Vocabulary:
                     counts[coded.table] = counts.get(coded.table, 0) + n
         return counts
 
+    def describe(self, reference: str) -> tuple[int | None, str]:
+        """(concept id, what this node has of it): ``N in <table>``, ``code known here, 0 rows`` or
+        ``unknown code: ...`` — the site administrator's view (never part of a release)."""
+        concept_id = self.resolve(reference)
+        if concept_id is None:
+            return None, "unknown code: not in this node's vocabulary"
+        rows = self.usage(concept_id)
+        return concept_id, ", ".join(f"{n:,} in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
+
     def descendants(self, concept_id: int) -> set[int]:
         """``concept_id`` and its descendants (from Athena's CONCEPT_ANCESTOR where loaded)."""
         ancestor = tables["concept_ancestor"]

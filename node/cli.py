@@ -125,13 +125,8 @@ def vocab_resolve(ctx: click.Context, references: tuple[str, ...]) -> None:
     require_cdm(engine)
     vocabulary = Vocabulary(engine)
     for reference in references:
-        concept_id = vocabulary.resolve(reference)
-        if concept_id is None:
-            click.echo(f"{reference}\tunknown code: not in this node's vocabulary")
-            continue
-        rows = vocabulary.usage(concept_id)
-        found = ", ".join(f"{n:,} in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
-        click.echo(f"{reference}\t{concept_id}\t{found}")
+        concept_id, found = vocabulary.describe(reference)
+        click.echo("\t".join(str(x) for x in (reference, concept_id, found) if x is not None))
 
 
 @main.group()

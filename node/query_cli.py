@@ -64,15 +64,10 @@ def code_usage(engine, spec) -> list[str]:
     lines = []
     for reference in spec_codes(spec.model_dump(mode="json", by_alias=True)):
         try:
-            concept_id = vocabulary.resolve(reference)
+            concept_id, found = vocabulary.describe(reference)
         except UnknownCode:
             continue  # a gene symbol (variant criteria take plain symbols too)
-        if concept_id is None:
-            lines.append(f"{reference}: unknown code (not in this node's vocabulary)")
-            continue
-        rows = vocabulary.usage(concept_id)
-        found = ", ".join(f"{n:,} rows in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
-        lines.append(f"{reference}: concept {concept_id}, {found}")
+        lines.append(f"{reference}: " + (f"concept {concept_id}, {found}" if concept_id is not None else found))
     return lines
 
 

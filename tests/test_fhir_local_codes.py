@@ -112,7 +112,7 @@ def test_local_codes_by_uri_and_alias_then_a_late_mapping_takes_effect(any_cdm, 
     spec_file.write_text('cohort: {index: {kind: measurement, code: "LOINC:2160-0"}, '
                          'inclusion: [{kind: measurement, code: "LOINC:1234-5"}, {kind: condition, codes: ["SNOMED:9"]}]}\n')
     dry = CliRunner().invoke(main, ["--db", any_cdm.url.render_as_string(hide_password=False), "query", str(spec_file)])
-    assert "code LOINC:2160-0: concept" in dry.output and f"{PATIENTS} rows in measurement" in dry.output
+    assert "code LOINC:2160-0: concept" in dry.output and f"{PATIENTS} in measurement" in dry.output
     assert "code LOINC:1234-5: concept" in dry.output and "code known here, 0 rows" in dry.output
     assert "code SNOMED:9: unknown code" in dry.output
     assert totals_by_role(unmapped_codes(any_cdm)) == {"value": PATIENTS, "unit": PATIENTS}
