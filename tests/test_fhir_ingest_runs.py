@@ -247,7 +247,7 @@ def test_force_remaps_unchanged_resources_after_a_vocabulary_load(tmp_path):
     write_ndjson(folder / "Condition.000.ndjson", [condition(f"c{i}", code="x") | {"code": local} for i in range(3)])
     assert runner.invoke(main, ["--db", db, "ingest", "fhir", str(folder)]).exit_code == 0
     report = json.loads(runner.invoke(main, ["--db", db, "mapping-report", "--json"]).output)
-    assert [(r["code"], r["rows"]) for r in report] == [("DX-A", 3)]
+    assert [(r["code"], r["rows"]) for r in report] == [("urn:site:dx|DX-A", 3)]  # a local system by its URI
 
     # The site maps its code: the local concept "Maps to" SNOMED 254837009 (malignant neoplasm of breast).
     engine = open_engine(db)
