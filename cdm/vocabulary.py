@@ -63,6 +63,9 @@ class CodedColumn:
     source_value: str | None = None
     #: (column, value) a row must *not* have to count (episode rows copied from their Condition)
     unless: tuple[str, int] | None = None
+    #: a column that is NULL on rows copying another row's codes (an image feature's MI-CDM
+    #: measurement has no source concept): such rows are not counted a second time
+    copied_unless: str | None = None
 
 
 def _event(table: str, prefix: str) -> CodedColumn:
@@ -88,12 +91,14 @@ CODED_COLUMNS = (
                 source_value="visit_detail_source_value"),
     CodedColumn("visit_occurrence", "admitted_from_concept_id", "admission", source_value="admitted_from_source_value"),
     CodedColumn("visit_occurrence", "discharged_to_concept_id", "admission", source_value="discharged_to_source_value"),
-    CodedColumn("measurement", "value_as_concept_id", "value", source_value="value_source_value"),
+    CodedColumn("measurement", "value_as_concept_id", "value", source_value="value_source_value",
+                copied_unless="measurement_source_concept_id"),
     CodedColumn("observation", "value_as_concept_id", "value", source_value="value_source_value"),
     CodedColumn("image_feature", "value_as_concept_id", "value"),
     CodedColumn("variant_annotation", "value_as_concept_id", "value"),
     CodedColumn("biopsy_location", "habitat_concept_id", "value", source_value="habitat_label"),
-    CodedColumn("measurement", "unit_concept_id", "unit", source_value="unit_source_value"),
+    CodedColumn("measurement", "unit_concept_id", "unit", source_value="unit_source_value",
+                copied_unless="measurement_source_concept_id"),
     CodedColumn("observation", "unit_concept_id", "unit", source_value="unit_source_value"),
     CodedColumn("specimen", "unit_concept_id", "unit", source_value="unit_source_value"),
     CodedColumn("image_feature", "unit_concept_id", "unit", source_value="unit_source_value"),
@@ -122,6 +127,8 @@ def unmapped_clause(table, coded: CodedColumn):
         clause = and_(column >= SITE_LOCAL_MIN, column.notin_(select(stcm.c.target_concept_id)))
     if coded.unless:
         clause = and_(clause, table.c[coded.unless[0]] != coded.unless[1])
+    if coded.copied_unless:
+        clause = and_(clause, table.c[coded.copied_unless].isnot(None))
     return clause
 
 #: Query-spec system names -> OMOP vocabulary_id.
