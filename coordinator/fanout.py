@@ -106,8 +106,9 @@ class Federation:
         return list(await asyncio.gather(*(one(site) for site in sites)))
 
     def asker(self, loop: asyncio.AbstractEventLoop, sites: list[str], cohort_spec: dict, requester: str,
-              job_id: str, timeout: float, quorum: int | None = None) -> "Asker":
-        return Asker(self, loop, sites, cohort_spec, requester, job_id, timeout, quorum)
+              job_id: str, timeout: float, quorum: int | None = None,
+              on_reply: Callable[[int, str, SiteReply], None] | None = None) -> "Asker":
+        return Asker(self, loop, sites, cohort_spec, requester, job_id, timeout, quorum, on_reply)
 
 
 class Asker:
@@ -116,11 +117,13 @@ class Asker:
     Each call sends the job's spec with ``analysis`` replaced to every site and returns the results of
     the sites that answered ``ok`` (each with its ``"site"`` added under ``"_site"``).  When fewer than
     ``quorum`` sites answer, :class:`QuorumError` names the missing ones.  Every round is kept in
-    :attr:`rounds` for the job's provenance.
+    :attr:`rounds` for the job's provenance; ``on_reply(round number, analysis type, reply)`` is called as
+    each site answers each round (the job's live per-site progress).
     """
 
-    def __init__(self, federation: Federation, loop, sites, spec, requester, job_id, timeout, quorum):
+    def __init__(self, federation: Federation, loop, sites, spec, requester, job_id, timeout, quorum, on_reply=None):
         self.federation, self.loop = federation, loop
+        self.on_reply = on_reply
         self.sites, self.spec, self.requester, self.job_id = list(sites), dict(spec), requester, job_id
         self.timeout = timeout
         self.quorum = len(self.sites) if quorum is None else quorum
@@ -130,8 +133,11 @@ class Asker:
 
     def __call__(self, analysis: dict) -> list[dict]:
         spec = {**self.spec, "analysis": analysis}
+        number, kind = len(self.rounds) + 1, str(analysis.get("type"))
+        progress = None if self.on_reply is None else (lambda reply: self.on_reply(number, kind, reply))
         future = asyncio.run_coroutine_threadsafe(
-            self.federation.round(self.sites, spec, self.requester, self.job_id, self.timeout), self.loop)
+            self.federation.round(self.sites, spec, self.requester, self.job_id, self.timeout, on_reply=progress),
+            self.loop)
         replies = future.result()
         self.rounds.append({"analysis": analysis.get("type"),
                             "sites": {r.site: r.status for r in replies}})

@@ -197,9 +197,11 @@ def result_tables(job: dict) -> list[Table]:
         return []
 
 
-def site_note(site: dict) -> str:
-    note = site.get("code") or ""
-    if site.get("message") and (site.get("status") != "ok" or "warnings:" in site["message"]):
+def site_note(site: dict, with_code: bool = True) -> str:
+    """The code and reason of a refusal, a site's warnings, or how far a running job has got with it
+    (a plain ``released`` says nothing the status does not)."""
+    note = (site.get("code") or "") if with_code else ""
+    if site.get("message") and (site.get("status") != "ok" or site["message"] != "released"):
         note = f"{note} {site['message']}".strip()
     return note
 
@@ -208,7 +210,7 @@ def sites_table(job: dict) -> Table:
     """Every site asked: what it contributed (``ok``), or that it refused or failed, and why."""
     rows = []
     for s in job.get("per_site") or []:
-        rows.append([s["site"], s["status"], s.get("code"), site_note(s) or None,
+        rows.append([s["site"], s["status"], s.get("code"), site_note(s, with_code=False) or None,
                      None if s.get("elapsed_ms") is None else round(float(s["elapsed_ms"]), 1)])
     return Table("sites", "sites", ["site", "status", "code", "note", "elapsed_ms"], rows, ["site"])
 

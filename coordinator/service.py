@@ -397,8 +397,13 @@ class Coordinator:
         import uuid
 
         self.store.start_job(job["job_id"], {site: str(uuid.uuid4()) for site in job["sites"]})
+
+        def progress(number: int, kind: str, reply: SiteReply) -> None:  # live: each site, each round
+            self.store.record_site(job["job_id"], reply.site, reply.status, reply.code,
+                                   f"round {number} ({kind}): {reply.message or reply.status}", None, reply.elapsed_ms)
+
         ask = self.federation.asker(asyncio.get_running_loop(), job["sites"], job["spec"], job["researcher"],
-                                    job["job_id"], job["timeout"], job["quorum"])
+                                    job["job_id"], job["timeout"], job["quorum"], progress)
         try:
             pooled = await asyncio.to_thread(stats.run_analysis, job["spec"]["analysis"], ask)
         finally:

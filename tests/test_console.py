@@ -56,6 +56,12 @@ def network(tmp_path_factory):
     net.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_screenshots():
+    for old in SHOTS.glob("*.png") if SHOTS.is_dir() else []:
+        old.unlink()
+
+
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory):
     return tmp_path_factory.mktemp("downloads")
@@ -85,7 +91,10 @@ def browser(downloads):
 def wait(driver, condition, timeout: float = 60.0, what: str = "the page"):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, f"timed out waiting for {what}")
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, f"timed out waiting for {what}")
 
 
 def by_id(driver, element_id: str):
@@ -260,14 +269,30 @@ def test_a_refusal_shows_with_its_reason_everywhere(network, browser):
     assert verdict["site-c"]["refusal"]["code"] == "NOT_ALLOWED" and "cox_round" in verdict["site-c"]["refusal"]["message"]
     assert "SELECT" in verdict["site-a"]["sql"].upper() and plan["first_round"]["type"] == "cox_round"
 
-    job = network.run(COX_SPEC)
-    assert job["status"] == "partial"
-    browser.get(f"{network.api}/console/jobs/{job['job_id']}")
+    # watch it live: each site's answer to each Newton round shows while the job runs
+    job_id = network.submit(COX_SPEC)
+    browser.get(f"{network.api}/console/jobs/{job_id}")
+    seen = set()
+
+    def progress(driver):
+        rows, status = driver.execute_script(  # one read: the page swaps rows in as they change
+            "return [[...document.querySelectorAll('#job-sites tbody tr')].map(r => r.innerText),"
+            " (document.getElementById('job-status') || {}).textContent]")
+        finished = status in ("done", "partial", "failed")
+        if not finished and not any("round " in text for text in seen) and any("round " in text for text in rows):
+            shot(driver, "11-job-cox-running")  # the rounds going by
+        seen.update(rows)
+        return finished
+
+    wait(browser, progress, timeout=120, what="the Cox job to finish")
+    job = network.call("GET", f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "partial" == by_id(browser, "job-status").text
+    assert any("refused" in text and "NOT_ALLOWED" in text for text in seen)  # site-c, live as well
     row = wait(browser, lambda d: d.find_elements("css selector", "#job-sites tr[data-site=site-c]"), what="sites")[0]
     assert "refused" in row.text and "NOT_ALLOWED" in row.text and "cox_round" in row.text
     assert "exp(coef)" in by_id(browser, "table-coefficients").text
     wait(browser, lambda d: d.find_elements("css selector", "#figure[data-drawn=true]"), what="the forest plot")
-    shot(browser, "11-job-cox-partial")
+    shot(browser, "12-job-cox-partial")
 
     text = run_cli(network, "result", job["job_id"])
     assert "site-c  refused" in text.stdout and "NOT_ALLOWED" in text.stdout
@@ -299,7 +324,7 @@ def test_operator_adds_revokes_enrols_and_reads_the_audit(network, browser, down
     token = wait(browser, lambda d: d.find_elements("id", "new-token"), what="the new token")[0].get_attribute("value")
     assert token.startswith("rf_") and network.call("GET", "/v1/whoami", token=token).json()["name"] == "bob"
     wait(browser, lambda d: "bob" in d.find_element("id", "researchers-table").text, what="the list")
-    shot(browser, "12-operator-researchers")
+    shot(browser, "13-operator-researchers")
 
     # bob signs in elsewhere; revoking his token ends that session too
     bob = httpx.Client(base_url=network.api, follow_redirects=False)
@@ -323,14 +348,14 @@ def test_operator_adds_revokes_enrols_and_reads_the_audit(network, browser, down
     names = zipfile.ZipFile(bundle).namelist()
     assert {"site-d/node.toml", "site-d/site.key", "site-d/bus.password"} <= set(names)
     assert "site-d" in network.home.store.public_keys()
-    shot(browser, "13-operator-enrol")
+    shot(browser, "14-operator-enrol")
 
     browser.get(f"{network.api}/console/operator/audit")
     audit = by_id(browser, "audit-table").text
     assert "intact" in by_id(browser, "audit-state").text
     for action in ("console.sign_in", "researcher.add", "researcher.revoke", "site.enrol", "job.submit"):
         assert action in audit
-    shot(browser, "14-operator-audit")
+    shot(browser, "15-operator-audit")
     browser.get(f"{network.api}/console/jobs?all=true")
     assert "alice" in by_id(browser, "jobs-table").text
 
