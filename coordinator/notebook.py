@@ -19,6 +19,7 @@ never recomputed.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,11 @@ from coordinator import client as http
 from coordinator.client import ClientError
 from coordinator.results import SUPPRESSED, Table, job_csv, result_tables, sites_table
 
-__all__ = ["Client", "ClientError", "JobFailed", "Result", "SpecError", "load_spec"]
+__all__ = ["Client", "ClientError", "JobFailed", "PartialResult", "Result", "SpecError", "load_spec"]
+
+
+class PartialResult(UserWarning):
+    """Some site asked did not contribute (refused, timed out, offline): the result says which."""
 
 
 class JobFailed(ClientError):
@@ -118,6 +123,10 @@ class Result:
                    for s in job.get("per_site") or [] if s["status"] != "ok"}
         if job.get("status") == "failed" or (require_all and missing):
             raise JobFailed(job, missing)
+        if missing:  # a partial result is a result, but the notebook should say so where it is read
+            warnings.warn(f"job {str(job.get('job_id'))[:8]} is {job.get('status')}: " + "; ".join(
+                f"{site} {status}{' ' + code if code else ''}" for site, (status, code, _) in missing.items())
+                + " (see .per_site)", PartialResult, stacklevel=3)
         return cls(job)
 
     def __repr__(self) -> str:
