@@ -115,8 +115,10 @@ return [...document.querySelectorAll('input:not([type=hidden]), select, textarea
 def shot(driver, name: str) -> Path:
     """A full-page screenshot of the current page, which must have no form control, button or link
     without a label or text (what a screen reader would announce)."""
+    wait(driver, lambda d: d.execute_script("return document.readyState") == "complete"
+         and d.find_elements("css selector", "main h1"), what=f"page {name} to load")
     assert driver.execute_script(UNLABELLED) == [], name
-    assert driver.find_elements("css selector", "main h1") and driver.find_elements("css selector", "a.skip")
+    assert driver.find_elements("css selector", "a.skip")
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1366, min(max(height, 900), 5000))
