@@ -57,5 +57,10 @@ class Client:
             job = self.job(job["job_id"], wait=30.0)
         return job
 
+    def plan(self, spec: dict, sites=None, timeout: float = 10.0) -> dict:
+        """The dry run: what each site would run for ``spec`` and whether its policy allows it."""
+        body = {"spec": spec, "sites": sites, "timeout": timeout}
+        return self._call("POST", "/v1/specs/plan", json={k: v for k, v in body.items() if v is not None})
+
     def close(self) -> None:
         self.http.close()

@@ -234,6 +234,22 @@ def query_run(spec_path, url, token, sites, quorum, timeout, hold_offline, as_js
         sys.exit(1)
 
 
+@query_group.command("dry-run")
+@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@client_options
+@click.option("--site", "sites", multiple=True, help="Only these sites (repeatable; default all enrolled).")
+@click.option("--sql", is_flag=True, help="Also print the SQL each site compiled (with its own concept ids).")
+@click.option("--json", "as_json", is_flag=True)
+def query_dry_run(spec_path, url, token, sites, sql, as_json):
+    """Ask each site what it would run for SPEC and whether its policy allows it; nothing is released."""
+    from coordinator.report import render_plan
+
+    plan = Client(url, token).plan(load_spec(spec_path), list(sites) or None)
+    click.echo(json.dumps(plan, indent=2) if as_json else render_plan(plan, sql))
+    refused = [s for s in plan["sites"] if s["status"] != "ok" or not (s.get("plan") or {}).get("allowed")]
+    sys.exit(3 if refused else 0)
+
+
 def _show(job: dict, as_json: bool, csv_out: str | None, plots_dir: str | None = None) -> None:
     if as_json:
         click.echo(json.dumps(job, indent=2, default=str))

@@ -80,6 +80,21 @@ class Client(http.Client):
     def result(self, job_id: str, wait: float = 0.0) -> "Result":
         return Result.from_job(self.job(job_id, wait))
 
+    def plan(self, spec, sites=None, timeout: float = 10.0) -> pd.DataFrame:
+        """The dry run, one row per site: status, allowed, refusal, approval, unknown codes, SQL."""
+        plan = super().plan(load_spec(spec), sites, timeout)
+        rows = []
+        for s in plan["sites"]:
+            p = s.get("plan") or {}
+            rows.append({"site": s["site"], "status": s["status"], "allowed": p.get("allowed"),
+                         "refusal": (p.get("refusal") or {}).get("code") or s.get("code"),
+                         "reason": (p.get("refusal") or {}).get("message") or (s["message"] if s["status"] != "ok" else None),
+                         "approval": p.get("approval"), "unknown_codes": p.get("unknown_codes"),
+                         "backend": p.get("backend"), "sql": p.get("sql")})
+        frame = pd.DataFrame(rows).set_index("site")
+        frame.attrs.update(rounds=plan["rounds"], first_round=plan["first_round"], spec_hash=plan["spec_hash"])
+        return frame
+
     def sites_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.sites()).set_index("site")
 

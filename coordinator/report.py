@@ -123,3 +123,26 @@ def render_jobs(jobs: list[dict]) -> str:
     rows = [[j["job_id"], j["researcher"], (j.get("spec") or {}).get("analysis", {}).get("type", "?"), j["status"],
              (j.get("created_at") or "")[:19], (j.get("message") or "")[:60]] for j in jobs]
     return grid(["job", "researcher", "analysis", "status", "submitted", "message"], rows)
+
+
+def render_plan(plan: dict, sql: bool = False) -> str:
+    """The dry run as text: the rounds, then each site's verdict (and its SQL with ``sql``)."""
+    out = [f"dry run of a {plan['analysis']} spec ({plan['spec_hash'][:12]}): {plan['rounds']}; "
+           f"the first round asks the sites for {plan['first_round'].get('type')}. Nothing was run or released.", ""]
+    rows = []
+    for s in plan["sites"]:
+        p = s.get("plan") or {}
+        if s["status"] != "ok":
+            verdict = f"{s['status']} {s.get('code') or ''}: {s.get('message') or ''}".replace(" :", ":")
+        elif p.get("allowed"):
+            verdict = "allowed" + (" (approved by hand at the site first)" if p.get("approval") == "manual" else "")
+        else:
+            verdict = f"would refuse {p['refusal']['code']}: {p['refusal']['message']}"
+        unknown = ", ".join(p.get("unknown_codes") or []) or "-"
+        rows.append([s["site"], verdict, p.get("backend") or "-", str(p.get("min_cell_count") or "-"), unknown])
+    out.append(grid(["site", "verdict", "database", "min cell", "codes unknown there"], rows))
+    for s in plan["sites"] if sql else []:
+        if s.get("plan"):
+            out += ["", f"-- {s['site']} ({s['plan']['backend']}): parameters {json.dumps(s['plan']['parameters'])}",
+                    s["plan"]["sql"]]
+    return "\n".join(out)

@@ -288,6 +288,13 @@ def test_a_refusal_shows_with_its_reason_everywhere(network, browser):
     assert verdict["site-a"]["allowed"] and not verdict["site-c"]["allowed"]
     assert verdict["site-c"]["refusal"]["code"] == "NOT_ALLOWED" and "cox_round" in verdict["site-c"]["refusal"]["message"]
     assert "SELECT" in verdict["site-a"]["sql"].upper() and plan["first_round"]["type"] == "cox_round"
+    spec_file = Path(tempfile.mkdtemp()) / "cox.yaml"
+    spec_file.write_text(yaml_text(COX_SPEC))
+    dry = run_cli(network, "query", "dry-run", str(spec_file), "--sql")
+    assert dry.returncode == 3, dry.stderr  # a site would refuse
+    line = next(x for x in dry.stdout.splitlines() if x.startswith("site-c"))
+    assert "would refuse NOT_ALLOWED" in line and "cox_round" in line
+    assert "-- site-a (sqlite)" in dry.stdout and "Nothing was run or released" in dry.stdout
 
     # watch it live: each site's answer to each Newton round shows while the job runs
     job_id = network.submit(COX_SPEC)
@@ -398,6 +405,9 @@ def test_notebook_api_matches_lifelines(network, monkeypatch):
         assert np.allclose(low.to_numpy()[1:], ci.iloc[1:, 0].to_numpy(), rtol=1e-6)
     assert km.per_site.loc["site-c", "status"] == "ok" and km.provenance["spec_hash"] == km.spec_hash
 
+    plan = client.plan(COX_SPEC)
+    assert plan.loc["site-a", "allowed"] and not plan.loc["site-c", "allowed"]
+    assert plan.loc["site-c", "refusal"] == "NOT_ALLOWED" and plan.attrs["first_round"]["type"] == "cox_round"
     with pytest.warns(PartialResult, match="site-c refused NOT_ALLOWED"):
         cox = client.run(COX_SPEC)
     assert cox.status == "partial" and cox.per_site.loc["site-c", "code"] == "NOT_ALLOWED"
