@@ -129,6 +129,8 @@ def check(body: SpecText) -> dict:
     if not isinstance(data, dict):
         return {"valid": False, "problems": [{"path": "", "message": "a spec is a mapping with cohort, variables and analysis",
                                               "line": 1}]}
+    analysis = data.get("analysis")
+    kind = analysis.get("type") if isinstance(analysis, dict) and isinstance(analysis.get("type"), str) else None
     try:
         node_spec, federation = split_spec(data)
         spec = parse_spec(node_spec)
@@ -141,7 +143,7 @@ def check(body: SpecText) -> dict:
                 where, why = (found.group(1), found.group(2)) if found else (path, part)
                 where, line = _locate(where, lines, node_spec)
                 problems.append({"path": where, "message": why, "line": line})
-        return {"valid": False, "problems": problems}
+        return {"valid": False, "problems": problems, "analysis": kind}
     return {"valid": True, "problems": [], "analysis": spec.analysis.type, "spec": data,
             "spec_hash": spec_hash(node_spec), "federation": federation}
 

@@ -219,6 +219,10 @@ def test_write_validate_dry_run_submit_watch_plot_download(network, browser, dow
     editor.send_keys(yaml_text(KM_SPEC))
     valid = wait(browser, lambda d: d.find_elements("id", "valid-message"), what="the spec to validate")[0]
     assert "Valid km spec" in valid.text
+    browser.find_element("css selector", "#reference summary").click()  # the km fields, from the JSON Schema
+    fields = wait(browser, lambda d: "bin_days" in d.find_element("id", "reference-body").text and
+                  d.find_element("id", "reference-body").text, what="the field reference")
+    assert "time" in fields and "required" in fields and "≤ 3660" in fields and "Kaplan-Meier" in fields
 
     by_id(browser, "dry-run").click()
     wait(browser, lambda d: len(d.find_elements("css selector", "#plan-body article")) == 3, what="the dry run")

@@ -77,13 +77,18 @@ function editor() {
 
   async function validate() {
     if (!spec.value.trim()) { box.replaceChildren(el("p", {class: "muted", text: "Write a spec or load an example."})); checked = null; return; }
+    const text = spec.value;
+    let answer;
     try {
-      checked = await api("POST", "/v1/specs/validate", {text: spec.value});
+      answer = await api("POST", "/v1/specs/validate", {text});
     } catch (err) {
       box.replaceChildren(el("p", {class: "error", text: `Cannot validate: ${err.message}`}));
       return;
     }
+    if (text !== spec.value) return;  // typed on meanwhile: a newer check is on its way, this one is stale
+    checked = answer;
     spec.setAttribute("aria-invalid", checked.valid ? "false" : "true");
+    showReference(checked.analysis);
     if (checked.valid) {
       box.replaceChildren(el("p", {class: "ok-note", id: "valid-message",
         text: `Valid ${checked.analysis} spec (hash ${checked.spec_hash.slice(0, 12)}…).`}));
@@ -156,6 +161,47 @@ function editor() {
     }
   });
   if (spec.value.trim()) validate();
+}
+
+// ---------------------------------------------------------------- the analysis' fields, from the JSON Schema
+
+let schema = null;
+
+function describeType(prop) {
+  if (!prop) return "";
+  if (prop.const !== undefined) return JSON.stringify(prop.const);
+  if (prop.enum) return prop.enum.map((v) => JSON.stringify(v)).join(" | ");
+  if (prop.$ref) return prop.$ref.split("/").pop();
+  if (prop.anyOf || prop.oneOf) {
+    return (prop.anyOf || prop.oneOf).filter((p) => p.type !== "null").map(describeType).join(" | ");
+  }
+  if (prop.type === "array") return `list of ${describeType(prop.items) || "values"}`;
+  return prop.type || "";
+}
+
+async function showReference(kind) {
+  const body = document.getElementById("reference-body");
+  if (!body) return;
+  if (!schema) {
+    try { schema = await api("GET", "/v1/specs/schema"); } catch (err) { return; }
+  }
+  const mapping = schema.properties.analysis.discriminator.mapping;
+  if (!kind || !mapping[kind]) {
+    body.replaceChildren(el("p", {text: `analysis.type is one of: ${Object.keys(mapping).sort().join(", ")}.`}));
+    return;
+  }
+  const def = schema.$defs[mapping[kind].split("/").pop()];
+  const required = new Set(def.required || []);
+  const list = el("dl", {class: "fields"});
+  for (const [name, prop] of Object.entries(def.properties)) {
+    if (name === "type") continue;
+    const limits = [prop.minimum !== undefined ? `≥ ${prop.minimum}` : null, prop.maximum !== undefined ? `≤ ${prop.maximum}` : null,
+      prop.exclusiveMinimum !== undefined ? `> ${prop.exclusiveMinimum}` : null,
+      prop.exclusiveMaximum !== undefined ? `< ${prop.exclusiveMaximum}` : null].filter(Boolean);
+    const facts = [describeType(prop), required.has(name) ? "required" : `default ${JSON.stringify(prop.default)}`, ...limits];
+    list.append(el("dt", {text: name}), el("dd", {text: facts.filter(Boolean).join("; ")}));
+  }
+  body.replaceChildren(el("p", {text: `${kind}: ${(def.description || "").replace(/``/g, "")}`}), list);
 }
 
 function showPlan(plan) {
