@@ -81,7 +81,7 @@ def populate(engine, n, seed=1):
 def plan(engine, spec):
     """The cohort frame's SQL as run_request builds it, and the database's plan for it."""
     parsed = S.parse_spec(spec)
-    names = [] if parsed.analysis.type in execute.OWN_FRAME_TYPES else list(
+    names = [] if execute._own_frame(parsed) else list(
         dict.fromkeys(n for _, n in S.analysis_variables(parsed.analysis)))
     q = frame(parsed, names, Resolver(engine), index_date=False).query
     sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))

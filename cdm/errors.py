@@ -31,3 +31,15 @@ class RadfedError(Exception):
 
     exit_code: int = EXIT_FAILED
     http_status: int = 500
+
+
+class Refusal(RadfedError):
+    """A node declines a request: ``code`` is the stable refusal code the requester sees (MIN_CELL,
+    MIN_ROWS, NOT_ALLOWED, BAD_SPEC...), ``message`` says why without any row data."""
+
+    exit_code = EXIT_PARTIAL
+    http_status = 403
+
+    def __init__(self, code: str, message: str):
+        self.code, self.message = code, message
+        super().__init__(f"{code}: {message}")

@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -871,18 +871,14 @@ class HabitatAnalysis(Model):
         return self
 
 
-MULTI_ROUND_ANALYSES = ("km", "cox", "glm", "quantile", "correlation", "habitat")
-
-
 Analysis = Annotated[
     Union[CountAnalysis, CrosstabAnalysis, SummaryAnalysis, QuantileRound, HistogramAnalysis, CrossprodAnalysis,
           KMRound, CoxRound, GLMRound, ConcordanceRound, HabitatRound,
           KMAnalysis, CoxAnalysis, GLMAnalysis, QuantileAnalysis, CorrelationAnalysis, HabitatAnalysis],
     Field(discriminator="type"),
 ]
-ANALYSIS_TYPES = ("count", "crosstab", "summary", "quantile_round", "histogram", "crossprod",
-                  "km_round", "cox_round", "glm_round", "concordance", "habitat_round") + MULTI_ROUND_ANALYSES
-MODEL_ANALYSES = ("crossprod", "cox_round", "glm_round", "habitat_round")
+#: every analysis type of the spec language (what each does and where: :mod:`cdm.analyses`)
+ANALYSIS_TYPES = tuple(model.model_fields["type"].default for model in get_args(get_args(Analysis)[0]))
 
 
 def analysis_variables(analysis) -> list[tuple[str, str]]:

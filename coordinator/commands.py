@@ -300,8 +300,8 @@ def result_command(job_id, url, token, wait, as_json, csv_out, plots_dir, model_
         sys.exit(2)
     _show(job, as_json, csv_out, plots_dir)
     if model_out:  # publish the fitted model to the sites (docs/analysis-rounds.md, "Published models")
+        from cdm.analyses.cox import forecast_model
         from coordinator.stats import StatsError
-        from coordinator.stats.cox import forecast_model
 
         try:
             document = forecast_model(job.get("pooled") or {}, job.get("spec") or {})

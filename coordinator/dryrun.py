@@ -12,16 +12,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from cdm.analyses import KINDS
 from cdm.spec import parse_spec
 from cdm.wire import make_request, spec_hash
 from coordinator import stats
 from coordinator.service import SubmitError, split_spec
-
-#: how many rounds each multi-round analysis takes (coordinator/stats/__init__.py)
-ROUNDS = {"km": "1 round", "cox": "Newton-Raphson: one round per iteration (at most max_iter) + 1",
-          "glm": "gaussian: 1 round; binomial: one round per Newton iteration (at most max_iter) + 1",
-          "quantile": "bisection on counts: 4-14 rounds (at most max_rounds)", "correlation": "1 round",
-          "concordance": "1 round", "habitat": "one round per Newton iteration (at most max_iter) + 1"}
 
 
 class _FirstRound(Exception):
@@ -70,5 +65,5 @@ async def dry_run(coordinator, researcher: str, spec: dict, sites: list[str] | N
                          "status": reply.status, "code": reply.code, "message": reply.message,
                          "plan": reply.result if reply.status == "ok" else None})
     return {"analysis": analysis.get("type"), "spec_hash": spec_hash(node_spec),
-            "rounds": ROUNDS.get(analysis.get("type"), "1 round"), "first_round": node_analysis,
+            "rounds": KINDS[kind].rounds if (kind := analysis.get("type")) in KINDS else "1 round", "first_round": node_analysis,
             "quorum": options.get("quorum", 1), "sites": per_site}

@@ -15,13 +15,14 @@ import numpy as np
 from sqlalchemy import Text, cast, func, select
 
 from cdm import spec as S
+from cdm.analyses import SiteData, site_kind
 from cdm.compiler import Resolver, fetch_rows, resolve_variables, tune_for_queries
 from cdm.compiler import frame as cohort_frame
 from node import approvals, noise, state
 from node.audit import AuditLog
 from node.config import ConfigError
-from node.policy import Policy, Refusal, recoverable_cells, suppress_cells
-from node.rounds_exec import ROUND_TYPES, analyse_round
+from cdm.vocabulary import UnknownCode
+from node.policy import Policy, Refusal, recoverable_cells
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def run_request(engine, config, request: dict) -> dict:
             raise Refusal("UNKNOWN_CODE", "not in this node's vocabulary (the spec asks for every code to be "
                                           f"known): {', '.join(dict.fromkeys(unresolved))[:500]}")
         _require_known_index(spec, unresolved)
-        result = analyse(spec, len(ids), values, policy, engine, _site(config))
+        result = analyse(spec, len(ids), values, policy, engine, _site(config), ids)
         if config is not None:
             with state.release_lock:  # check and record as one step (node/state.py)
                 cells = _linked_check(config, requester, spec, ids, values, result, policy, noise_settings)
@@ -119,38 +120,12 @@ def _require_known_index(spec, unresolved) -> None:
 def _cell_sets(spec, ids, values, result) -> tuple[list, list] | None:
     """(released, suppressed) person-id sets of the count cells in ``result``, or None for analyses
     whose releases are not plain counts of persons (models and rounds: their own limits apply)."""
-    a = spec.analysis
-    if a.type == "count":
-        return [ids], []
-    if a.type == "crosstab":
-        keys, codes = _crosstab_codes(values, a)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
-        members = {key: ids[order[bounds[j]:bounds[j + 1]]] for j, key in enumerate(keys)}
-        cells = [(members.get(tuple(c["key"]), []), c["n"]) for c in result["cells"]]
-    elif a.type == "histogram":
-        x, keep = _numeric(values[a.variable], ids)
-        edges = np.asarray(a.edges, dtype=float)
-        inner = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2) + 1  # last bin closed
-        cell = np.where(x < edges[0], 0, np.where(x > edges[-1], len(edges), inner))
-        shown = [result["below"], *result["counts"], result["above"]]
-        cells = [(keep[cell == i], n) for i, n in enumerate(shown)]
-    elif a.type == "quantile_round":
-        x, keep = _numeric(values[a.variable], ids)
-        cells = [(keep, result["n"])] + [(keep[x <= t], n) for t, n in zip(a.thresholds, result["n_le"])]
-        # an n_le is hidden when either side of t is small: guard the persons above t as well
-        cells += [(keep[x > t], None) for t, n in zip(a.thresholds, result["n_le"]) if n is None]
-    elif a.type == "summary":
-        cells = [(_numeric(values[name], ids)[1], cell["n"]) for name, cell in result["variables"].items()]
-    else:
+    kind = site_kind(spec.analysis.type)
+    if kind is None or kind.person_cells is None:
         return None
+    cells = kind.person_cells(spec.analysis, ids, values, result)
     return ([np.asarray(m, dtype=np.int64) for m, n in cells if n is not None],
             [np.asarray(m, dtype=np.int64) for m, n in cells if n is None])
-
-
-def _numeric(column, ids):
-    keep = np.array([v is not None for v in column], dtype=bool)
-    return np.array([v for v in column if v is not None], dtype=float), ids[keep]
 
 
 def _linked_check(config, requester, spec, ids, values, result, policy, noise_settings):
@@ -215,7 +190,10 @@ def _decoded(column, decode) -> tuple:
 # -- the cohort frame, and its reuse while the CDM is unchanged -----------------------------------
 
 
-OWN_FRAME_TYPES = ("km_round", "cox_round", "habitat_round")
+def _own_frame(spec) -> bool:
+    """Whether the analysis's site half reads frames of its own (survival times, intervals, biopsies)."""
+    kind = site_kind(spec.analysis.type)
+    return kind is not None and kind.own_frame
 
 
 def _cohort_frame(engine, config, spec) -> tuple[np.ndarray, dict, list]:
@@ -224,7 +202,7 @@ def _cohort_frame(engine, config, spec) -> tuple[np.ndarray, dict, list]:
     site = _site(config)
     # KM, Cox and habitat rounds read their variables from frames of their own (cdm.round_frames);
     # here they need only the cohort's persons (differencing, rows touched)
-    names = [] if spec.analysis.type in OWN_FRAME_TYPES else list(
+    names = [] if _own_frame(spec) else list(
         dict.fromkeys(n for _, n in S.analysis_variables(spec.analysis)))
     use_cache = FRAMES.max_cells > 0 and _cache_enabled(config)
     key = version = None
@@ -252,7 +230,7 @@ def _cohort_frame(engine, config, spec) -> tuple[np.ndarray, dict, list]:
 def _own_frame_unresolved(engine, spec) -> tuple:
     """The unknown codes of the variables a KM/Cox/habitat round reads in frames of its own: not in
     this cohort frame (nor in its cache key), still reported with this response's warnings."""
-    if spec.analysis.type not in OWN_FRAME_TYPES:
+    if not _own_frame(spec):
         return ()
     resolver = Resolver(engine)
     resolve_variables([spec.variables[n] for _, n in S.analysis_variables(spec.analysis)], resolver)
@@ -385,97 +363,20 @@ class FrameCache:
 FRAMES = FrameCache()
 
 
-def _crosstab_codes(values: dict, a) -> tuple[list[tuple], np.ndarray]:
-    """(the crosstab's distinct keys in first-seen order, each person's key index or -1 when a
-    variable is missing).  Binned variables are keyed by :func:`_bin` of each distinct value."""
-    dims, radix = [], []
-    codes = None
-    for n in a.by:
-        column = values[n]
-        label = {v: (v if n not in a.bins else _bin(v, a.bins[n])) for v in dict.fromkeys(column) if v is not None}
-        names = list(dict.fromkeys(label.values()))
-        index = {name: i for i, name in enumerate(names)}
-        lookup = {v: index[lab] for v, lab in label.items()}
-        lookup[None] = -1
-        c = np.fromiter(map(lookup.__getitem__, column), dtype=np.int64, count=len(column))
-        codes = c if codes is None else np.where((codes < 0) | (c < 0), -1, codes * len(names) + c)
-        dims.append(names)
-        radix.append(len(names))
-    if codes is None or codes.size == 0:
-        return [], np.zeros(0, dtype=np.int64)
-    present, codes = np.unique(codes, return_inverse=True)  # dense 0..k-1 over the codes that occur
-    codes = codes.reshape(-1)
-    keys = []
-    for code in present.tolist():
-        if code < 0:
-            continue
-        parts = []
-        for size in reversed(radix):
-            code, r = divmod(code, size)
-            parts.append(r)
-        keys.append(tuple(dims[d][i] for d, i in enumerate(reversed(parts))))
-    if present.size and present[0] < 0:  # incomplete rows (-1) sort first: shift them out
-        codes = codes - 1
-    return keys, codes
-
-
-def _complete(values: dict, names: list[str]) -> list[tuple]:
-    cols = [values[n] for n in names]
-    return [row for row in zip(*cols) if all(v is not None for v in row)]
-
-
-def _bin(value, edges):
-    i = int(np.searchsorted(edges, value, side="right")) - 1
-    return f"[{edges[i]}, {edges[i + 1]})" if 0 <= i < len(edges) - 1 else ("below" if i < 0 else "above")
-
-
-def analyse(spec: S.Spec, n_cohort: int, values: dict, policy: Policy, engine=None, site: str = "local") -> dict:
-    """The released result of ``spec.analysis``; round analyses (survival, models, concordance,
-    habitat) compile their own frames from ``engine`` in :mod:`node.rounds_exec`."""
+def analyse(spec: S.Spec, n_cohort: int, values: dict, policy: Policy, engine=None, site: str = "local",
+            ids: np.ndarray | None = None) -> dict:
+    """The released result of ``spec.analysis``: its kind's site half (:mod:`cdm.analyses`) under
+    this site's ``policy``; kinds with frames of their own compile them from ``engine``."""
     a = spec.analysis
-    if a.type in ROUND_TYPES:
-        return analyse_round(spec, values, policy, engine, site)
-    if a.type == "count":
-        if policy.small(n_cohort):
-            raise Refusal("MIN_CELL", f"fewer than {policy.min_cell_count} persons")
-        return {"n": n_cohort}
-    if a.type == "crosstab":
-        distinct, codes = _crosstab_codes(values, a)
-        n_per = np.bincount(codes[codes >= 0], minlength=len(distinct))
-        counts = {key: int(n) for key, n in zip(distinct, n_per.tolist())}
-        keys = sorted(counts, key=lambda k: tuple(map(str, k)))
-        hidden = suppress_cells(keys, [counts[k] for k in keys], policy)
-        return {"cells": [{"key": list(k), "n": None if i in hidden else counts[k]} for i, k in enumerate(keys)],
-                "suppressed": [list(keys[i]) for i in sorted(hidden)]}
-    if a.type == "summary":
-        out, suppressed = {}, []
-        for name in a.variables:
-            x = np.array([v for v in values[name] if v is not None], dtype=float)
-            if policy.small(len(x)):
-                out[name] = {"n": None, "sum": None, "sum_sq": None}
-                suppressed.append(name)
-            else:
-                out[name] = {"n": int(len(x)), "sum": float(x.sum()), "sum_sq": float((x * x).sum())}
-        return {"variables": out, "suppressed": suppressed}
-    if a.type == "quantile_round":
-        x = np.array([v for v in values[a.variable] if v is not None], dtype=float)
-        if policy.small(len(x)):
-            raise Refusal("MIN_CELL", f"fewer than {policy.min_cell_count} values")
-        n_le = [int((x <= t).sum()) for t in a.thresholds]
-        hidden = [i for i, k in enumerate(n_le) if policy.small(k) or policy.small(len(x) - k)]
-        return {"n": int(len(x)), "n_le": [None if i in hidden else k for i, k in enumerate(n_le)], "suppressed": hidden}
-    if a.type == "histogram":
-        x = np.array([v for v in values[a.variable] if v is not None], dtype=float)
-        counts, _ = np.histogram(x, bins=a.edges)
-        cells = [int((x < a.edges[0]).sum()), *map(int, counts), int((x > a.edges[-1]).sum())]
-        hidden = suppress_cells([(i,) for i in range(len(cells))], cells, policy)
-        shown = [None if i in hidden else c for i, c in enumerate(cells)]
-        return {"counts": shown[1:-1], "below": shown[0], "above": shown[-1],
-                "suppressed": sorted(hidden)}
-    if a.type == "crossprod":
-        rows = np.array(_complete(values, a.variables), dtype=float).reshape(-1, len(a.variables))
-        n, p = rows.shape
-        if n < policy.min_rows_model or n < policy.rows_per_parameter * p:
-            raise Refusal("MIN_ROWS", f"needs at least {max(policy.min_rows_model, policy.rows_per_parameter * p)} complete rows")
-        return {"n": int(n), "sums": rows.sum(0).tolist(), "cross": (rows.T @ rows).tolist()}
-    raise Refusal("NOT_ALLOWED", f"analysis {a.type!r} is not available at this node yet")
+    kind = site_kind(a.type)
+    if kind is None:
+        raise Refusal("NOT_ALLOWED", f"analysis {a.type!r} is not available at this node yet")
+    if kind.own_frame and engine is None:
+        raise Refusal("NOT_ALLOWED", f"{a.type} needs the site's CDM")
+    ids = np.arange(n_cohort) if ids is None else ids
+    try:
+        return kind.site(spec, SiteData(ids, values, engine, site), policy)
+    except (ValueError, UnknownCode) as exc:  # a kernel's check on the data (never row values in it)
+        if not kind.checks_data:
+            raise
+        raise Refusal("BAD_SPEC", f"{a.type}: {exc}") from None

@@ -15,14 +15,12 @@ from itertools import combinations
 import numpy as np
 import scipy.linalg
 
+from cdm.analyses import SITE_TYPES
+from cdm.errors import Refusal
 from cdm.spec import ANALYSIS_TYPES, analysis_variables
 from node.config import ConfigError
 
-
-class Refusal(Exception):
-    def __init__(self, code: str, message: str):
-        self.code, self.message = code, message
-        super().__init__(f"{code}: {message}")
+__all__ = ["LIMITS", "Policy", "Refusal", "recoverable_cells", "suppress_cells"]
 
 
 @dataclass
@@ -32,8 +30,7 @@ class Policy:
     rows_per_parameter: int = 10
     differencing_k: int = 5
     max_requests_per_hour: int = 1000
-    allowed_analyses: tuple = ("count", "crosstab", "summary", "quantile_round", "histogram", "crossprod",
-                               "km_round", "cox_round", "glm_round", "concordance", "habitat_round")
+    allowed_analyses: tuple = SITE_TYPES  # every analysis a site answers (cdm.analyses)
     # "none", "all", or the analysis types a site administrator approves by hand (node/approvals.py)
     approval: str | tuple = "none"
     # audit each release against everything released to the same requester (recoverable_cells)
@@ -72,6 +69,10 @@ class Policy:
 
     def small(self, n: int) -> bool:
         return 0 < n < self.min_cell_count
+
+    def suppress(self, keys: list[tuple], counts: list[int]) -> set[int]:
+        """The cells of a table to hide (:func:`suppress_cells`): what an analysis's site half calls."""
+        return suppress_cells(keys, counts, self)
 
 
 def _bins(a) -> int:

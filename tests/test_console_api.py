@@ -171,18 +171,18 @@ def test_km_text_shows_the_survival_table_and_every_site():
 def test_a_crosstab_is_a_heat_map_with_suppressed_and_lower_bound_cells():
     import json
 
-    from coordinator.aggregate import pool_crosstab
+    from cdm.analyses.crosstab import pool_table
     from coordinator.console.figures import figure_for
 
-    pooled = pool_crosstab({"a": {"cells": [{"key": ["F", "<60"], "n": 12}, {"key": ["F", ">=60"], "n": None},
-                                            {"key": ["M", "<60"], "n": 7}, {"key": ["M", ">=60"], "n": 9}]},
-                            "b": {"cells": [{"key": ["F", "<60"], "n": 5}, {"key": ["F", ">=60"], "n": 8},
-                                            {"key": ["M", "<60"], "n": None}, {"key": ["M", ">=60"], "n": None}]}},
-                           ["sex", "age"])
+    pooled = pool_table({"a": {"cells": [{"key": ["F", "<60"], "n": 12}, {"key": ["F", ">=60"], "n": None},
+                                         {"key": ["M", "<60"], "n": 7}, {"key": ["M", ">=60"], "n": 9}]},
+                         "b": {"cells": [{"key": ["F", "<60"], "n": 5}, {"key": ["F", ">=60"], "n": 8},
+                                         {"key": ["M", "<60"], "n": None}, {"key": ["M", ">=60"], "n": None}]}},
+                        ["sex", "age"])
     figure = json.loads(figure_for({"job_id": "0123456789ab", "pooled": pooled}))
     heat = figure["data"][0]
     assert heat["type"] == "heatmap" and heat["y"] == ["F", "M"] and heat["x"] == ["<60", ">=60"]
     assert heat["text"] == [["17", ">=8"], [">=7", ">=9"]]  # a suppressed share is never a 0: lower bounds
-    one_way = pool_crosstab({"a": {"cells": [{"key": ["F"], "n": None}, {"key": ["M"], "n": 9}]}}, ["sex"])
+    one_way = pool_table({"a": {"cells": [{"key": ["F"], "n": None}, {"key": ["M"], "n": 9}]}}, ["sex"])
     bars = json.loads(figure_for({"job_id": "0123456789ab", "pooled": one_way}))["data"]
     assert [b["type"] for b in bars] == ["bar", "bar"] and bars[1]["text"] == ["suppressed", "9"]

@@ -26,7 +26,8 @@ from node.audit import AuditLog
 from node.config import NodeConfig, load_config
 from node.execute import run_request
 from node.policy import Policy, Refusal
-from node.rounds_exec import coarsen_km, concordance_round, cox_round, habitat_round, hide_groups, km_round
+from cdm.analyses import SiteData, site_kind
+from cdm.analyses.km import coarsen_km, hide_groups
 
 D = dt.date
 N = 30
@@ -34,6 +35,15 @@ BASE = D(2020, 1, 1)
 PFA, PFB, PROGRESSION, STABLE, REGIMEN = 2000000700, 2000000701, 2000000400, 2000000401, 32531
 TF, SUV = "tf", "suv"
 HABITATS = ["habitat_hypercellular", "habitat_necrotic", "habitat_oedema"]
+
+
+def _site(spec, policy, engine=None, site="local", values=None):
+    """The site half of ``spec``'s analysis kind, called as the node calls it."""
+    return site_kind(spec.analysis.type).site(spec, SiteData(np.zeros(0, dtype=np.int64), values or {}, engine, site), policy)
+
+
+def _concordance_site(spec, values, policy):
+    return _site(spec, policy, values=values)
 
 
 def index_day(i):
@@ -264,21 +274,21 @@ def test_cox_round_gradient_vanishes_at_lifelines_fit(cdm, tmp_path):
 def test_cox_and_glm_refuse_below_policy(cdm, tmp_path):
     spec = spec_of({"type": "cox_round", "time": PROG, "covariates": ["age", TF], "beta": [0, 0], "time_varying": True})
     with pytest.raises(Refusal) as refused:
-        cox_round(spec, spec.analysis, Policy(min_rows_model=100), cdm, "local")
+        _site(spec, Policy(min_rows_model=100), cdm, "local")
     assert refused.value.code == "MIN_ROWS"
     with pytest.raises(Refusal) as refused:
-        cox_round(spec, spec.analysis, Policy(rows_per_parameter=20), cdm, "local")
+        _site(spec, Policy(rows_per_parameter=20), cdm, "local")
     assert refused.value.code == "MIN_ROWS" and "40" in refused.value.message
     pooled = spec_of({**spec.analysis.model_dump(mode="json"), "mode": "pooled"})
     with pytest.raises(Refusal) as refused:
-        cox_round(pooled, pooled.analysis, Policy(), cdm, "local")
+        _site(pooled, Policy(), cdm, "local")
     assert refused.value.code == "MIN_CELL" and "stratified" in refused.value.message
-    ok = cox_round(pooled, pooled.analysis, Policy(min_cell_count=1), cdm, "local")
+    ok = _site(pooled, Policy(min_cell_count=1), cdm, "local")
     survival, iv = compile_intervals(pooled, pooled.analysis.time, ["age", TF], cdm)
     assert len(ok["times"]) == len(ok["s0"]) and ok["n"] == ok["intervals"] == len(iv.stop)
     assert sum(ok["d"]) == int(iv.event.sum()) == sum(1 for i, _, d in expected_survival(progression_day) if d)
     static = spec_of({"type": "cox_round", "time": PROG, "covariates": ["age"], "beta": [0.05]})
-    fit = cox_round(static, static.analysis, Policy(), cdm, "local")
+    fit = _site(static, Policy(), cdm, "local")
     hand = expected_survival(progression_day)
     ages = np.array([70.0 - i for i, _, _ in hand])
     assert fit == {**rounds.cox_stratified(None, [t for _, t, _ in hand], [d for *_, d in hand], ages[:, None], [0.05]),
@@ -303,7 +313,7 @@ def test_cox_and_glm_refuse_below_policy(cdm, tmp_path):
 def test_km_round_equals_kernel_on_hand_arrays(cdm):
     analysis = {"type": "km_round", "time": DEATH, "group": "sex", "bin_days": 10}
     spec = spec_of(analysis)
-    released = km_round(spec, spec.analysis, Policy(min_cell_count=1), cdm, "local")
+    released = _site(spec, Policy(min_cell_count=1), cdm, "local")
     expected = expected_survival(death_day)
     sex = ["M" if i % 2 else "F" for i, _, _ in expected]
     kernel = rounds.km_counts([t for _, t, _ in expected], [d for _, _, d in expected], 10, sex)
@@ -359,7 +369,7 @@ def test_concordance_table_and_suppression(cdm):
     cells = [both, im_only, ct_only, N - both - im_only - ct_only]
     assert r["result"]["likely_progression"] == sum(c for c, p in zip(cells, post) if p >= 0.8)
     spec = spec_of(_concordance())
-    strict = concordance_round(spec.analysis, {"imaging": [1.0 if i % 3 == 0 else 0.0 for i in range(1, N + 1)],
+    strict = _concordance_site(spec, {"imaging": [1.0 if i % 3 == 0 else 0.0 for i in range(1, N + 1)],
                                                "ctdna_pos": [1.0 if i % 2 == 0 else 0.0 for i in range(1, N + 1)]},
                                Policy(min_cell_count=6))
     table = strict["table"]
@@ -370,7 +380,7 @@ def test_concordance_table_and_suppression(cdm):
         if strict[band] is None:
             assert band in strict["suppressed"]
     with pytest.raises(Refusal) as bad:
-        concordance_round(spec.analysis, {"imaging": [0.5] * 10, "ctdna_pos": [1.0] * 10}, Policy())
+        _concordance_site(spec, {"imaging": [0.5] * 10, "ctdna_pos": [1.0] * 10}, Policy())
     assert bad.value.code == "BAD_SPEC"
     with pytest.raises(SpecError):
         spec_of(_concordance(imaging="age"))
@@ -387,7 +397,7 @@ def test_habitat_round_weights_and_design(cdm):
     spec = spec_of(_habitat())
     frame = biopsy_frame(spec, cdm, "TP53", "snv")
     assert frame.no_specimen == 1
-    result = habitat_round(spec, spec.analysis, Policy(), cdm)
+    result = _site(spec, Policy(), cdm)
     rows = [b for i in range(1, 25) for b in biopsies(i)]
     y = np.array([float(b[3]) for b in rows])
     X = np.column_stack([np.ones(len(rows))] + [[1.0 if b[0] == h else 0.0 for b in rows] for h in HABITATS[1:]])
@@ -398,7 +408,7 @@ def test_habitat_round_weights_and_design(cdm):
     assert result["sum_weights"] == pytest.approx(w.sum())
     assert result["excluded"] == {"no_specimen": 1, "other_habitat": 1, "no_distance": 1}
     with pytest.raises(Refusal) as refused:
-        habitat_round(spec, spec.analysis, Policy(min_rows_model=500), cdm)
+        _site(spec, Policy(min_rows_model=500), cdm)
     assert refused.value.code == "MIN_ROWS"
     with pytest.raises(SpecError):
         spec_of(_habitat(beta=[0.0]))
@@ -468,9 +478,9 @@ def test_round_specs_never_crash_the_node(loaded_sqlite, analysis, min_cell):
     if r["status"] == "ok":
         json.dumps(r["result"], allow_nan=False)
     try:
-        from node.rounds_exec import analyse_round
-        analyse_round(spec, {n: [1.0] * 3 for n in VARS}, Policy(min_cell_count=min_cell, min_rows_model=1,
-                                                                 rows_per_parameter=1), loaded_sqlite)
+        from node.execute import analyse
+        analyse(spec, 3, {n: [1.0] * 3 for n in VARS}, Policy(min_cell_count=min_cell, min_rows_model=1,
+                                                              rows_per_parameter=1), loaded_sqlite)
     except Refusal:
         pass
 
@@ -546,7 +556,7 @@ def test_forecast_command_uses_latest_values(site_toml, tmp_path):
 
 
 def test_pooled_rule_counts_like_brute_force():
-    from node.rounds_exec import _pooled_problems
+    from cdm.analyses.cox import _pooled_problems
 
     rng = np.random.default_rng(3)
     start = rng.integers(0, 5, 60).astype(float)
@@ -597,7 +607,7 @@ def test_rounds_on_ingested_synthetic_site(synthetic_site, tmp_path):
     assert progressed and set(survival.person_id[survival.event == 1].tolist()) == progressed
     config = site_config(tmp_path, min_cell_count=1, rows_per_parameter=1, min_rows_model=5, differencing_k=0)
     policy = Policy.from_config(config)
-    km = km_round(spec, spec.analysis, policy, engine, "site-1")
+    km = _site(spec, policy, engine, "site-1")
     assert sum(km["groups"]["all"]["events"]) == len(progressed)
     # concordance: imaging = any progression episode; ctDNA = the last draw on or after index
     last_call = {pid: bool(det) for pid, day, det in draws if day >= starts[pid]}
@@ -617,7 +627,7 @@ def test_rounds_on_ingested_synthetic_site(synthetic_site, tmp_path):
     hab = parse_spec({"cohort": cohort, "analysis": {"type": "habitat_round", "variant_type": "snv", "habitats": habitats,
                                                      "beta": [0.0] * len(habitats)}})
     try:
-        result = habitat_round(hab, hab.analysis, policy, engine)
+        result = _site(hab, policy, engine)
         assert result["n"] + sum(result["excluded"].values()) == len(labels)
     except Refusal as refused:  # too few located biopsies for this many habitats is a refusal, not a crash
         assert refused.code in ("MIN_ROWS", "MIN_CELL")

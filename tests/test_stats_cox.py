@@ -17,7 +17,7 @@ from statsmodels.duration.hazard_regression import PHReg
 
 from cdm import rounds
 from coordinator.stats import StatsError, run_analysis
-from coordinator.stats.cox import forecast_model
+from cdm.analyses.cox import forecast_model
 from test_stats_sites import network, split_uneven
 
 REL = 1e-6

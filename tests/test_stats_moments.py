@@ -13,7 +13,7 @@ from cdm.rounds import posterior_progression
 from coordinator import aggregate
 from coordinator.stats.text import render as stats_text
 from coordinator.stats import run_analysis
-from coordinator.stats.concordance import cohens_kappa as pooled_kappa
+from cdm.analyses.concordance import cohens_kappa as pooled_kappa
 from test_stats_sites import network, split_uneven
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from coordinator.stats import StatsError, run_analysis
-from coordinator.stats.quantiles import key_value, ordered_key
+from cdm.analyses.quantile import key_value, ordered_key
 from test_stats_sites import network, split_uneven
 
 

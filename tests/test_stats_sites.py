@@ -17,7 +17,7 @@ import pytest
 
 from cdm import rounds
 from coordinator.stats import StatsError, run_analysis
-from coordinator.stats.session import Session
+from cdm.analyses.session import Session
 
 
 def split_uneven(df: pd.DataFrame, k: int, seed: int = 0, by: str | None = None) -> list[pd.DataFrame]:
@@ -155,7 +155,7 @@ def test_suppressed_model_sums_are_refused_not_treated_as_zero():
 def test_newton_reports_a_stalled_search_instead_of_accepting_a_worse_fit():
     import numpy as np
 
-    from coordinator.stats.newton import maximise
+    from cdm.analyses.newton import maximise
 
     def evaluate(beta):  # a "likelihood" whose Newton direction always points downhill
         return {"loglik": -float(beta @ beta), "gradient": -2 * beta, "hessian": 2 * np.eye(len(beta))}

@@ -45,7 +45,7 @@ from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
 from node.dicom.instance import pixel_array, read_full
-from node.dicom.mapping import FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
+from node.dicom.errors import FEATURE_FAILED, MISSING_PIXEL_DATA, SEG_REFERENCES_MISSING, DicomInputError
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]

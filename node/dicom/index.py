@@ -20,8 +20,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 from sqlalchemy import Engine
 
+from node.dicom.errors import CORRUPT_DICOM, NOT_DICOM, DicomInputError
 from node.dicom.instance import read_instance
-from node.dicom.mapping import CORRUPT_DICOM, NOT_DICOM, DicomInputError, IndexReport, SeriesIndexer
+from node.dicom.mapping import IndexReport, SeriesIndexer
 from node.dicom.negotiation import MEDIA_STORAGE_DIRECTORY
 
 #: Quarantined payloads are capped: a 2 GB non-DICOM file stays on disk, its path is in the reason.

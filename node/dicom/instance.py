@@ -13,7 +13,7 @@
   PS3.5 8.2.1), or not.
 * :func:`pixel_array` decodes pixel data through pydicom's decoder plugins (pylibjpeg with its
   libjpeg, openjpeg and RLE plugins, pyjpegls; GDCM when installed) and raises
-  :class:`~node.dicom.mapping.DicomInputError` with a reason that names the transfer syntax when no
+  :class:`~node.dicom.errors.DicomInputError` with a reason that names the transfer syntax when no
   decoder can.
 """
 
@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from node.dicom.mapping import CORRUPT_DICOM, TRUNCATED, UNDECODABLE_PIXELS, DicomInputError
+from node.dicom.errors import CORRUPT_DICOM, TRUNCATED, UNDECODABLE_PIXELS, DicomInputError
 from node.dicom.negotiation import describe
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float Pixel Data

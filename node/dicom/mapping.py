@@ -31,28 +31,17 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
-from cdm.errors import EXIT_OK, EXIT_PARTIAL, RadfedError
+from cdm.errors import EXIT_OK, EXIT_PARTIAL
 from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
+from node.dicom.errors import DUPLICATE_SOP, MISSING_ATTRIBUTE, UNKNOWN_PATIENT, DicomInputError
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]
 PERSON = tables["person"]
 VISIT = tables["visit_occurrence"]
 SOURCE_RECORD = tables["source_record"]
-
-# Stable reason codes for quarantined DICOM input.
-NOT_DICOM = "NOT_DICOM"
-CORRUPT_DICOM = "CORRUPT_DICOM"
-MISSING_ATTRIBUTE = "MISSING_ATTRIBUTE"
-UNKNOWN_PATIENT = "UNKNOWN_PATIENT"
-MISSING_PIXEL_DATA = "MISSING_PIXEL_DATA"
-SEG_REFERENCES_MISSING = "SEG_REFERENCES_MISSING"
-FEATURE_FAILED = "FEATURE_FAILED"
-TRUNCATED = "TRUNCATED"
-UNDECODABLE_PIXELS = "UNDECODABLE_PIXELS"
-DUPLICATE_SOP = "DUPLICATE_SOP"
 
 #: BodyPartExamined (0018,0015) defined terms -> SNOMED CT, after PS3.16 Annex L (CID 4031).
 BODY_PART_SNOMED = {
@@ -86,14 +75,6 @@ BODY_PART_SNOMED = {
 }
 #: Coding scheme designators (PS3.16 Section 8) -> OMOP vocabulary_id.
 _SCHEMES = {"SCT": "SNOMED", "SRT": "SNOMED", "DCM": "DICOM", "LN": "LOINC"}
-
-
-class DicomInputError(RadfedError, ValueError):
-    """Input that cannot be indexed: ``reason_code`` is stable, ``str()`` says what to fix."""
-
-    def __init__(self, reason_code: str, message: str):
-        super().__init__(message)
-        self.reason_code = reason_code
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine
 
+from node.dicom.errors import CORRUPT_DICOM
 from node.dicom.instance import read_bytes_instance, read_instance
-from node.dicom.mapping import CORRUPT_DICOM, IndexReport, SeriesIndexer
+from node.dicom.mapping import IndexReport, SeriesIndexer
 from node.dicom.negotiation import STORAGE_SOP_CLASSES, add_storage_contexts
 from node.dicom.network import NODELAY_HANDLERS
 

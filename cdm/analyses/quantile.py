@@ -14,6 +14,9 @@ order statistics, searched simultaneously.
 A count a site suppressed (``null``) gives no information; its threshold is ignored.  If the
 brackets have not closed within ``max_rounds``, or a round narrowed nothing because every useful
 count was suppressed (a small site near the quantile), the result says so and gives the bracket.
+
+Site half (``quantile_round``): the counts at the thresholds asked, a count hidden when either side of
+its threshold is small.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import struct
 
 import numpy as np
 
-from coordinator.stats.session import Session, StatsError, need
+from cdm import spec as S
+from cdm.analyses.kind import Kind, numeric
+from cdm.analyses.session import Session, StatsError, need
+from cdm.errors import Refusal
 
 MAX_THRESHOLDS = 200  # cdm.spec.QuantileRound.thresholds
 SIGN = 1 << 63
@@ -154,3 +160,29 @@ def run(analysis, session: Session) -> dict:
         rows.append(row)
     return {"type": "quantile", "variable": variable, "sites": list(session.sites or []), "n": n,
             "quantiles": rows, "rounds": session.rounds, "max_rounds": analysis.max_rounds}
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """``quantile_round``: n and ``n_le(t)`` per threshold; a count is hidden when either side of its
+    threshold is small."""
+    a = spec.analysis
+    x = np.array([v for v in data.values[a.variable] if v is not None], dtype=float)
+    if policy.small(len(x)):
+        raise Refusal("MIN_CELL", f"fewer than {policy.min_cell_count} values")
+    n_le = [int((x <= t).sum()) for t in a.thresholds]
+    hidden = [i for i, k in enumerate(n_le) if policy.small(k) or policy.small(len(x) - k)]
+    return {"n": int(len(x)), "n_le": [None if i in hidden else k for i, k in enumerate(n_le)], "suppressed": hidden}
+
+
+def person_cells(a, ids, values, result) -> list:
+    x, keep = numeric(values[a.variable], ids)
+    cells = [(keep, result["n"])] + [(keep[x <= t], n) for t, n in zip(a.thresholds, result["n_le"])]
+    # an n_le is hidden when either side of t is small: guard the persons above t as well
+    return cells + [(keep[x > t], None) for t, n in zip(a.thresholds, result["n_le"]) if n is None]
+
+
+KIND = Kind(model=S.QuantileAnalysis, site_model=S.QuantileRound, site=site, run=run, person_cells=person_cells,
+            rounds="bisection on counts: 4-14 rounds (at most max_rounds)")

@@ -21,17 +21,30 @@ Concordance: Harrell's C compares every pair of persons, which no released sum a
 When every site adds ``concordance`` pair counts (:func:`cdm.rounds.concordance_counts`) to its last
 round, the result reports C over *within-site* pairs (exact for that definition); otherwise it says
 that C is not computable from the released data.
+
+Site half (``cox_round``): counting-process intervals (:mod:`cdm.round_frames`); MIN_ROWS; 1..min-1
+events -> MIN_CELL.  Merging adjacent times is *not* exact for the pooled partial likelihood (the
+risk sets of the merged times differ), so the node never coarsens it.  Per-time sums reveal one
+person's covariates whenever a single row enters, leaves or fails at a time (differences of
+consecutive ``s1``).  So a pooled round is refused with ``MIN_CELL`` unless at every released time
+the risk set is empty or has at least the minimum rows, and the rows failing, leaving and entering
+there are each 0 or at least the minimum.  In practice a site with daily event times answers
+``stratified``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import chi2
 
+from cdm import rounds
+from cdm import spec as S
+from cdm.analyses.inference import coefficient_table, covariance
+from cdm.analyses.kind import Kind, enough_rows, not_small
+from cdm.analyses.newton import maximise
+from cdm.analyses.session import Session, StatsError, array, need
+from cdm.errors import Refusal
+from cdm.round_frames import compile_intervals
 from cdm.rounds import cox_from_sums
-from coordinator.stats.inference import coefficient_table, covariance
-from coordinator.stats.newton import maximise
-from coordinator.stats.session import Session, StatsError, array, need
 
 CONCORDANCE_NOTE = ("Harrell's C needs every pair of persons; across sites it is not computable from released "
                     "sums. Reported only when every site releases within-site pair counts (then over within-site pairs).")
@@ -131,6 +144,8 @@ def run(analysis, session: Session) -> dict:
     cov = covariance(fit["hessian"])
     loglik, loglik_null = float(fit["loglik"]), report["loglik_history"][0]
     lr = max(2 * (loglik - loglik_null), 0.0)
+    from scipy.stats import chi2  # lazily: the node imports this module for its site half
+
     out = {
         "type": "cox", "mode": analysis.mode, "ties": analysis.ties, "time_varying": analysis.time_varying,
         "sites": list(session.sites or []), "n": fit["n"], "events": fit["events"],
@@ -180,3 +195,53 @@ def forecast_model(result: dict, spec: dict, name: str | None = None) -> dict:
             "baseline": {"times": result["baseline"]["times"], "cumhaz": result["baseline"]["cumulative_hazard"]},
             "fit": {"sites": result["sites"], "n": result["n"], "events": result["events"], "ties": result["ties"],
                     "mode": result["mode"], "time_varying": result["time_varying"], "rounds": result["rounds"]}}
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+def _pooled_problems(start, stop, event, min_cell: int) -> int:
+    """How many released times of :func:`cdm.rounds.cox_risk_sums` would fail the pooled rule."""
+    counting = bool(np.any(start != 0))
+    times = np.unique(np.concatenate([start, stop]) if counting else stop)
+    n = stop.size
+
+    def ge(values):  # rows with value >= t, per released time t
+        return n - np.searchsorted(np.sort(values), times, side="left")
+
+    def at(values):  # rows with value == t, per released time t
+        ordered = np.sort(values)
+        return np.searchsorted(ordered, times, side="right") - np.searchsorted(ordered, times, side="left")
+
+    at_risk = ge(stop) - (ge(start) if counting else 0)
+    failing, leaving = at(stop[event == 1]), at(stop)
+    entering = at(start[start > 0])
+
+    def bad(c):
+        return (c > 0) & (c < min_cell)
+
+    return int((bad(at_risk) | bad(failing) | bad(leaving) | bad(entering)).sum())
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """``cox_round``: this site's stratum sums, or its risk-set sums (pooled mode), at ``beta``."""
+    a = spec.analysis
+    survival, iv = compile_intervals(spec, a.time, list(a.covariates), data.engine, data.site)
+    persons = int(np.unique(iv.person_id).size)
+    enough_rows(persons, len(a.covariates), policy, "persons with complete covariates")
+    not_small(int(iv.event.sum()), policy, "events")
+    extra = {"persons": persons, "intervals": int(iv.stop.size), "excluded": survival.excluded}
+    if not a.time_varying:  # Harrell's C is defined on one (time, risk) per person, not on intervals
+        extra["concordance"] = rounds.concordance_counts(iv.stop, iv.event, iv.X @ np.asarray(a.beta))
+    if a.mode == "stratified":
+        return {**rounds.cox_stratified(iv.start, iv.stop, iv.event, iv.X, a.beta, a.ties), **extra}
+    failing = _pooled_problems(iv.start, iv.stop, iv.event, policy.min_cell_count)
+    if failing:
+        raise Refusal("MIN_CELL", f"pooled Cox would release {failing} time point(s) whose risk set or tie/"
+                                  f"entry/exit group is below {policy.min_cell_count}; use mode: stratified")
+    with np.errstate(over="ignore"):  # an overflowing exp(x'beta) is the kernel's ValueError -> BAD_SPEC
+        return {**rounds.cox_risk_sums(iv.start, iv.stop, iv.event, iv.X, a.beta, a.ties), **extra}
+
+
+KIND = Kind(model=S.CoxAnalysis, site_model=S.CoxRound, site=site, run=run, own_frame=True, checks_data=True,
+            releases_model=True, rounds="Newton-Raphson: one round per iteration (at most max_iter) + 1")

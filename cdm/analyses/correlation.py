@@ -4,13 +4,18 @@ Each site releases, over its complete cases, ``n``, the sums ``sum x`` and the r
 ``sum x x'`` (docs/analysis-rounds.md).  These are additive, so the pooled sample covariance is
 ``(C - n m m') / (n - 1)`` with ``m = s / n`` (exactly numpy's ``np.cov`` on the pooled rows, up to
 floating-point rounding of the one-pass formula) and the correlation ``cov_ij / sqrt(cov_ii cov_jj)``.
+
+Site half (``crossprod``): refused ``MIN_ROWS`` below the site's model row limits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from coordinator.stats.session import Session, StatsError, array, need
+from cdm import spec as S
+from cdm.analyses.kind import Kind, complete_rows
+from cdm.analyses.session import Session, StatsError, array, need
+from cdm.errors import Refusal
 
 
 def pool_crossprod(results: dict[str, dict], p: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -54,3 +59,19 @@ def run(analysis, session: Session) -> dict:
     return {"type": "correlation", "variables": variables, "sites": list(session.sites or []), "n": n,
             "mean": mean.tolist(), "variance": np.diag(cov).tolist(), "sd": np.sqrt(np.clip(np.diag(cov), 0, None)).tolist(),
             "covariance": _json(cov), "correlation": _json(corr), "rounds": session.rounds}
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """``crossprod``: n, sums and raw cross-products over the complete rows."""
+    a = spec.analysis
+    rows = complete_rows(data.values, a.variables)
+    n, p = rows.shape
+    if n < policy.min_rows_model or n < policy.rows_per_parameter * p:
+        raise Refusal("MIN_ROWS", f"needs at least {max(policy.min_rows_model, policy.rows_per_parameter * p)} complete rows")
+    return {"n": int(n), "sums": rows.sum(0).tolist(), "cross": (rows.T @ rows).tolist()}
+
+
+KIND = Kind(model=S.CorrelationAnalysis, site_model=S.CrossprodAnalysis, site=site, run=run, releases_model=True)

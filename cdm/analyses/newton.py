@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from coordinator.stats.session import StatsError
+from cdm.analyses.session import StatsError
 
 Fit = dict  # {"loglik": float, "gradient": ndarray[p], "hessian": ndarray[p, p], ...}
 

@@ -8,16 +8,21 @@ pooled MLE: statsmodels ``GLM(family=Binomial(), freq_weights=w)``.
 Linear (gaussian, identity link): one round of ``X'WX``, ``X'Wy``, ``y'Wy`` (:func:`cdm.rounds.glm_gaussian`)
 gives ``beta = (X'WX)^-1 X'Wy``, residual sum of squares ``y'Wy - beta'X'Wy`` and
 ``sigma^2 = RSS / (n - p)``: statsmodels ``OLS`` / ``WLS(weights=w)`` (weights as inverse variances).
+
+Site half (``glm_round``): the per-person frame; MIN_ROWS; a binomial outcome class of 1..min-1 ->
+MIN_CELL.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import t as student_t
 
-from coordinator.stats.inference import coefficient_table, covariance
-from coordinator.stats.newton import maximise
-from coordinator.stats.session import Session, StatsError, array, need
+from cdm import rounds
+from cdm import spec as S
+from cdm.analyses.inference import coefficient_table, covariance
+from cdm.analyses.kind import Kind, complete_rows, enough_rows, outcome_classes
+from cdm.analyses.newton import maximise
+from cdm.analyses.session import Session, StatsError, array, need
 
 
 def sum_binomial(results: dict[str, dict], q: int, what: str) -> dict:
@@ -66,6 +71,8 @@ def fit_linear(results: dict[str, dict], names: list[str]) -> dict:
     scale = rss / df_resid
     cov = scale * np.linalg.inv(xtx)
     rows = coefficient_table(names, beta, cov)
+    from scipy.stats import t as student_t  # lazily: the node imports this module for its site half
+
     crit = float(student_t.ppf(0.975, df_resid))
     for row in rows:  # exact small-sample inference for the normal linear model: t, not z
         row["t"] = row.pop("z")
@@ -89,3 +96,26 @@ def run(analysis, session: Session) -> dict:
         out = fit_logistic(session, lambda beta: {**base, "beta": [float(b) for b in beta]}, names,
                            analysis.max_iter, analysis.tol, "glm_round")
     return {"type": "glm", "outcome": analysis.outcome, "weights": analysis.weights, **out}
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """``glm_round``: this site's sums at ``beta`` (binomial) or its normal-equation sums (gaussian)."""
+    a = spec.analysis
+    names = [a.outcome, *a.covariates] + ([a.weights] if a.weights else [])
+    rows = complete_rows(data.values, names)
+    n, p = rows.shape[0], len(a.covariates) + 1
+    enough_rows(n, p, policy)
+    y = rows[:, 0]
+    X = np.column_stack([np.ones(n), rows[:, 1:1 + len(a.covariates)]])
+    w = rows[:, -1] if a.weights else None
+    if a.family == "gaussian":
+        return rounds.glm_gaussian(y, X, w)
+    outcome_classes(y, policy, "rows")
+    return rounds.glm_binomial(y, X, a.beta, w)
+
+
+KIND = Kind(model=S.GLMAnalysis, site_model=S.GLMRound, site=site, run=run, checks_data=True, releases_model=True,
+            rounds="gaussian: 1 round; binomial: one round per Newton iteration (at most max_iter) + 1")

@@ -12,6 +12,17 @@ at its next reported time (0 past its last).  Summed counts give exactly the poo
 
 A group a site suppressed entirely (``null``) is left out of that group's pooled curve, which then
 says ``complete: false`` and names the site.
+
+Site half (``km_round``): survival times from frames of its own (:mod:`cdm.round_frames`), counted
+on the grid (:func:`cdm.rounds.km_counts`), then coarsened.  Within a group, a released bin needs
+``at_risk >= min_cell_count`` and ``events`` either 0 or ``>= min_cell_count``.  A failing bin is
+merged with the next one (events and censorings add; the merged bin is reported at its last time
+with the at-risk count of its first) until it passes; a tail whose at-risk count is below the
+minimum, or a last bin whose events stay small, is merged into the bin before it.  A group that
+cannot pass as a whole (fewer members than the minimum, or 1..min-1 events in total) is released as
+``null`` and listed in ``suppressed``; a hidden group smaller than the minimum takes the next
+smallest group with it (:func:`hide_groups`).  Merging keeps every total: released events +
+censored = the group's size = its first at-risk.
 """
 
 from __future__ import annotations
@@ -19,10 +30,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import chi2
 
-from coordinator.stats.inference import Z95
-from coordinator.stats.session import Session, StatsError, array
+from cdm import rounds
+from cdm import spec as S
+from cdm.analyses.inference import Z95
+from cdm.analyses.kind import Kind
+from cdm.analyses.session import Session, StatsError, array
+from cdm.round_frames import compile_survival
 
 KEYS = ("at_risk", "events", "censored")
 
@@ -116,6 +130,8 @@ def logrank(groups: dict[str, dict]) -> dict | None:
     share = n / n_all
     v = np.einsum("t,it->i", factor, n)[:, None] * np.eye(k) - np.einsum("t,it,jt->ij", factor * n_all, share, share)
     diff = (observed - expected)[:-1]
+    from scipy.stats import chi2  # lazily: the node imports this module for its site half
+
     try:
         statistic = float(diff @ np.linalg.solve(v[:-1, :-1], diff))
     except np.linalg.LinAlgError:
@@ -146,3 +162,78 @@ def run(analysis, session: Session) -> dict:
         test["statistic"], test["p"] = None, None
     return {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
             "groups": groups, "logrank": test, "rounds": session.rounds}
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+def coarsen_km(counts: dict, min_cell: int, bin_days: int) -> dict | None:
+    """Merge one group's bins until every released bin passes (module doc); None if it never can."""
+    times, at_risk, events, censored = (counts[k] for k in ("times", "at_risk", "events", "censored"))
+    k = len(times)
+    spans: list[list[int]] = []
+    i = 0
+    while i < k:
+        if at_risk[i] < min_cell:  # at-risk only falls: the rest cannot stand alone
+            if not spans:
+                return None
+            spans[-1][1] = k - 1
+            break
+        j, d = i, events[i]
+        while 0 < d < min_cell and j + 1 < k:
+            j += 1
+            d += events[j]
+        spans.append([i, j])
+        i = j + 1
+
+    def small(span):
+        return 0 < sum(events[span[0]:span[1] + 1]) < min_cell
+
+    while spans and small(spans[-1]):
+        if len(spans) == 1:
+            return None
+        last = spans.pop()
+        spans[-1][1] = last[1]
+    if not spans:
+        return None
+    merged = [[times[a], times[b]] for a, b in spans if b > a]
+    return {"times": [times[b] for _, b in spans], "at_risk": [at_risk[a] for a, _ in spans],
+            "events": [int(sum(events[a:b + 1])) for a, b in spans],
+            "censored": [int(sum(censored[a:b + 1])) for a, b in spans],
+            "merged": merged,
+            "bin_days_effective": max([bin_days] + [t1 - t0 + bin_days for t0, t1 in merged])}
+
+
+def hide_groups(sizes: dict, hidden: set, min_cell: int) -> set:
+    """Secondary suppression across groups: a hidden group smaller than the minimum must not be
+    recoverable as (cohort size - released groups), so while the hidden groups hold a small one and
+    are a single group or total below the minimum, the smallest released group is hidden too."""
+    hidden = set(hidden)
+    while any(sizes[g] < min_cell for g in hidden) and (len(hidden) < 2 or sum(sizes[g] for g in hidden) < min_cell):
+        shown = [g for g in sizes if g not in hidden]
+        if not shown:
+            break
+        hidden.add(min(shown, key=lambda g: (sizes[g], g)))
+    return hidden
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """``km_round``: per group and bin of the shared grid, at risk / events / censored, coarsened."""
+    a = spec.analysis
+    survival = compile_survival(spec, a.time, [a.group] if a.group else [], data.engine, data.site)
+    keep = np.ones(survival.time.size, dtype=bool)
+    group = None
+    if a.group:
+        raw = survival.values[a.group]
+        keep = np.array([v is not None for v in raw], dtype=bool)
+        group = [v for v in raw if v is not None]
+    counts = rounds.km_counts(survival.time[keep], survival.event[keep], a.bin_days, group)
+    released = {label: coarsen_km(g, policy.min_cell_count, a.bin_days) for label, g in counts.items()}
+    sizes = {label: g["at_risk"][0] for label, g in counts.items()}
+    hidden = hide_groups(sizes, {label for label, g in released.items() if g is None}, policy.min_cell_count)
+    return {"groups": {label: None if label in hidden else g for label, g in released.items()},
+            "suppressed": sorted(hidden), "bin_days": a.bin_days,
+            "excluded": survival.excluded + int((~keep).sum())}
+
+
+KIND = Kind(model=S.KMAnalysis, site_model=S.KMRound, site=site, run=run, own_frame=True, checks_data=True)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm
 
-from coordinator.stats.session import StatsError
+from cdm.analyses.session import StatsError
 
-Z95 = float(norm.ppf(0.975))
+Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975), written out: scipy loads only when a table is made
 
 
 def covariance(hessian) -> np.ndarray:
@@ -27,6 +26,8 @@ def covariance(hessian) -> np.ndarray:
 def coefficient_table(names: list[str], beta, cov, exponentiate: str | None = None) -> list[dict]:
     """One row per coefficient; ``exponentiate`` names the ratio column (``exp(coef)`` for a hazard
     ratio, ``odds_ratio``) and adds its interval."""
+    from scipy.stats import norm  # lazily: the node imports this module and never calls it
+
     beta = np.asarray(beta, dtype=float)
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     rows = []

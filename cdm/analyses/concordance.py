@@ -8,6 +8,9 @@ posterior puts them in "likely progression" (``>= hi``), "indeterminate", "likel
 Counts add over sites; Cohen's (1960) kappa ``(p_o - p_e) / (1 - p_e)`` is computed on the pooled
 table, with the large-sample standard errors of Fleiss, Cohen & Everitt (1969): in general (for the
 interval) and under kappa = 0 (for the test), as statsmodels ``cohens_kappa``.
+
+Site half: the per-person frame (two 0/1 variables); 2x2 cells through the policy's ``suppress``;
+a band is hidden when any of its cells is.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import math
 
 import numpy as np
 
-from coordinator.stats.inference import Z95
-from coordinator.stats.session import Session, StatsError, array, need
+from cdm import rounds
+from cdm import spec as S
+from cdm.analyses.inference import Z95
+from cdm.analyses.kind import Kind, complete_rows, not_small
+from cdm.analyses.session import Session, StatsError, array, need
+from cdm.errors import Refusal
 
 BANDS = ("likely_progression", "indeterminate", "likely_response")
 
@@ -80,3 +87,45 @@ def run(analysis, session: Session) -> dict:
     else:
         out["agreement"] = cohens_kappa(table)
     return out
+
+
+# -- site half -------------------------------------------------------------------------------------
+
+
+CELLS = ((1, 1), (1, 0), (0, 1), (0, 0))  # (imaging, ctdna): table[0] = imaging yes, table[1] = no
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """The 2x2 table and the band counts at this site, small cells and their bands hidden."""
+    a = spec.analysis
+    rows = complete_rows(data.values, [a.imaging, a.ctdna])
+    if not np.all((rows == 0) | (rows == 1)):
+        raise Refusal("BAD_SPEC", f"concordance: {a.imaging!r} and {a.ctdna!r} must take values 0/1 "
+                                  "(use reduce: first/last/max for ctdna detected)")
+    not_small(rows.shape[0], policy, "persons with both calls")
+    imaging, ctdna = rows[:, 0], rows[:, 1]
+    params = (a.imaging_sens, a.imaging_spec, a.ctdna_sens, a.ctdna_spec, a.prior)
+    posterior = rounds.posterior_progression(imaging, ctdna, *params)
+    table = rounds.concordance_table(imaging, ctdna, posterior, a.band)
+    counts = [table["table"][0][0], table["table"][0][1], table["table"][1][0], table["table"][1][1]]
+    hidden = policy.suppress(list(CELLS), counts)
+    cell_posterior = rounds.posterior_progression([c[0] for c in CELLS], [c[1] for c in CELLS], *params)
+    lo, hi = a.band
+    band_of = ["likely_progression" if q >= hi else "likely_response" if q <= lo else "indeterminate"
+               for q in cell_posterior]
+    out = {"n": table["n"],
+           "table": [[None if 0 in hidden else counts[0], None if 1 in hidden else counts[1]],
+                     [None if 2 in hidden else counts[2], None if 3 in hidden else counts[3]]],
+           "posterior": [[float(cell_posterior[0]), float(cell_posterior[1])],
+                         [float(cell_posterior[2]), float(cell_posterior[3])]],
+           "suppressed": [list(CELLS[i]) for i in sorted(hidden)]}
+    for band in BANDS:
+        cells = [i for i, b in enumerate(band_of) if b == band]
+        # a band total next to a released cell would give away a suppressed one: hide it too
+        out[band] = None if any(i in hidden for i in cells) or policy.small(table[band]) else table[band]
+        if out[band] is None:
+            out["suppressed"].append(band)
+    return out
+
+
+KIND = Kind(model=S.ConcordanceRound, site=site, run=run, checks_data=True)
