@@ -2,10 +2,13 @@
 
 fhir.resources 8.x ships R5 at its top level and R4B under ``fhir.resources.R4B``; R4B changed no
 element of the resources radfed reads, so R4 input validates against the R4B models (DESIGN.md,
-"Ingest").  Validation is pydantic's: cardinalities, required elements, primitive formats and
-value-set bound codes (``Observation.status`` ``finalised`` fails).  It is the expensive step of an
-ingest (~7,000 resources/s on one core, against ~150,000/s for parsing the JSON), which is why the
-engine skips it for resources whose content hash is unchanged since the last run.
+"Ingest").  Validation is pydantic's: cardinalities, required elements, choice types and primitive
+formats (fhir.resources 8 does not check value-set bound codes: ``Observation.status``
+``finalised`` passes).  Building the models costs ~7,000 resources/s on one core, so a resource
+first meets :func:`node.ingest.precheck.conforms`, compiled from the same models' metadata and
+~10x faster, which passes only what the models certainly accept; everything else, every invalid
+resource among it, is judged by the models themselves, and their message is the quarantine reason.
+The engine also skips validation for resources whose content hash is unchanged since the last run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from functools import lru_cache
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
+
+from node.ingest.precheck import conforms
 
 # Stable reason codes.
 UNKNOWN_RESOURCE_TYPE = "UNKNOWN_RESOURCE_TYPE"
@@ -44,6 +49,15 @@ def problem(resource: dict) -> tuple[str, str] | None:
         return UNKNOWN_RESOURCE_TYPE, f"resourceType {resource_type!r} is not a FHIR R4 resource type"
     if not isinstance(resource.get("id"), str) or not resource["id"]:
         return MISSING_ID, f"{resource_type} has no id (needed for stable CDM ids and updates)"
+    if conforms(resource):
+        return None
+    return model_problem(resource)
+
+
+def model_problem(resource: dict) -> tuple[str, str] | None:
+    """fhir.resources' own verdict on a resource of a known type with an id: ``(INVALID_RESOURCE,
+    its first errors)`` or ``None`` (the reference :func:`problem` must agree with)."""
+    resource_type = resource["resourceType"]
     try:
         _model(resource_type).model_validate(resource)
     except ValidationError as exc:
@@ -72,6 +86,7 @@ def _warm() -> None:
     # Building the R4B model classes of the common types costs ~1 s; do it while the reader starts.
     for name in ("Patient", "Encounter", "Condition", "Observation", "Procedure", "DiagnosticReport"):
         _model(name)
+        conforms({"resourceType": name})
     relaxed_gc()
 
 
