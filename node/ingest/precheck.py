@@ -49,7 +49,8 @@ def _boolean(value: object) -> bool:
 
 
 def _string(value: object) -> bool:
-    return type(value) is str and _STRING.search(value) is not None
+    # a first character that is not whitespace is the pattern's \S: no need to run the regex
+    return type(value) is str and value != "" and (not value[0].isspace() or _STRING.search(value) is not None)
 
 
 def _any_string(value: object) -> bool:  # uri, canonical, markdown: their patterns match any text
@@ -57,7 +58,10 @@ def _any_string(value: object) -> bool:  # uri, canonical, markdown: their patte
 
 
 def _code(value: object) -> bool:
-    return type(value) is str and _CODE.fullmatch(value) is not None
+    # printable text without a space holds no whitespace at all (tabs, line ends and Unicode spaces
+    # are not printable): then the pattern matches without running it
+    return type(value) is str and value != "" and (
+        (value.isprintable() and " " not in value) or _CODE.fullmatch(value) is not None)
 
 
 def _id(value: object) -> bool:
@@ -167,27 +171,28 @@ class _Model:
 
     def __init__(self, klass):
         self.klass = klass
-        self.fields: dict[str, tuple[bool, Check]] | None = None  # compiled on first use (types recurse)
+        #: alias -> (is a list, check of one value, its choice group); compiled on first use (types recurse)
+        self.fields: dict[str, tuple[bool, Check, str | None]] | None = None
         self.required: tuple[str, ...] = ()
-        self.choices: tuple[tuple[tuple[str, ...], bool], ...] = ()
+        self.required_choices: tuple[str, ...] = ()
 
     def _compile(self) -> None:
-        fields: dict[str, tuple[bool, Check]] = {}
-        required, choices = [], {}
+        fields: dict[str, tuple[bool, Check, str | None]] = {}
+        required, required_choices = [], set()
         for name, info in self.klass.model_fields.items():
             alias = info.alias or name
             extra = info.json_schema_extra or {}
             if name.endswith("__ext") or not extra.get("element_property"):
                 continue  # _primitive extensions and fhir_comments: left to fhir.resources
             many, element = _unwrap(info.annotation)
-            fields[alias] = (many, _check_of(element))
+            choice = extra.get("one_of_many") or None
+            fields[alias] = (many, _check_of(element), choice)
             if info.is_required() or extra.get("element_required"):
                 required.append(alias)
-            if extra.get("one_of_many"):
-                group, _ = choices.setdefault(extra["one_of_many"], ([], extra.get("one_of_many_required") is True))
-                group.append(alias)
+            if choice and extra.get("one_of_many_required") is True:
+                required_choices.add(choice)
         self.required = tuple(required)
-        self.choices = tuple((tuple(group), needed) for group, needed in choices.values())
+        self.required_choices = tuple(sorted(required_choices))
         self.fields = fields
 
     def __call__(self, value: object) -> bool:
@@ -199,11 +204,12 @@ class _Model:
 
     def _members(self, value: dict) -> bool:
         fields = self.fields
+        chosen = None  # the choice groups (value[x]) that have a value
         for key, item in value.items():
             spec = fields.get(key)
             if spec is None or item is None:
                 return False
-            many, check = spec
+            many, check, choice = spec
             if many:
                 if type(item) is not list:
                     return False
@@ -212,12 +218,18 @@ class _Model:
                         return False
             elif not check(item):
                 return False
+            if choice is not None:
+                if chosen is None:
+                    chosen = {choice}
+                elif choice in chosen:
+                    return False  # two types of one choice
+                else:
+                    chosen.add(choice)
         for key in self.required:
             if key not in value:
                 return False
-        for group, needed in self.choices:
-            present = sum(1 for key in group if key in value)
-            if present > 1 or (needed and present == 0):
+        for choice in self.required_choices:
+            if chosen is None or choice not in chosen:
                 return False
         return True
 
@@ -226,12 +238,10 @@ class _Resource(_Model):
     """A resource at the top of an input: ``resourceType`` names it (nested resources are left to
     fhir.resources)."""
 
-    def __call__(self, value: object) -> bool:
-        if type(value) is not dict or value.get("resourceType") != self.klass.__resource_type__:
-            return False
-        if self.fields is None:
-            self._compile()
-        return self._members({k: v for k, v in value.items() if k != "resourceType"})
+    def _compile(self) -> None:
+        super()._compile()
+        name = self.klass.__resource_type__
+        self.fields["resourceType"] = (False, lambda value: type(value) is str and value == name, None)
 
 
 @lru_cache(maxsize=None)
