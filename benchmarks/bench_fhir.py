@@ -5,6 +5,11 @@ A FHIR-only synthetic Bulk Data export (``radfed-node synth --no-dicom``; 23,000
 on the same machine in the same run:
 
 * **bare parse**: ``orjson.loads`` over every line of every NDJSON file — the floor of any ingest;
+* **hash and skip**: the parse plus the content hash of each resource — what a re-run of unchanged
+  files must at least do (its floor: the look-up of the stored hashes comes on top);
+* **validator alone**: ``node.ingest.validate.problem`` on every resource in this process (the fast
+  check compiled from the fhir.resources models, fhir.resources itself where it is not sure), and
+  **fhir.resources alone** (``model_problem``) on the same resources for comparison;
 * **SQLite** and **PostgreSQL**: ``ingest_paths`` into a fresh CDM, each in a fresh interpreter so
   its peak RSS is its own (streaming holds if the peak does not grow with the export);
 * then a second load of the same export into the same CDM (everything unchanged: hash check only;
@@ -16,6 +21,7 @@ the machine's load average before and after, and the command go to ``benchmarks/
 Other engineers benchmark on the same machine: run it under ``flock /tmp/radfed-bench.lock``.
 
     flock /tmp/radfed-bench.lock .venv/bin/python benchmarks/bench_fhir.py   # 23,000 patients, SQLite + PostgreSQL
+    .venv/bin/python benchmarks/bench_fhir.py --folder ../shared/fhir/synthea-bulk-10   # the real Synthea export
     .venv/bin/python benchmarks/bench_fhir.py --patients 2000 --no-postgres --workers 0
     RADFED_BENCH_PG=postgresql://postgres@127.0.0.1:5432/postgres    # the server to create a scratch DB on
 """
@@ -69,6 +75,74 @@ def bare_parse(folder: Path) -> dict:
             "resources_per_s": round(lines / seconds)}
 
 
+def _lines(folder: Path):
+    for path in sorted(folder.glob("*.ndjson")):
+        if path.name != "log.ndjson":
+            with open(path, "rb", buffering=1 << 20) as handle:
+                yield from handle
+
+
+def _parsed(folder: Path) -> list[dict]:
+    import orjson
+
+    out = []
+    for line in _lines(folder):
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+            out.append(resource)
+    return out
+
+
+def hash_and_skip(folder: Path) -> dict:
+    import orjson
+
+    from node.ingest.engine import content_hash
+
+    lines = 0
+    started = time.perf_counter()
+    for line in _lines(folder):
+        try:
+            content_hash(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            pass
+        lines += 1
+    seconds = time.perf_counter() - started
+    return {"what": "hash and skip (parse + content hash)", "resources": lines, "seconds": round(seconds, 1),
+            "resources_per_s": round(lines / seconds)}
+
+
+def validators(folder: Path, reference: bool) -> list[dict]:
+    """``problem`` (the ingest's validator) and fhir.resources alone over the same parsed resources
+    (parsing not timed), one process each, after a warm-up of each model class."""
+    import gc
+
+    from node.ingest.validate import INVALID_RESOURCE, model_problem, problem
+
+    resources = _parsed(folder)
+    gc.freeze()  # the parsed export is live: keep the collector from rescanning it (as the ingest does)
+    for resource in resources[:2000]:
+        problem(resource)
+    rows = []
+    for what, check in [("validator alone (node.ingest.validate.problem)", problem),
+                        ("fhir.resources alone (model_problem)", model_problem)][:2 if reference else 1]:
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        found = 0
+        for resource in resources:
+            if check is model_problem and not (isinstance(resource.get("id"), str) and resource["id"]):
+                continue
+            verdict = check(resource)
+            found += verdict is not None and verdict[0] == INVALID_RESOURCE
+        seconds = time.perf_counter() - started
+        rows.append({"what": what, "resources": len(resources), "invalid": found, "seconds": round(seconds, 1),
+                     "resources_per_s": round(len(resources) / seconds), "load_average": round(load, 2)})
+    gc.unfreeze()
+    return rows
+
+
 def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dict]:
     """In a fresh interpreter: create the CDM at ``url``, load ``folder`` ``runs`` times."""
     from cdm.db import create_cdm, open_engine
@@ -80,11 +154,12 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
     used = auto_workers(size) if workers is None else workers
     out = []
     for _ in range(runs):
+        load = os.getloadavg()[0]
         started = time.process_time()
         summary = ingest_paths(engine, [folder], workers=used)
         out.append({"resources": summary.total(), "loaded": summary.total("loaded"),
                     "unchanged": summary.total("unchanged"), "quarantined": summary.total("quarantined"),
-                    "skipped": summary.total("skipped"), "workers": used,
+                    "skipped": summary.total("skipped"), "workers": used, "load_average": round(load, 2),
                     "seconds": round(summary.seconds, 1), "resources_per_s": round(summary.resources_per_second),
                     "main_cpu_s": round(time.process_time() - started, 1),
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -104,6 +179,8 @@ def _in_subprocess(url: str, folder: Path, runs: int, workers: int | None) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=23_000)
+    parser.add_argument("--folder", help="benchmark this export folder instead of the synthetic one")
+    parser.add_argument("--no-reference", action="store_true", help="skip the fhir.resources-alone row")
     parser.add_argument("--no-rerun", action="store_true", help="load once (skip the all-unchanged second load)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--workers", type=int, default=None, help="validation processes (default: auto)")
@@ -116,9 +193,13 @@ def main() -> None:
         print(json.dumps(load_once(args.one[0], args.one[1], int(args.one[2]), workers)))
         return
     load_before = os.getloadavg()
-    folder = export_folder(args.patients)
+    folder = Path(args.folder) if args.folder else export_folder(args.patients)
     size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-    rows = [bare_parse(folder)]
+    rows = []
+    for step in (bare_parse, hash_and_skip):
+        load = os.getloadavg()[0]
+        rows.append({**step(folder), "load_average": round(load, 2)})
+    rows += validators(folder, not args.no_reference)
     runs = 1 if args.no_rerun else 2
     with tempfile.TemporaryDirectory() as tmp:
         for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, args.workers)):
@@ -141,14 +222,17 @@ def main() -> None:
     for r in rows:
         r["percent_of_bare_parse"] = round(100 * r["resources_per_s"] / parse_rate, 1)
     load_after = os.getloadavg()
-    print(f"export: {args.patients:,} patients, {rows[0]['resources']:,} lines, {size_mb:,.0f} MB; "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print("| run | resources | seconds | resources/s | % of bare parse | peak RSS MB | worker peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"export: {args.folder or f'{args.patients:,} patients'}, {rows[0]['resources']:,} lines, "
+          f"{size_mb:,.0f} MB; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("| run | resources | seconds | resources/s | % of bare parse | load avg | workers | peak RSS MB | "
+          "worker peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['what']} | {r['resources']:,} | {r['seconds']} | {r['resources_per_s']:,} | "
-              f"{r['percent_of_bare_parse']}% | {r.get('peak_rss_mb', '-')} | {r.get('worker_peak_rss_mb') or '-'} |")
-    result = {"command": " ".join(["benchmarks/bench_fhir.py", *sys.argv[1:]]), "patients": args.patients,
+              f"{r['percent_of_bare_parse']}% | {r.get('load_average', '-')} | {r.get('workers', '-')} | "
+              f"{r.get('peak_rss_mb', '-')} | {r.get('worker_peak_rss_mb') or '-'} |")
+    result = {"command": " ".join(["benchmarks/bench_fhir.py", *sys.argv[1:]]),
+              "patients": None if args.folder else args.patients, "folder": str(folder),
               "export_mb": round(size_mb), "cores": os.cpu_count(),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in load_after],
