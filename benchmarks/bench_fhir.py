@@ -126,7 +126,7 @@ def validators(folder: Path, reference: int) -> list[dict]:
     for resource in resources[:2000]:
         problem(resource)
     rows = []
-    step = max(1, len(resources) // reference) if reference else 0
+    step = max(1, len(resources) // reference) if reference else 1
     for what, check, sample in [("validator alone (node.ingest.validate.problem)", problem, resources),
                                 ("fhir.resources alone (model_problem)", model_problem, resources[::step])][
                                     :2 if reference else 1]:

@@ -6,8 +6,9 @@ element of the resources radfed reads, so R4 input validates against the R4B mod
 formats (fhir.resources 8 does not check value-set bound codes: ``Observation.status``
 ``finalised`` passes).  Building the models costs ~7,000 resources/s on one core, so a resource
 first meets :func:`node.ingest.precheck.conforms`, compiled from the same models' metadata and
-~10x faster, which passes only what the models certainly accept; everything else, every invalid
-resource among it, is judged by the models themselves, and their message is the quarantine reason.
+6-9x faster in the same runs (benchmarks/README.md), which passes only what the models certainly
+accept; everything else, every invalid resource among it, is judged by the models themselves, and
+their message is the quarantine reason.
 The engine also skips validation for resources whose content hash is unchanged since the last run.
 """
 
