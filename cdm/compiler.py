@@ -115,6 +115,7 @@ class Resolver:
     """Resolves ``SYSTEM:code`` to concept ids at this node; remembers what it could not resolve."""
 
     def __init__(self, bind):
+        self.bind = bind
         self.vocabulary = Vocabulary(bind)
         self.unresolved: list[str] = []
 
@@ -475,7 +476,11 @@ def index_select(cohort: S.Cohort, resolver: Resolver):
 def cohort_select(spec: S.Spec, resolver: Resolver):
     """(``SELECT person_id, index_date`` of the cohort members, the :class:`Context` it is in): the
     index CTE joined to ``person`` once, filtered by every criterion."""
-    idx = index_select(spec.cohort, resolver).cte("idx")
+    if getattr(spec.cohort, "kind", None) == "atlas":  # an ATLAS definition: Circe's logic (cdm/atlas)
+        from cdm.atlas.cohort import atlas_index
+        idx = atlas_index(spec.cohort, resolver).cte("idx")
+    else:
+        idx = index_select(spec.cohort, resolver).cte("idx")
     person = T["person"]
     ctx = Context(idx.c.person_id, idx.c.index_date, person, spec.variables)
     c = spec.cohort

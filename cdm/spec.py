@@ -51,6 +51,7 @@ from pydantic import (
     model_validator,
 )
 
+from cdm.atlas.model import AtlasCohort
 from cdm.vocabulary import SYSTEM_ALIASES, UnknownCode, is_system_uri, parse_reference
 
 SPEC_VERSION = 1
@@ -894,11 +895,21 @@ def analysis_variables(analysis) -> list[tuple[str, str]]:
     return used
 
 
+def _cohort_tag(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "atlas" if kind == "atlas" else "radfed"
+
+
+#: a radfed cohort, or an ATLAS definition translated by cdm.atlas (``kind: atlas``)
+AnyCohort = Annotated[Union[Annotated[Cohort, Tag("radfed")], Annotated[AtlasCohort, Tag("atlas")]],
+                      Discriminator(_cohort_tag)]
+
+
 class Spec(Model):
     """A complete query: cohort, variables and one analysis."""
 
     version: Literal[1] = SPEC_VERSION
-    cohort: Cohort = Cohort()
+    cohort: AnyCohort = Cohort()
     variables: Annotated[dict[Name, Variable], Field(max_length=60)] = {}
     analysis: Analysis = CountAnalysis()
     #: ``warn``: a code a node does not know matches nothing there, with an ``UNKNOWN_CODE`` warning

@@ -116,8 +116,8 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
     async def list_researchers(_who: dict = Depends(admin)):
         return {"researchers": _jsonable(store.researchers())}
 
-    from coordinator import api_operator, api_results, api_specs, console
+    from coordinator import api_atlas, api_operator, api_results, api_specs, console
 
-    for module in (api_specs, api_results, api_operator, console):
+    for module in (api_specs, api_results, api_operator, api_atlas, console):
         app.include_router(module.router(coordinator, access, visible_job))
     return app

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import yaml
 
+from cdm.errors import EXIT_PARTIAL, EXIT_USAGE
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome, HomeError
 from coordinator.natsproc import NatsServerError
@@ -216,7 +217,10 @@ def query_group() -> None:
 
 
 @query_group.command("run")
-@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spec_path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--atlas", "atlas_path", type=click.Path(exists=True, dir_okay=False),
+              help="An ATLAS cohort definition (Circe JSON) as the cohort, instead of SPEC.")
+@click.option("--analysis", help="With --atlas: the analysis (YAML/JSON inline or a file; default a count).")
 @client_options
 @click.option("--site", "sites", multiple=True, help="Only these sites (repeatable; default all enrolled).")
 @click.option("--quorum", type=int, help="Minimum number of sites that must answer.")
@@ -225,13 +229,58 @@ def query_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole job as JSON.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write pooled + per-site table as CSV.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write PNG plots (KM curves, forest plots...) here.")
-def query_run(spec_path, url, token, sites, quorum, timeout, hold_offline, as_json, csv_out, plots_dir):
-    """Run SPEC across the network; print pooled and per-site results side by side."""
+def query_run(spec_path, atlas_path, analysis, url, token, sites, quorum, timeout, hold_offline, as_json, csv_out,
+              plots_dir):
+    """Run SPEC (or an ATLAS definition, --atlas) across the network; print pooled and per-site
+    results side by side.  An ATLAS definition that does not translate exactly is refused here,
+    before anything is sent (exit 2, each problem with its JSON path)."""
+    if bool(spec_path) == bool(atlas_path):
+        raise click.UsageError("give SPEC or --atlas DEFINITION (one of them)")
+    spec = _atlas_spec(atlas_path, analysis) if atlas_path else load_spec(spec_path)
     client = Client(url, token)
-    job = client.run(load_spec(spec_path), list(sites) or None, quorum, timeout, hold_offline=hold_offline)
+    job = client.run(spec, list(sites) or None, quorum, timeout, hold_offline=hold_offline)
     _show(job, as_json, csv_out, plots_dir)
     if job["status"] == "failed":
         sys.exit(1)
+
+
+def _atlas_spec(path: str, analysis: str | None) -> dict:
+    from cdm.atlas.refusals import Untranslatable
+    from cdm.atlas.translate import atlas_spec, read_analysis
+
+    try:
+        chosen, variables = read_analysis(analysis)
+        return atlas_spec(Path(path).read_bytes(), chosen, variables, Path(path).stem)
+    except Untranslatable as exc:
+        for where, why in exc.problems:
+            click.echo(f"not translated: {where}: {why}", err=True)
+        click.echo(f"{path}: refused, nothing was sent ({len(exc.problems)} problem(s))", err=True)
+        sys.exit(EXIT_USAGE)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group("atlas", cls=Clean)
+def atlas_group() -> None:
+    """OHDSI ATLAS cohort definitions (Circe JSON)."""
+
+
+@atlas_group.command("check")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Translated and refused definitions with every problem.")
+def atlas_check(folder, as_json):
+    """How many definitions in FOLDER translate exactly, and the reasons for the rest, grouped
+    (exit 3 when some are refused)."""
+    from cdm.atlas.check import check_folder
+
+    coverage = check_folder(folder)
+    if as_json:
+        click.echo(json.dumps({"total": coverage.total, "translated": coverage.translated,
+                               "refused": {k: [{"path": p, "reason": r} for p, r in v]
+                                           for k, v in coverage.refused.items()}}, indent=2))
+    else:
+        click.echo(coverage.text())
+    sys.exit(EXIT_PARTIAL if coverage.refused else 0)
 
 
 @query_group.command("dry-run")
@@ -325,5 +374,5 @@ def sites_command(url, token, as_json):
     click.echo(json.dumps(sites, indent=2) if as_json else render_sites(sites))
 
 
-COMMANDS = {"coordinator": coordinator_group, "query": query_group, "jobs": jobs_command,
+COMMANDS = {"coordinator": coordinator_group, "query": query_group, "atlas": atlas_group, "jobs": jobs_command,
             "result": result_command, "sites": sites_command}

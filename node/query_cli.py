@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from pathlib import Path
 
 import click
 
 from cdm.db import open_engine, require_cdm
-from cdm.spec import SpecError, load_spec, spec_codes, spec_json_schema
+from cdm.atlas.refusals import Untranslatable
+from cdm.atlas.translate import atlas_spec, read_analysis
+from cdm.errors import EXIT_USAGE
+from cdm.spec import SpecError, load_spec, parse_spec, spec_codes, spec_json_schema
 from cdm.vocabulary import UnknownCode, Vocabulary
 from node.audit import AuditLog
 from node.execute import run_request
@@ -24,16 +28,19 @@ def _config(ctx):
 @click.option("--requester", default="site-admin", show_default=True, help="Whose request to simulate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full response as JSON.")
 @click.option("--schema", is_flag=True, help="Print the spec JSON Schema and exit.")
+@click.option("--atlas", "atlas_path", type=click.Path(exists=True, dir_okay=False),
+              help="An ATLAS cohort definition (Circe JSON) as the cohort, instead of SPEC.")
+@click.option("--analysis", help="With --atlas: the analysis (YAML/JSON inline or a file; default a count).")
 @click.pass_context
-def query_command(ctx, spec_path, requester, as_json, schema):
+def query_command(ctx, spec_path, requester, as_json, schema, atlas_path, analysis):
     """Run SPEC (YAML/JSON) locally and print what this node would release."""
     if schema:
         click.echo(json.dumps(spec_json_schema(), indent=2))
         return
-    if not spec_path:
-        raise click.UsageError("SPEC is required (or --schema)")
+    if bool(spec_path) == bool(atlas_path):
+        raise click.UsageError("SPEC is required (or --atlas DEFINITION, or --schema)")
     try:
-        spec = load_spec(spec_path)
+        spec = _atlas_spec(atlas_path, analysis) if atlas_path else load_spec(spec_path)
     except SpecError as exc:
         click.echo(f"BAD_SPEC: {exc}", err=True)
         sys.exit(1)
@@ -54,6 +61,23 @@ def query_command(ctx, spec_path, requester, as_json, schema):
     else:
         click.echo(f"{response['status']} {response['code']}: {response['message']}")
     sys.exit(0 if response["status"] == "ok" else 1)
+
+
+def _atlas_spec(path: str, analysis: str | None):
+    """The spec of an ATLAS definition; one that does not translate exactly is refused (exit 2), each
+    problem named by its JSON path."""
+    try:
+        chosen, variables = read_analysis(analysis)
+        return parse_spec(atlas_spec(Path(path).read_bytes(), chosen, variables, Path(path).stem))
+    except Untranslatable as exc:
+        for where, why in exc.problems:
+            click.echo(f"not translated: {where}: {why}", err=True)
+        click.echo(f"{path}: refused ({len(exc.problems)} problem(s)); nothing was run", err=True)
+        sys.exit(EXIT_USAGE)
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise click.UsageError(str(exc)) from None
 
 
 def code_usage(engine, spec) -> list[str]:
