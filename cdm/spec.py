@@ -1059,7 +1059,10 @@ def parse_spec(data: Any) -> Spec:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
             message = err["msg"].removeprefix("Value error, ")
-            problems.append((_loc(err["loc"]), message))
+            loc = err["loc"]
+            if loc[:2] in (("cohort", "radfed"), ("cohort", "atlas")):  # the union's tag is no field
+                loc = ("cohort",) + tuple(loc[2:])
+            problems.append((_loc(loc), message))
         raise SpecError(problems) from None
     except RecursionError:
         raise SpecError([("", "spec nested too deeply")]) from None
