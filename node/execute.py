@@ -63,6 +63,10 @@ def run_request(engine, config, request: dict) -> dict:
                                           f"known): {', '.join(dict.fromkeys(unresolved))[:500]}")
         _require_known_index(spec, unresolved)
         result = analyse(spec, len(ids), values, policy, engine, _site(config), ids)
+        if getattr(spec.cohort, "kind", None) == "atlas" and spec.analysis.type == "count":
+            from node.atlas_attrition import attrition  # per-rule attrition of an ATLAS cohort
+
+            result["attrition"] = attrition(engine, spec.cohort, policy.min_cell_count, result.get("n"))
         if config is not None:
             with state.release_lock:  # check and record as one step (node/state.py)
                 cells = _linked_check(config, requester, spec, ids, values, result, policy, noise_settings)
