@@ -115,7 +115,9 @@ class Circe:
         if name == "DrugExposure":
             supply = out.start_date + pd.to_timedelta(t.days_supply, unit="D")
             out["end_date"] = t[end_col].fillna(supply).fillna(out.start_date + DAY)
-        elif end_col in ("condition_end_date", "procedure_end_date", "device_exposure_end_date"):
+        elif name == "ProcedureOccurrence":
+            out["end_date"] = out.start_date + DAY
+        elif end_col in ("condition_end_date", "device_exposure_end_date"):
             out["end_date"] = t[end_col].fillna(out.start_date + DAY)
         elif end_col:
             out["end_date"] = t[end_col]
@@ -126,12 +128,12 @@ class Circe:
         keep = pd.Series(True, index=out.index)
         if a.get("CodesetId") is not None and concept_col:
             keep &= out.concept_id.isin(self.codeset(a["CodesetId"]))
-        if a.get("First"):
-            firsts = out[keep].sort_values(["start_date", "event_id"]).groupby("person_id").head(1).index
-            keep &= out.index.isin(firsts)
         for key in SOURCE_KEYS:
             if a.get(key) is not None:
                 keep &= t[source_col].isin(self.codeset(a[key]))
+        if a.get("First"):
+            firsts = out[keep].sort_values(["start_date", "event_id"]).groupby("person_id").head(1).index
+            keep &= out.index.isin(firsts)
         keep &= _compare(out.start_date, a.get("OccurrenceStartDate") or a.get("EraStartDate") or a.get("PeriodStartDate"))
         keep &= _compare(out.end_date, a.get("OccurrenceEndDate") or a.get("EraEndDate") or a.get("PeriodEndDate"))
         for key, col in (("ValueAsNumber", "value_as_number"), ("RangeLow", "range_low"), ("RangeHigh", "range_high")):
@@ -292,7 +294,8 @@ class Circe:
 
     def drug_eras(self, d: dict) -> pd.DataFrame:
         t = self.table("DRUG_EXPOSURE")
-        t = t[t.drug_concept_id.isin(self.codeset(d["DrugCodesetId"]))]
+        codes = self.codeset(d["DrugCodesetId"])
+        t = pd.concat([t[t.drug_concept_id.isin(codes)], t[t.drug_source_concept_id.isin(codes)]])
         start = t.drug_exposure_start_date
         if d.get("DaysSupplyOverride"):
             end = start + pd.to_timedelta(d["DaysSupplyOverride"], unit="D")

@@ -201,7 +201,8 @@ def _row(rnd, table, rid, person, concept, start, visit, domain, found, numbers)
     if table == "condition_occurrence":
         return {"condition_occurrence_id": rid, "person_id": person, "condition_concept_id": concept,
                 "condition_start_date": start, "condition_end_date": later if rnd.random() < 0.6 else None,
-                "condition_type_concept_id": 0, "visit_occurrence_id": visit}
+                "condition_type_concept_id": 0, "visit_occurrence_id": visit,
+                "condition_source_concept_id": concept if rnd.random() < 0.5 else 0}
     if table == "procedure_occurrence":
         return {"procedure_occurrence_id": rid, "person_id": person, "procedure_concept_id": concept,
                 "procedure_date": start, "procedure_type_concept_id": 0, "visit_occurrence_id": visit,
@@ -212,13 +213,15 @@ def _row(rnd, table, rid, person, concept, start, visit, domain, found, numbers)
                 "drug_exposure_start_date": start,
                 "drug_exposure_end_date": later if rnd.random() < 0.4 or not supply else start + dt.timedelta(days=supply),
                 "days_supply": supply,
-                "drug_type_concept_id": 0, "visit_occurrence_id": visit}
+                "drug_type_concept_id": 0, "visit_occurrence_id": visit,
+                "drug_source_concept_id": concept if rnd.random() < 0.5 else 0}
     if table in ("measurement", "observation"):
         values = numbers.get(domain.replace("Occurrence", "")) or numbers.get(domain) or [50]
         centre = float(rnd.choice(values) or 1)
         value = None if rnd.random() < 0.15 else round(centre * rnd.uniform(0.3, 1.8), 2)
         row = {f"{table}_id": rid, "person_id": person, f"{table}_concept_id": concept, f"{table}_date": start,
                f"{table}_type_concept_id": 0, "value_as_number": value, "visit_occurrence_id": visit,
+               f"{table}_source_concept_id": concept if rnd.random() < 0.5 else 0,
                "value_as_concept_id": rnd.choice(sorted(found["ValueAsConcept"].get(domain, set())) or [0]),
                "unit_concept_id": rnd.choice(sorted(found["Unit"].get(domain, set())) + [0])}
         if table == "measurement":

@@ -43,8 +43,7 @@ DOMAINS = {
                              lambda t: func.coalesce(t.c.condition_end_date, add_days(t.c.condition_start_date, 1)),
                              "condition_source_concept_id"),
     "procedure": DomainTable("procedure_occurrence", "procedure_occurrence_id", "procedure_concept_id", "procedure_date",
-                             lambda t: func.coalesce(t.c.procedure_end_date, add_days(t.c.procedure_date, 1)),
-                             "procedure_source_concept_id"),
+                             _plus_one("procedure_date"), "procedure_source_concept_id"),  # Circe ignores its end date
     "drug": DomainTable("drug_exposure", "drug_exposure_id", "drug_concept_id", "drug_exposure_start_date",
                         lambda t: func.coalesce(t.c.drug_exposure_end_date,
                                                 add_days(t.c.drug_exposure_start_date, t.c.days_supply),
@@ -91,22 +90,29 @@ def compare(column, f: NumberFilter | DateFilter | None) -> list:
              "gt": column > v, "gte": column >= v}[f.op]]
 
 
+def _codeset_filter(t, dom: DomainTable, ev: Events, sets: ConceptSets) -> list:
+    """The concept set (on the concept column) and source concept set (on the source column)."""
+    where = []
+    if ev.codeset is not None and dom.concept:
+        where.append(t.c[dom.concept].in_(sets.ids(ev.codeset)))
+    if ev.source_codeset is not None:
+        where.append(t.c[dom.source].in_(sets.ids(ev.source_codeset)))
+    return where
+
+
 def events_select(ev: Events, sets: ConceptSets):
     """The events ``ev`` describes, as a SELECT (see the module docstring for its columns)."""
     dom = DOMAINS[ev.domain]
     t = T[dom.table]
     start, end = t.c[dom.start], dom.end(t)
     event_id = t.c[dom.event_id]
-    codeset = [t.c[dom.concept].in_(sets.ids(ev.codeset))] if ev.codeset is not None and dom.concept else []
-    where = list(codeset)
-    if ev.first:
+    where = _codeset_filter(t, dom, ev, sets)
+    if ev.first:  # the first event of the concept sets, before the other filters (Circe's ordinal)
         a = t.alias()  # its own FROM: never correlated with the outer table
         ranked = select(a.c[dom.event_id].label("event_id"), func.row_number().over(
             partition_by=a.c.person_id, order_by=(a.c[dom.start], a.c[dom.event_id])).label("ordinal")) \
-            .where(a.c[dom.concept].in_(sets.ids(ev.codeset)) if codeset else true()).subquery()
+            .where(true(), *_codeset_filter(a, dom, ev, sets)).subquery()
         where.append(event_id.in_(select(ranked.c.event_id).where(ranked.c.ordinal == 1)))
-    if ev.source_codeset is not None:
-        where.append(t.c[dom.source].in_(sets.ids(ev.source_codeset)))
     where += compare(start, ev.start_date) + compare(end, ev.end_date)
     for name, column in VALUE_COLUMNS.items():
         f = getattr(ev, name)

@@ -4,7 +4,7 @@
 * ``date_offset``: the event's start or end date plus ``offset`` days, at most the end of its
   observation period;
 * ``drug_era`` (continuous exposure, Circe ``CustomEra``): the concept set's drug exposures of the
-  person are joined into eras where one starts no later than ``gap_days`` after an earlier one
+  person (by drug concept or by source concept) are joined into eras where one starts no later than ``gap_days`` after an earlier one
   ends; the event's end is its era's end plus ``offset`` (an event in no era has no strategy end);
 * censoring: the first censoring event on or after the event's start, in its observation period;
 
@@ -31,9 +31,10 @@ def _drug_eras(end: DrugEraEnd, sets: ConceptSets):
     t = T["drug_exposure"]
     start = t.c.drug_exposure_start_date
     stop = add_days(start, end.days_supply_override) if end.days_supply_override else DOMAINS["drug"].end(t)
-    exposures = select(t.c.person_id, start.label("start_date"),
-                       add_days(stop, end.gap_days).label("padded_end")) \
-        .where(t.c.drug_concept_id.in_(sets.ids(end.codeset))).subquery()
+    codes = sets.ids(end.codeset)  # an exposure counts by its drug concept and by its source concept
+    exposures = union_all(*(select(t.c.person_id, start.label("start_date"), add_days(stop, end.gap_days)
+                                   .label("padded_end")).where(column.in_(codes))
+                            for column in (t.c.drug_concept_id, t.c.drug_source_concept_id))).subquery()
     return _islands(exposures, end.gap_days, end.offset)
 
 

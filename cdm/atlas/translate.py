@@ -149,11 +149,11 @@ class _Walk:
             field = ATTRIBUTES[name].get(key)
             at = f"{where}.{key}"
             if field is None:
-                if key.endswith("TypeExclude") and not value:
-                    continue  # "not excluding types": the default
+                if key.endswith("TypeExclude") and _empty(attrs.get(key[: -len("Exclude")])):
+                    continue  # Circe applies the flag to the type list only: without one it does nothing
                 if _empty(value):
                     continue
-                if key.endswith("Type") or key.endswith("TypeExclude"):
+                if key.endswith("Type") and key[:-4] in name:  # ConditionType, DrugType...: record types
                     self.refuse(at, R.TYPE_FILTER.format(domain=name, name=key))
                 else:
                     self.refuse(at, R.UNSUPPORTED_ATTRIBUTE.format(domain=name, name=key))
@@ -172,11 +172,13 @@ class _Walk:
                 out[field] = self.concepts(value, at)
         return {k: v for k, v in out.items() if v is not None}
 
-    def window(self, value, path: str) -> dict | None:
+    def window(self, value, path: str, end_window: bool = False) -> dict | None:
         if not isinstance(value, dict):
             self.refuse(path, R.MISSING.format(name="window"))
             return None
-        out = {"index_end": bool(value.get("UseIndexEnd")), "event_end": bool(value.get("UseEventEnd"))}
+        event_end = value.get("UseEventEnd")  # an end window without it reads the event's end (Circe)
+        out = {"index_end": bool(value.get("UseIndexEnd")),
+               "event_end": bool(event_end) if event_end is not None or not end_window else True}
         for part in ("Start", "End"):
             bound = value.get(part) or {}
             coeff = bound.get("Coeff", -1 if part == "Start" else 1)
@@ -199,7 +201,7 @@ class _Walk:
                 out["start_window"] = self.window(value, at)
             elif key == "EndWindow":
                 if value is not None:
-                    out["end_window"] = self.window(value, at)
+                    out["end_window"] = self.window(value, at, end_window=True)
             elif key == "RestrictVisit":
                 out["restrict_visit"] = bool(value)
             elif key == "IgnoreObservationPeriod":
