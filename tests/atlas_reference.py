@@ -152,6 +152,15 @@ class Circe:
         if a.get("OccurrenceCount"):
             col = "drug_exposure_count" if name == "DrugEra" else "condition_occurrence_count"
             keep &= _compare(t[col], a["OccurrenceCount"])
+        if a.get("VisitType") and name != "VisitOccurrence":
+            visits = self.table("VISIT_OCCURRENCE")
+            wanted = visits[visits.visit_concept_id.isin(self.concepts(a["VisitType"]))]
+            keep &= pd.Series(list(zip(t.person_id, t.visit_occurrence_id)), index=t.index).isin(
+                set(zip(wanted.person_id, wanted.visit_occurrence_id)))
+        if a.get("ProviderSpecialty"):
+            providers = self.table("PROVIDER")
+            wanted = providers[providers.specialty_concept_id.isin(self.concepts(a["ProviderSpecialty"]))]
+            keep &= t.provider_id.isin(set(wanted.provider_id))
         person = self.table("PERSON").set_index("person_id")
         age = a.get("Age") or a.get("AgeAtStart")
         if age:

@@ -26,7 +26,7 @@ DOMAIN_TABLES = {"ConditionOccurrence": "condition_occurrence", "ProcedureOccurr
                  "DrugExposure": "drug_exposure", "Measurement": "measurement", "Observation": "observation",
                  "VisitOccurrence": "visit_occurrence", "Death": "death", "DrugEra": "drug_era",
                  "ConditionEra": "condition_era", "DeviceExposure": "device_exposure", "Specimen": "specimen"}
-EXPORTED = ["concept", "concept_ancestor", "concept_relationship", "person", "observation_period",
+EXPORTED = ["concept", "concept_ancestor", "concept_relationship", "person", "observation_period", "provider",
             *[t for t in DOMAIN_TABLES.values()]]
 
 
@@ -37,7 +37,7 @@ def _walk(node, found):
             if key in DOMAIN_TABLES and isinstance(value, dict):
                 if value.get("CodesetId") is not None:
                     found["codesets"][key].add(value["CodesetId"])
-                for attr in ("ValueAsConcept", "Unit"):
+                for attr in ("ValueAsConcept", "Unit", "VisitType", "ProviderSpecialty"):
                     for c in value.get(attr) or []:
                         found[attr][key].add(c["CONCEPT_ID"])
                         found["concepts"][c["CONCEPT_ID"]] = c
@@ -57,6 +57,7 @@ def shape(engine, definitions: list[dict], folder: Path, seed: int = 21, persons
     """Fill ``engine`` (an initialised CDM) with data for ``definitions``; export it to ``folder``."""
     rnd = random.Random(seed)
     found = {"codesets": defaultdict(set), "ValueAsConcept": defaultdict(set), "Unit": defaultdict(set),
+             "VisitType": defaultdict(set), "ProviderSpecialty": defaultdict(set),
              "numbers": defaultdict(list), "concepts": {}}
     concepts: dict[int, dict] = {}
     ancestors: set[tuple[int, int]] = set()
@@ -161,13 +162,17 @@ def _events(rnd, conn, pools, found) -> dict[str, list[dict]]:
         s, e = rnd.choice(spans)
         return s + dt.timedelta(days=rnd.randint(-120, (e - s).days + 60))
 
-    visit_pool = sorted(pools.get("VisitOccurrence") or {9201, 9202, 9203})
+    specialties = sorted({c for v in found["ProviderSpecialty"].values() for c in v}) + [0]
+    out["provider"] = [{"provider_id": i, "specialty_concept_id": rnd.choice(specialties)} for i in range(1, 21)]
+    visit_types = {c for v in found["VisitType"].values() for c in v}
+    visit_pool = sorted((pools.get("VisitOccurrence") or {9201, 9202, 9203}) | visit_types)
     visits_of: dict[int, list[tuple[int, dt.date]]] = defaultdict(list)
     for person, spans in PEOPLE:
         for _ in range(rnd.randint(2, 7)):
             start = day(spans)
             vid = next_id("visit_occurrence")
             out["visit_occurrence"].append({"visit_occurrence_id": vid, "person_id": person,
+                                            "provider_id": rnd.randint(1, 20),
                                             "visit_concept_id": rnd.choice(visit_pool), "visit_start_date": start,
                                             "visit_end_date": start + dt.timedelta(days=rnd.choice([0, 0, 1, 3, 8])),
                                             "visit_type_concept_id": 0})
@@ -191,8 +196,10 @@ def _events(rnd, conn, pools, found) -> dict[str, list[dict]]:
                 visit = None
                 if visits_of[person] and rnd.random() < 0.5:
                     visit, start = rnd.choice(visits_of[person])
-                out[table].append(_row(rnd, table, next_id(table), person, concept, start, visit, domain,
-                                       found, numbers))
+                row = _row(rnd, table, next_id(table), person, concept, start, visit, domain, found, numbers)
+                if table not in ("drug_era", "condition_era", "specimen"):
+                    row["provider_id"] = rnd.randint(1, 20)
+                out[table].append(row)
     return out
 
 

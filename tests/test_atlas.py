@@ -57,6 +57,7 @@ FEATURES = {
     "offset from start": r'"DateField" : "StartDate"', "occurrence start date": r'"OccurrenceStartDate" : \{',
     "drug": r'"DrugExposure" : \{', "measurement": r'"Measurement" : \{', "observation": r'"Observation" : \{',
     "procedure": r'"ProcedureOccurrence" : \{', "inclusion rules": r'"InclusionRules" : \[\s*\{',
+    "visit type": r'"VisitType" : \[\s*\{', "provider specialty": r'"ProviderSpecialty" : \[\s*\{',
 }
 
 
@@ -117,26 +118,26 @@ def test_the_library_translates_and_the_rest_is_refused_with_paths(coverage, lib
 def test_an_untranslatable_definition_is_refused_before_anything_runs(library, tmp_path, sqlite_cdm):
     expression = _definition(library, "3.json")
     bad = copy.deepcopy(expression)
-    bad["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["VisitType"] = [
-        {"CONCEPT_ID": 9201, "VOCABULARY_ID": "Visit", "CONCEPT_CODE": "IP"}]
+    bad["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["ConditionType"] = [
+        {"CONCEPT_ID": 32020, "VOCABULARY_ID": "Type Concept", "CONCEPT_CODE": "OMOP4976890"}]
     bad["InclusionRules"] = [{"name": "r", "expression": {"Type": "ALL", "CriteriaList": [], "Groups": [],
                                                           "DemographicCriteriaList": [{"Age": None, "Race": None,
                                                                                        "Foo": {"x": 1}}]}}]
     with pytest.raises(Untranslatable) as refused:
         translate(bad)
     assert [p for p, _ in refused.value.problems] == [
-        "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.VisitType",
+        "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.ConditionType",
         "$.InclusionRules[0].expression.DemographicCriteriaList[0].Foo"]
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     config = NodeConfig(tmp_path / "node.toml", {"site": {"name": "a"}})
     node = CliRunner().invoke(radfed_node, ["--db", str(tmp_path / "cdm.sqlite"), "query", "--atlas", str(path)],
                               obj=config)
-    assert node.exit_code == 2 and "ConditionOccurrence.VisitType" in node.output and "nothing was run" in node.output
+    assert node.exit_code == 2 and "ConditionOccurrence.ConditionType" in node.output and "nothing was run" in node.output
     # the researcher's CLI refuses before contacting the coordinator (none listens at this URL)
     run = CliRunner().invoke(radfed, ["query", "run", "--atlas", str(path), "--url", "http://127.0.0.1:9",
                                       "--token", "rf_x"])
-    assert run.exit_code == 2 and "nothing was sent" in run.output and "VisitType" in run.output
+    assert run.exit_code == 2 and "nothing was sent" in run.output and "ConditionType" in run.output
     # a translatable definition becomes a spec every node validates
     spec = parse_spec(atlas_spec(expression, {"type": "summary", "variables": ["age"]}, {"age": {"kind": "age"}}))
     assert spec.cohort.kind == "atlas" and spec.cohort.index.codes

@@ -130,6 +130,16 @@ def events_select(ev: Events, sets: ConceptSets):
         where += compare(days_between(end, start), ev.era_length or ev.period_length)
     if ev.occurrence_count is not None:
         where += compare(t.c[COUNT_COLUMNS[ev.domain]], ev.occurrence_count)
+    if ev.visit_concepts is not None:
+        v = T["visit_occurrence"]
+        where.append(select(v.c.visit_occurrence_id).where(
+            v.c.visit_occurrence_id == t.c.visit_occurrence_id, v.c.person_id == t.c.person_id,
+            v.c.visit_concept_id.in_(sets.concepts(ev.visit_concepts))).exists())
+    if ev.provider_specialty is not None:
+        pr = T["provider"]
+        where.append(select(pr.c.provider_id).where(
+            pr.c.provider_id == t.c.provider_id,
+            pr.c.specialty_concept_id.in_(sets.concepts(ev.provider_specialty))).exists())
     if ev.age is not None or ev.gender is not None:
         person = T["person"]
         demo = [person.c.person_id == t.c.person_id]

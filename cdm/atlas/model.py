@@ -89,6 +89,8 @@ class Events(Model):
     era_length: Optional[NumberFilter] = None
     occurrence_count: Optional[NumberFilter] = None
     period_length: Optional[NumberFilter] = None
+    visit_concepts: Optional[Concepts] = None  # the concept of the visit the event is recorded in
+    provider_specialty: Optional[Concepts] = None
     correlated: Optional["Group"] = None
 
 

@@ -30,28 +30,30 @@ _VALUES = {"ValueAsNumber": "value", "ValueAsConcept": "value_concepts", "Unit":
 _ERAS = {"CodesetId": "codeset", "First": "first", "EraStartDate": "start_date", "EraEndDate": "end_date",
          "EraLength": "era_length", "OccurrenceCount": "occurrence_count", "AgeAtStart": "age", "Gender": "gender",
          "CorrelatedCriteria": "correlated"}
+_VISIT = {"VisitType": "visit_concepts", "ProviderSpecialty": "provider_specialty"}
 #: Circe attribute -> AtlasCohort field, per domain
 ATTRIBUTES = {
-    "ConditionOccurrence": {**_COMMON, "ConditionSourceConcept": "source_codeset"},
-    "ProcedureOccurrence": {**_COMMON, "ProcedureSourceConcept": "source_codeset"},
-    "DrugExposure": {**_COMMON, "DrugSourceConcept": "source_codeset"},
-    "Measurement": {**_COMMON, **_VALUES, "MeasurementSourceConcept": "source_codeset", "RangeLow": "range_low",
-                    "RangeHigh": "range_high", "RangeLowRatio": "range_low_ratio", "RangeHighRatio": "range_high_ratio"},
-    "Observation": {**_COMMON, **_VALUES, "ObservationSourceConcept": "source_codeset"},
-    "VisitOccurrence": {**_COMMON, "VisitSourceConcept": "source_codeset"},
+    "ConditionOccurrence": {**_COMMON, **_VISIT, "ConditionSourceConcept": "source_codeset"},
+    "ProcedureOccurrence": {**_COMMON, **_VISIT, "ProcedureSourceConcept": "source_codeset"},
+    "DrugExposure": {**_COMMON, **_VISIT, "DrugSourceConcept": "source_codeset"},
+    "Measurement": {**_COMMON, **_VALUES, **_VISIT, "MeasurementSourceConcept": "source_codeset",
+                    "RangeLow": "range_low", "RangeHigh": "range_high", "RangeLowRatio": "range_low_ratio",
+                    "RangeHighRatio": "range_high_ratio"},
+    "Observation": {**_COMMON, **_VALUES, **_VISIT, "ObservationSourceConcept": "source_codeset"},
+    "VisitOccurrence": {**_COMMON, "VisitSourceConcept": "source_codeset", "ProviderSpecialty": "provider_specialty"},
     "ObservationPeriod": {"First": "first", "PeriodStartDate": "start_date", "PeriodEndDate": "end_date",
                           "PeriodLength": "period_length", "CorrelatedCriteria": "correlated"},
     "Death": {"CodesetId": "codeset", "OccurrenceStartDate": "start_date", "Age": "age", "Gender": "gender",
               "DeathSourceConcept": "source_codeset", "CorrelatedCriteria": "correlated"},
     "DrugEra": _ERAS,
     "ConditionEra": _ERAS,
-    "DeviceExposure": {**_COMMON, "DeviceSourceConcept": "source_codeset"},
+    "DeviceExposure": {**_COMMON, **_VISIT, "DeviceSourceConcept": "source_codeset"},
     "Specimen": {**_COMMON},
 }
 _NUMBER = {"age", "value", "range_low", "range_high", "range_low_ratio", "range_high_ratio", "era_length",
            "occurrence_count", "period_length"}
 _DATE = {"start_date", "end_date"}
-_CONCEPTS = {"gender", "value_concepts", "unit"}
+_CONCEPTS = {"gender", "value_concepts", "unit", "visit_concepts", "provider_specialty"}
 LIMITS = {"First": "first", "Last": "last", "All": "all"}
 GROUP_TYPES = {"ALL": "all", "ANY": "any", "AT_LEAST": "at_least", "AT_MOST": "at_most"}
 OCCURRENCE_TYPES = {0: "exactly", 1: "at_most", 2: "at_least"}
