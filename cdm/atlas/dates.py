@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Date, Integer, extract
+from sqlalchemy import Date, extract
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from cdm.compiler import _sql_args, days_between  # noqa: F401  (days_between: re-exported for this package)
+from cdm.compiler import _sql_args, days_between
 
 
 class add_days(FunctionElement):
@@ -26,11 +26,12 @@ def _add_days_default(element, compiler, **kw):
 @compiles(add_days, "sqlite")
 def _add_days_sqlite(element, compiler, **kw):
     date, days = _sql_args(element, compiler, **kw)
-    return f"date({date}, printf('%+d days', {days}))"
+    # NULL days give NULL (as date + NULL does elsewhere), so COALESCE(end, start + days_supply, ...) works
+    return f"date({date}, CAST({days} AS INTEGER) || ' days')"
 
 
 def year_of(date):
     return extract("year", date)
 
 
-__all__ = ["add_days", "days_between", "year_of", "Integer"]
+__all__ = ["add_days", "days_between", "year_of"]
