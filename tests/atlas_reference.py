@@ -330,4 +330,5 @@ class Circe:
                         out.append((person, cur_s, cur_e - padded))
                     cur_s, cur_e = s, e
             out.append((person, cur_s, cur_e - padded))
-        return pd.DataFrame(out, columns=["person_id", "cohort_start_date", "cohort_end_date"])
+        return pd.DataFrame(out, columns=["person_id", "cohort_start_date", "cohort_end_date"]).astype(
+            {"cohort_start_date": "datetime64[ns]", "cohort_end_date": "datetime64[ns]"})
