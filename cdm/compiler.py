@@ -27,35 +27,11 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from cdm import spec as S
 from cdm.schema import tables
+from cdm.sqldates import _sql_args, days_between  # noqa: F401  (days_between: also imported from here)
 from cdm.vocabulary import Vocabulary, parse_reference
 
 T = tables
 MALE, FEMALE = 8507, 8532
-
-
-def _sql_args(element, compiler, **kw) -> list[str]:
-    """The SQL of a function element's arguments, in order (for the ``@compiles`` functions below)."""
-    return [compiler.process(clause, **kw) for clause in element.clauses]
-
-
-class days_between(FunctionElement):
-    """Whole days from ``earlier`` to ``later`` (both DATE)."""
-
-    type = Integer()
-    inherit_cache = True
-    name = "days_between"
-
-
-@compiles(days_between)
-def _days_default(element, compiler, **kw):
-    later, earlier = _sql_args(element, compiler, **kw)
-    return f"({later} - {earlier})"
-
-
-@compiles(days_between, "sqlite")
-def _days_sqlite(element, compiler, **kw):
-    later, earlier = _sql_args(element, compiler, **kw)
-    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
 
 
 class day_of(FunctionElement):

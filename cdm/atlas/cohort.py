@@ -17,18 +17,18 @@ from sqlalchemy import and_, case, func, select, union_all
 
 from cdm.atlas.concepts import ConceptSets
 from cdm.atlas.criteria import events_select
-from cdm.atlas.dates import add_days
 from cdm.atlas.ends import cohort_eras
 from cdm.atlas.limits import limited
 from cdm.atlas.model import AtlasCohort
 from cdm.atlas.windows import group_clause
 from cdm.schema import tables
+from cdm.sqldates import add_days
 
 T = tables
 
 
 def primary_events(cohort: AtlasCohort, sets: ConceptSets):
-    parts = [events_select(ev, sets) for ev in cohort.primary]
+    parts = [events_select(ev, sets, group_clause) for ev in cohort.primary]
     union = (union_all(*parts) if len(parts) > 1 else parts[0]).subquery()
     op = T["observation_period"]
     in_period = select(union.c.person_id, union.c.event_id.label("source_event_id"), union.c.start_date,

@@ -15,9 +15,9 @@ from typing import Callable
 from sqlalchemy import Integer, and_, cast, func, not_, null, select, true
 
 from cdm.atlas.concepts import ConceptSets
-from cdm.atlas.dates import add_days, days_between, year_of
 from cdm.atlas.model import DateFilter, Events, NumberFilter
 from cdm.schema import tables
+from cdm.sqldates import add_days, days_between, year_of
 
 T = tables
 
@@ -100,8 +100,10 @@ def _codeset_filter(t, dom: DomainTable, ev: Events, sets: ConceptSets) -> list:
     return where
 
 
-def events_select(ev: Events, sets: ConceptSets):
-    """The events ``ev`` describes, as a SELECT (see the module docstring for its columns)."""
+def events_select(ev: Events, sets: ConceptSets, correlate: Callable):
+    """The events ``ev`` describes, as a SELECT (see the module docstring for its columns).
+    ``correlate(group, events, sets)``: the clause of a correlated group over events
+    (:func:`cdm.atlas.windows.group_clause`, passed in: the two recurse into each other)."""
     dom = DOMAINS[ev.domain]
     t = T[dom.table]
     start, end = t.c[dom.start], dom.end(t)
@@ -154,9 +156,18 @@ def events_select(ev: Events, sets: ConceptSets):
                (t.c[dom.concept] if dom.concept else cast(null(), Integer)).label("concept_id")).where(true(), *where)
     if ev.correlated is None:
         return q
-    from cdm.atlas.windows import group_clause, with_observation_period
-
     anchored = with_observation_period(q.subquery())
     return select(*(anchored.c[c] for c in ("person_id", "event_id", "start_date", "end_date",
                                             "visit_occurrence_id", "concept_id"))) \
-        .where(group_clause(ev.correlated, anchored, sets))
+        .where(correlate(ev.correlated, anchored, sets))
+
+
+def with_observation_period(events):
+    """``events`` (a subquery) with the observation period each event starts in (events outside
+    every period are dropped, as in Circe)."""
+    op = T["observation_period"]
+    return select(*events.c, op.c.observation_period_start_date.label("op_start_date"),
+                  op.c.observation_period_end_date.label("op_end_date")) \
+        .select_from(events.join(op, and_(op.c.person_id == events.c.person_id,
+                                          events.c.start_date >= op.c.observation_period_start_date,
+                                          events.c.start_date <= op.c.observation_period_end_date))).subquery()

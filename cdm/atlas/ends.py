@@ -19,9 +19,10 @@ from sqlalchemy import and_, case, func, select, union_all
 
 from cdm.atlas.concepts import ConceptSets
 from cdm.atlas.criteria import DOMAINS, events_select
-from cdm.atlas.dates import add_days
 from cdm.atlas.model import AtlasCohort, DrugEraEnd
+from cdm.atlas.windows import group_clause
 from cdm.schema import tables
+from cdm.sqldates import add_days
 
 T = tables
 
@@ -72,7 +73,7 @@ def cohort_rows(cohort: AtlasCohort, included, sets: ConceptSets):
             eras.c.person_id == I.c.person_id, I.c.start_date >= eras.c.era_start,
             I.c.start_date <= eras.c.era_end))))
     for ev in cohort.censoring:
-        C = events_select(ev, sets).subquery()
+        C = events_select(ev, sets, group_clause).subquery()
         ends.append(select(I.c.event_id, func.min(C.c.start_date).label("end_date"))
                     .select_from(I.join(C, and_(C.c.person_id == I.c.person_id, C.c.start_date >= I.c.start_date,
                                                 C.c.start_date <= I.c.op_end_date)))

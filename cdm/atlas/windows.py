@@ -23,22 +23,11 @@ from sqlalchemy import and_, case, distinct, false, func, literal, or_, select, 
 
 from cdm.atlas.concepts import ConceptSets
 from cdm.atlas.criteria import compare, events_select
-from cdm.atlas.dates import add_days, year_of
 from cdm.atlas.model import Correlated, Demographic, Group, Window
 from cdm.schema import tables
+from cdm.sqldates import add_days, year_of
 
 T = tables
-
-
-def with_observation_period(events):
-    """``events`` (a subquery) with the observation period each event starts in (events outside
-    every period are dropped, as in Circe)."""
-    op = T["observation_period"]
-    return select(*events.c, op.c.observation_period_start_date.label("op_start_date"),
-                  op.c.observation_period_end_date.label("op_end_date")) \
-        .select_from(events.join(op, and_(op.c.person_id == events.c.person_id,
-                                          events.c.start_date >= op.c.observation_period_start_date,
-                                          events.c.start_date <= op.c.observation_period_end_date))).subquery()
 
 
 def _window(w: Window, P, A, event_date, check_period: bool) -> list:
@@ -57,7 +46,7 @@ def _window(w: Window, P, A, event_date, check_period: bool) -> list:
 
 def criterion_clause(c: Correlated, P, sets: ConceptSets):
     """True for the events of ``P`` that meet correlated criterion ``c``."""
-    A = events_select(c.events, sets).subquery()
+    A = events_select(c.events, sets, group_clause).subquery()
     check = not c.ignore_observation_period
     start_date = A.c.end_date if c.start_window.event_end else A.c.start_date
     where = [A.c.person_id == P.c.person_id] + _window(c.start_window, P, A, start_date, check)
