@@ -60,9 +60,12 @@ def release(counts: list[int], cohort_n: int | None, min_cell: int) -> list[int 
     return shown
 
 
-def attrition(engine, cohort: AtlasCohort, min_cell: int, cohort_n: int | None) -> dict:
+def attrition(engine, cohort: AtlasCohort, min_cell: int, cohort_n: int | None) -> tuple[dict, list[np.ndarray]]:
+    """(the released attrition, the person sets behind its released numbers: the node's
+    differencing check treats each like a released cohort)."""
     chain = person_chain(engine, cohort)
     shown = release([len(c) for c in chain], cohort_n, min_cell)
-    return {"initial": shown[0],
-            "rules": [{"name": rule.name, "persons": n} for rule, n in zip(cohort.inclusion_rules, shown[1:])],
-            "min_cell_count": min_cell}
+    released = [persons for persons, n in zip(chain, shown) if n is not None]
+    return ({"initial": shown[0],
+             "rules": [{"name": rule.name, "persons": n} for rule, n in zip(cohort.inclusion_rules, shown[1:])],
+             "min_cell_count": min_cell}, released)

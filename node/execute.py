@@ -63,15 +63,17 @@ def run_request(engine, config, request: dict) -> dict:
                                           f"known): {', '.join(dict.fromkeys(unresolved))[:500]}")
         _require_known_index(spec, unresolved)
         result = analyse(spec, len(ids), values, policy, engine, _site(config), ids)
+        attrition_sets = []  # person sets of an ATLAS count's released attrition (differencing too)
         if getattr(spec.cohort, "kind", None) == "atlas" and spec.analysis.type == "count":
-            from node.atlas_attrition import attrition  # per-rule attrition of an ATLAS cohort
+            from node.atlas_attrition import attrition
 
-            result["attrition"] = attrition(engine, spec.cohort, policy.min_cell_count, result.get("n"))
+            result["attrition"], attrition_sets = attrition(engine, spec.cohort, policy.min_cell_count, result.get("n"))
         if config is not None:
             with state.release_lock:  # check and record as one step (node/state.py)
                 cells = _linked_check(config, requester, spec, ids, values, result, policy, noise_settings)
                 if policy.differencing_k > 1 and len(ids):
-                    _differencing(config, request, spec, ids, policy)
+                    for persons in [*attrition_sets, ids]:
+                        _differencing(config, request, spec, persons, policy)
                 if cells is not None:
                     state.record_cell_sets(state.state_engine(config), requester, request.get("request_id"), *cells)
         result = noise.privatize(spec, result, values, noise_settings)
