@@ -1,4 +1,4 @@
-"""SQL date functions for SQLite and PostgreSQL (SQLAlchemy ``FunctionElement``\ s compiled per dialect):
+"""SQL date functions for SQLite and PostgreSQL (SQLAlchemy ``FunctionElement`` objects compiled per dialect):
 whole days between two dates, and a date plus a number of days (Circe's ``DATEADD``)."""
 
 from __future__ import annotations
