@@ -266,3 +266,40 @@ def test_attrition_release_never_shows_a_small_difference():
     released = [n for n in shown if n is not None] + [52]
     assert all(a - b >= 5 for a, b in zip(released, released[1:]))
     assert release([4, 3], None, 5) == [None, None]
+
+
+def _period_cohort(additional: dict | None = None, rules: list | None = None) -> dict:
+    """A hand-written ATLAS definition: everyone's first observation period, optionally narrowed."""
+    sinusitis = {"CONCEPT_ID": 40481087, "VOCABULARY_ID": "SNOMED", "CONCEPT_CODE": "444814009"}
+    stress = {"CONCEPT_ID": 4251306, "VOCABULARY_ID": "SNOMED", "CONCEPT_CODE": "73595000"}
+    return {"ConceptSets": [{"id": i, "name": n, "expression": {"items": [{"concept": c}]}}
+                            for i, (n, c) in enumerate((("sinusitis", sinusitis), ("stress", stress)))],
+            "PrimaryCriteria": {"CriteriaList": [{"ObservationPeriod": {"First": True}}],
+                                "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
+                                "PrimaryCriteriaLimit": {"Type": "First"}},
+            **({"AdditionalCriteria": additional} if additional else {}),
+            "InclusionRules": rules or [], "QualifiedLimit": {"Type": "First"}, "ExpressionLimit": {"Type": "First"}}
+
+
+def test_attrition_numbers_pass_the_differencing_check(eunomia, tmp_path):
+    """A released attrition number is a cohort too: one within k persons of a cohort already released
+    to the researcher is refused, even when the cohort itself is far from every earlier one."""
+    engine, ref = eunomia
+    ever = {"IgnoreObservationPeriod": True, "StartWindow": {"Start": {"Coeff": -1}, "End": {"Coeff": 1}},
+            "Occurrence": {"Type": 2, "Count": 1}}
+    either = {"Type": "ANY", "CriteriaList": [{"Criteria": {"ConditionOccurrence": {"CodesetId": i}}, **ever}
+                                              for i in (0, 1)]}
+    female = [{"name": "female", "expression": {"Type": "ALL", "DemographicCriteriaList": [
+        {"Gender": [{"CONCEPT_ID": 8532, "VOCABULARY_ID": "Gender", "CONCEPT_CODE": "F"}]}]}}]
+    everyone, narrowed = _period_cohort(), _period_cohort(either, female)
+    n_all = len({p for p, _, _ in _reference(ref, everyone)})
+    ref.cohort(narrowed)
+    initial, n = ref.qualified.person_id.nunique(), len({p for p, _, _ in _reference(ref, narrowed)})
+    assert 0 < n_all - initial < 5 and n_all - n >= 5 and initial - n >= 5  # only the attrition is close
+    config = NodeConfig(tmp_path / "node.toml", {"site": {"name": "eunomia"}, "policy": {"differencing_k": 5}})
+    first = run_request(engine, config, {"request_id": "d1", "requester": "mallory", "spec": atlas_spec(everyone)})
+    assert first["status"] == "ok" and first["result"]["n"] == n_all
+    second = run_request(engine, config, {"request_id": "d2", "requester": "mallory", "spec": atlas_spec(narrowed)})
+    assert second["code"] == "DIFFERENCING" and second["result"] is None
+    other = run_request(engine, config, {"request_id": "d3", "requester": "trent", "spec": atlas_spec(narrowed)})
+    assert other["status"] == "ok" and other["result"]["attrition"]["initial"] == initial  # released to someone new
