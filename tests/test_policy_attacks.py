@@ -194,10 +194,10 @@ def test_suppressed_cells_cannot_be_recovered_from_all_margins(sqlite_cdm, tmp_p
 def test_the_attack_is_real_against_primary_suppression_alone(sqlite_cdm, tmp_path, monkeypatch):
     """Without secondary suppression and without the linked-release audit the attacker wins; the audit
     alone already stops it (it refuses the releases that would complete a disclosure)."""
-    import node.execute
+    import node.policy
 
     load_persons(sqlite_cdm)
-    monkeypatch.setattr(node.execute, "suppress_cells", primary_only)
+    monkeypatch.setattr(node.policy, "suppress_cells", primary_only)  # what Policy.suppress calls
     config = write_config(tmp_path / "off", "[policy]\nmin_cell_count = 5\naudit_linked_releases = false\n")
     won = recovered_cells(_releases(sqlite_cdm, config)[0], PERSONS_TRUTH)
     assert won and all(abs(value - target @ PERSONS_TRUTH) < 1e-6 for target, value in won)
