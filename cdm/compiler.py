@@ -26,6 +26,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from cdm import spec as S
+from cdm.conformance import standard_equivalents
 from cdm.schema import tables
 from cdm.sqldates import _sql_args, days_between  # noqa: F401  (days_between: also imported from here)
 from cdm.vocabulary import Vocabulary, parse_reference
@@ -103,6 +104,7 @@ class Resolver:
                 self.unresolved.append(code)
                 continue
             found |= self.vocabulary.descendants(concept_id) if descendants else {concept_id}
+            found |= set(standard_equivalents(concept_id))  # RADFED:progression also finds Progression 32949
         return sorted(found)
 
     def source_ids(self, codes) -> list[int]:

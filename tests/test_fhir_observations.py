@@ -309,12 +309,14 @@ def test_ctdna_results_write_a_measurement_and_a_ctdna_result(ctx):
 # -- disease status, DiagnosticReport --------------------------------------------------------------------------
 
 def test_disease_status_becomes_an_episode_under_the_condition_episode(ctx):
-    for status, radfed in ((fp.DISEASE_WORSENED, "progression"), (fp.DISEASE_STABLE, "stable_disease"),
-                           (fp.DISEASE_IMPROVED, "response")):
+    # the Episode vocabulary's Disease Dynamic concepts where one exists (issue 20), RADFED's "response" for "improved"
+    for status, concept in ((fp.DISEASE_WORSENED, 32949), (fp.DISEASE_STABLE, 32948),
+                            (fp.DISEASE_FULL_REMISSION, 32946), (fp.DISEASE_PARTIAL_REMISSION, 32947),
+                            (fp.DISEASE_IMPROVED, RADFED_IDS["response"])):
         [row] = MAP["Observation"](obs((fp.LOINC, fp.CANCER_DISEASE_STATUS), valueCodeableConcept=cc(fp.SNOMED, status),
                                        focus=[{"reference": "Condition/c9"}]), ctx)
         v = row.values
-        assert row.table == "episode" and v["episode_concept_id"] == RADFED_IDS[radfed]
+        assert row.table == "episode" and v["episode_concept_id"] == concept
         assert v["episode_parent_id"] == ctx.row_id("Condition", "c9", "episode")
         assert v["episode_object_concept_id"] == ctx.vocabulary.lookup("SNOMED", status).concept_id
         assert v["episode_start_date"] == dt.date(2024, 3, 1) and v["episode_type_concept_id"] == 32817

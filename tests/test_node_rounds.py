@@ -17,7 +17,7 @@ from lifelines.utils import add_covariate_to_timeline
 from scipy.stats import norm
 from sqlalchemy import func, insert, select
 
-from cdm import rounds
+from cdm import conformance, rounds
 from cdm.compiler import Resolver
 from cdm.round_frames import biopsy_frame, biopsy_query, compile_intervals, compile_survival, survival_frame
 from cdm.schema import tables
@@ -600,7 +600,7 @@ def test_rounds_on_ingested_synthetic_site(synthetic_site, tmp_path):
         starts = dict(conn.execute(select(op.c.person_id, func.min(op.c.observation_period_start_date))
                                    .group_by(op.c.person_id)).all())
         progression = conn.execute(select(ep.c.person_id, ep.c.episode_start_date)
-                                   .where(ep.c.episode_concept_id == PROGRESSION)).all()
+                                   .where(ep.c.episode_concept_id == conformance.PROGRESSION)).all()
         draws = conn.execute(select(ct.c.person_id, ct.c.result_date, ct.c.detected).where(ct.c.detected.isnot(None))
                              .order_by(ct.c.result_date, ct.c.ctdna_result_id)).all()
     progressed = {pid for pid, day in progression if day > starts[pid]}

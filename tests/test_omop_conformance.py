@@ -5,6 +5,7 @@ through the real FHIR ingest, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from sqlalchemy import select
@@ -92,3 +93,137 @@ def test_fhir_extensions_are_linked_measurement_rows(any_cdm, tmp_path):
     assert again.total("unchanged") == summary.total("loaded")
     with any_cdm.connect() as conn:
         assert len(conn.execute(select(m.c.measurement_id)).all()) == len(rows)
+
+
+def _status(rid, code, day):
+    return _observation(rid, _coding(fp.LOINC, fp.CANCER_DISEASE_STATUS), effectiveDateTime=day,
+                        focus=[{"reference": "Condition/c1"}], valueCodeableConcept=_coding(fp.SNOMED, code))
+
+
+def test_disease_dynamics_use_the_episode_vocabulary_and_radfed_names_still_find_them(any_cdm, tmp_path):
+    """Disease-status assessments become Disease Dynamic episodes with the Episode vocabulary's concepts
+    (Progression 32949, Stable Disease 32948, Complete / Partial Remission 32946 / 32947); a spec naming
+    ``RADFED:progression`` counts them, and still counts a row coded the way radfed wrote it before."""
+    from sqlalchemy import insert
+
+    from cdm.compiler import Resolver
+    from node.ingest.mappers.values import RADFED_IDS
+
+    bundle = json.loads(_bundle(tmp_path).read_text())
+    statuses = [_status("s1", fp.DISEASE_WORSENED, "2024-04-01"), _status("s2", fp.DISEASE_STABLE, "2024-05-01"),
+                _status("s3", fp.DISEASE_FULL_REMISSION, "2024-06-01"),
+                _status("s4", fp.DISEASE_PARTIAL_REMISSION, "2024-07-01"), _status("s5", fp.DISEASE_IMPROVED, "2024-08-01")]
+    bundle["entry"] += [_entry(r) for r in statuses]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    summary = ingest_paths(any_cdm, [tmp_path / "bundle.json"], workers=0)
+    assert summary.total("quarantined") == 0, summary.as_dict()
+    e = tables["episode"]
+    with any_cdm.connect() as conn:
+        coded = dict(conn.execute(select(e.c.episode_source_value, e.c.episode_concept_id)
+                                  .where(e.c.episode_concept_id != 32533)).all())
+    assert coded == {fp.DISEASE_WORSENED: 32949, fp.DISEASE_STABLE: 32948, fp.DISEASE_FULL_REMISSION: 32946,
+                     fp.DISEASE_PARTIAL_REMISSION: 32947, fp.DISEASE_IMPROVED: RADFED_IDS["response"]}
+
+    def matched(code):  # the episode rows an episode criterion naming ``code`` selects (compiler's resolver)
+        ids = Resolver(any_cdm).ids([code])
+        with any_cdm.connect() as conn:
+            return sorted(conn.execute(select(e.c.episode_source_value).where(e.c.episode_concept_id.in_(ids))).scalars())
+
+    assert matched("RADFED:progression") == [fp.DISEASE_WORSENED]
+    assert matched("RADFED:stable_disease") == [fp.DISEASE_STABLE]
+    assert matched("RADFED:response") == sorted([fp.DISEASE_FULL_REMISSION, fp.DISEASE_PARTIAL_REMISSION, fp.DISEASE_IMPROVED])
+    # a row written before the switch (RADFED's own concept) is found by the same name
+    with any_cdm.begin() as conn:
+        person_id = conn.execute(select(tables["person"].c.person_id)).scalar_one()
+        conn.execute(insert(e).values(episode_id=99, person_id=person_id, episode_concept_id=RADFED_IDS["progression"],
+                                      episode_start_date=dt.date(2024, 9, 1), episode_type_concept_id=32817,
+                                      episode_object_concept_id=0, episode_source_value="old"))
+    assert matched("RADFED:progression") == sorted([fp.DISEASE_WORSENED, "old"])
+
+
+def _imaging_study(rid, study_uid, series_uid, procedure=None):
+    return {"resourceType": "ImagingStudy", "id": rid, "status": "available", "subject": {"reference": "Patient/p1"},
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}], "started": "2024-02-01T09:30:00+01:00",
+            **({"procedureReference": {"reference": procedure}} if procedure else {}),
+            "series": [{"uid": uid, "modality": {"system": fp.DICOM_DCM, "code": modality}, "numberOfInstances": 1}
+                       for uid, modality in ((series_uid, "CT"), (series_uid + ".9", "SEG"))]}
+
+
+def test_every_imaging_series_names_a_procedure_from_fhir(any_cdm, tmp_path):
+    """MI-CDM makes image_occurrence.procedure_occurrence_id NOT NULL: a study whose ImagingStudy names
+    no procedure becomes one PROCEDURE_OCCURRENCE (deterministic id, the modality as its concept), a study
+    that names one links it; re-running writes nothing new."""
+    from cdm.conformance import imaging_procedure_id
+
+    bundle = json.loads(_bundle(tmp_path).read_text())
+    procedure = {"resourceType": "Procedure", "id": "pr1", "status": "completed", "subject": {"reference": "Patient/p1"},
+                 "code": _coding(fp.SNOMED, "241540006", "MRI of brain"), "performedDateTime": "2024-02-02"}
+    bundle["entry"] += [_entry(r) for r in (_imaging_study("is1", "1.2.840.1", "1.2.840.1.1"), procedure,
+                                            _imaging_study("is2", "1.2.840.2", "1.2.840.2.1", "Procedure/pr1"))]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    summary = ingest_paths(any_cdm, [tmp_path / "bundle.json"], workers=0)
+    assert summary.total("quarantined") == 0, summary.as_dict()
+    io, po = tables["image_occurrence"], tables["procedure_occurrence"]
+    with any_cdm.connect() as conn:
+        links = dict(conn.execute(select(io.c.image_series_uid, io.c.procedure_occurrence_id)).all())
+        procedures = {r.procedure_occurrence_id: r for r in conn.execute(select(po)).mappings()}
+        ct_modality = conn.execute(select(io.c.modality_concept_id).where(io.c.image_series_uid == "1.2.840.1.1")).scalar_one()
+    study_procedure = imaging_procedure_id("1.2.840.1")
+    assert links == {"1.2.840.1.1": study_procedure, "1.2.840.1.1.9": study_procedure,
+                     "1.2.840.2.1": stable_id("fhir", "Procedure", "pr1"), "1.2.840.2.1.9": stable_id("fhir", "Procedure", "pr1")}
+    imaging = procedures[study_procedure]
+    assert (imaging.procedure_concept_id, imaging.procedure_source_value, imaging.procedure_type_concept_id) == (ct_modality, "CT", 32817)
+    assert imaging.procedure_date.isoformat() == "2024-02-01" and imaging.procedure_source_concept_id is None
+    assert len(procedures) == 2  # the study's own procedure and pr1: no imaging procedure where one is named
+    again = ingest_paths(any_cdm, [tmp_path / "bundle.json"], workers=0)
+    assert again.total("unchanged") == summary.total("loaded")
+    with any_cdm.connect() as conn:
+        assert len(conn.execute(select(po.c.procedure_occurrence_id)).all()) == 2
+
+
+def test_every_imaging_series_names_a_procedure_from_dicom(any_cdm, tmp_path):
+    """The DICOM ingest gives a study the same PROCEDURE_OCCURRENCE (one per StudyInstanceUID, whatever the
+    number of series: the id an ImagingStudy of that study gives it too); re-indexing writes nothing new."""
+    from test_dicom_fixtures import add_person, make_study
+
+    from cdm.conformance import imaging_procedure_id
+    from node.dicom.index import index_paths
+
+    study = make_study(tmp_path / "in")
+    person = add_person(any_cdm, "MRN001")
+    index_paths(any_cdm, [tmp_path / "in"])
+    io, po = tables["image_occurrence"], tables["procedure_occurrence"]
+
+    def state():
+        with any_cdm.connect() as conn:
+            return (sorted(conn.execute(select(io.c.image_series_uid, io.c.procedure_occurrence_id)).all()),
+                    [dict(r) for r in conn.execute(select(po)).mappings()])
+
+    links, procedures = state()
+    assert len(links) == 4 and {p for _s, p in links} == {imaging_procedure_id(study["study"])}
+    [procedure] = procedures
+    assert procedure["person_id"] == person and procedure["procedure_date"].isoformat() == "2026-03-01"
+    assert procedure["procedure_source_value"] in {"CT", "MR", "PT", "SEG"} and procedure["procedure_concept_id"] > 0
+    index_paths(any_cdm, [tmp_path / "in"])
+    assert state() == (links, procedures)
+
+
+def test_a_variant_names_its_sequencing_procedure_and_specimen(any_cdm, tmp_path):
+    """G-CDM's variant_occurrence.procedure_occurrence_id and specimen_id: the Procedure the variant
+    Observation is ``partOf`` and its ``specimen``."""
+    bundle = json.loads(_bundle(tmp_path).read_text())
+    sequencing = {"resourceType": "Procedure", "id": "seq1", "status": "completed", "subject": {"reference": "Patient/p1"},
+                  "code": _coding(fp.SNOMED, "117040002", "Nucleic acid sequencing"), "performedDateTime": "2024-02-20"}
+    tissue = {"resourceType": "Specimen", "id": "tissue1", "subject": {"reference": "Patient/p1"},
+              "type": _coding(fp.SNOMED, "119376003", "Tissue specimen"), "collection": {"collectedDateTime": "2024-02-15"}}
+    variant = next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "egfr")
+    variant["partOf"] = [{"reference": "Procedure/seq1"}]
+    variant["specimen"] = {"reference": "Specimen/tissue1"}
+    bundle["entry"] += [_entry(sequencing), _entry(tissue)]
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    summary = ingest_paths(any_cdm, [tmp_path / "bundle.json"], workers=0)
+    assert summary.total("quarantined") == 0, summary.as_dict()
+    v = tables["variant_occurrence"]
+    with any_cdm.connect() as conn:
+        links = conn.execute(select(v.c.procedure_occurrence_id, v.c.specimen_id)).one()
+    assert tuple(links) == (stable_id("fhir", "Procedure", "seq1"), stable_id("fhir", "Specimen", "tissue1"))

@@ -431,6 +431,20 @@ def test_layout_errors_are_clear(tmp_path):
             open_engine(url)
 
 
+def test_a_duckdb_cdm_is_refused_clearly_and_nothing_is_written(tmp_path):
+    """DuckDB is not served (docs/site-admin-guide.md says why): a duckdb:// URL is a usage error, and a
+    DuckDB file given as the CDM file is reported unreadable; neither file is created or changed."""
+    duck = tmp_path / "cdm.duckdb"
+    result = _cli("--db", f"duckdb:///{duck}", "attach")
+    assert result.exit_code == 2 and "unsupported database 'duckdb'" in result.output and not duck.exists()
+    duck.write_bytes(b"DUCK" + bytes(range(256)) * 16)  # not an SQLite file, as a DuckDB file is not
+    before = duck.read_bytes()
+    own = tmp_path / "radfed.sqlite"
+    result = _cli("--db", str(own), "attach", "--cdm-file", str(duck))
+    assert result.exit_code == 2 and "nothing was written" in result.output and "could not be read" in result.output
+    assert duck.read_bytes() == before and not own.exists()
+
+
 # -- the same data from FHIR, from an OMOP export of it, and attached: the same answers --------------
 
 
@@ -470,11 +484,18 @@ def test_fhir_site_its_omop_export_and_the_attached_export_answer_alike(pg_serve
                   ({"cohort": {**everyone, "inclusion": [{"kind": "death"}]}, "analysis": {"type": "count"}}, None),
                   ({"cohort": everyone, "variables": variables, "analysis": {"type": "crosstab", "by": ["sex", "nf1"]}}, None),
                   ({"cohort": everyone, "variables": variables,
-                    "analysis": {"type": "summary", "variables": ["creat", "tf", "adc", "age"]}}, None)]
+                    "analysis": {"type": "summary", "variables": ["creat", "tf", "adc", "age"]}}, None),
+                  # disease dynamics (Episode vocabulary concepts, named by RADFED's names) and imaging
+                  # studies as MI-CDM procedures (their modality concept)
+                  ({"cohort": {**everyone, "inclusion": [{"kind": "episode", "codes": ["RADFED:progression"]}]},
+                    "analysis": {"type": "count"}}, None),
+                  ({"cohort": {**everyone, "inclusion": [{"kind": "procedure", "codes": ["DICOM:MR", "DICOM:CT", "DICOM:PT"]}]},
+                    "analysis": {"type": "count"}}, None)]
         results = [json.dumps(_answers(e, tmp_path / name, spread), sort_keys=True)
                    for name, e in (("a", fhir), ("b", imported), ("c", attached))]
         assert results[0] == results[1] == results[2]
-        assert json.loads(results[0])[0]["n"] == 40 and json.loads(results[0])[4]["variables"]["adc"]["n"] > 0
+        first = json.loads(results[0])
+        assert first[0]["n"] == 40 and first[4]["variables"]["adc"]["n"] > 0 and first[5]["n"] > 0 and first[6]["n"] > 0
         attached.dispose()
     finally:
         _drop_schemas(pg_server_url, "rt_cdm", "rt_vocab", "rt_radfed")

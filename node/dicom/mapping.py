@@ -14,6 +14,10 @@ encoding, is a *duplicate* (counted, nothing written); one with different conten
 ``DUPLICATE_SOP`` with both paths in its reason, and the copy indexed first stays.  Truncated files
 never get this far (``TRUNCATED``), so an intact copy is never replaced by a cut one.
 
+Each study is also a PROCEDURE_OCCURRENCE the series link to (MI-CDM makes
+``image_occurrence.procedure_occurrence_id`` NOT NULL; :func:`cdm.conformance.imaging_procedure`, the
+same row a FHIR ImagingStudy without procedureReference writes).
+
 The visit is the person's visit spanning the acquisition date, when the FHIR load wrote one.
 The person is the one whose ``person_source_value`` equals PatientID (0010,0020) — the MRN the FHIR
 ingest wrote.  A patient the CDM does not know is quarantined (``UNKNOWN_PATIENT``) and never
@@ -31,6 +35,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
+from cdm.conformance import imaging_procedure
 from cdm.errors import EXIT_OK, EXIT_PARTIAL
 from cdm.ids import stable_id
 from cdm.schema import tables
@@ -39,6 +44,8 @@ from node.dicom.errors import DUPLICATE_SOP, MISSING_ATTRIBUTE, UNKNOWN_PATIENT,
 from node.quarantine import quarantine
 
 IMAGE_OCCURRENCE = tables["image_occurrence"]
+PROCEDURE = tables["procedure_occurrence"]
+PENDING = tables["pending_reference"]
 PERSON = tables["person"]
 VISIT = tables["visit_occurrence"]
 SOURCE_RECORD = tables["source_record"]
@@ -385,9 +392,14 @@ class SeriesIndexer:
         ).scalar_one()
         modality = self.vocabulary.concept_for("DICOM", header.modality, f"DICOM modality {header.modality}",
                                                "Procedure", conn).concept_id
+        visit_id = self._visit(conn, person_id, header.date)
+        existing = conn.execute(select(IMAGE_OCCURRENCE).where(
+            IMAGE_OCCURRENCE.c.image_occurrence_id == series_id)).mappings().first()
         values = {
             "person_id": person_id,
-            "visit_occurrence_id": self._visit(conn, person_id, header.date),
+            "procedure_occurrence_id": self._study_procedure(conn, header, series_id, existing, person_id, visit_id,
+                                                             modality),
+            "visit_occurrence_id": visit_id,
             "anatomic_site_concept_id": self._anatomic_site(conn, header),
             "anatomic_site_source_value": header.body_part,
             "local_path": folder,
@@ -403,8 +415,6 @@ class SeriesIndexer:
             "referenced_series_uid": header.referenced_series_uid,
             "image_source": self.source,
         }
-        existing = conn.execute(select(IMAGE_OCCURRENCE).where(
-            IMAGE_OCCURRENCE.c.image_occurrence_id == series_id)).mappings().first()
         if existing is None:
             conn.execute(insert(IMAGE_OCCURRENCE).values(image_occurrence_id=series_id, instance_count=count, **values))
         else:
@@ -420,6 +430,26 @@ class SeriesIndexer:
         self.report.indexed += len(indexed)
         self.report.series.add(header.series_uid)
         return True
+
+    def _study_procedure(self, conn: Connection, header: SeriesHeader, series_id: int, existing, person_id: int,
+                         visit_id, modality: int) -> int | None:
+        """The PROCEDURE_OCCURRENCE of the series' study (MI-CDM makes the link NOT NULL), written by the
+        first series of the study to arrive, whichever way in (:func:`cdm.conformance.imaging_procedure`).
+        ``None`` (nothing written) when the series already names a procedure, or when its ImagingStudy
+        named one that has not arrived yet (a pending reference fills it then)."""
+        if existing is not None and existing["procedure_occurrence_id"] is not None:
+            return None
+        if existing is not None and conn.execute(select(PENDING.c.target_key).where(
+                PENDING.c.cdm_table == "image_occurrence", PENDING.c.cdm_id == series_id,
+                PENDING.c.column_name == "procedure_occurrence_id").limit(1)).first() is not None:
+            return None
+        row = imaging_procedure(header.study_uid, person_id, header.date, header.datetime, visit_id, modality,
+                                header.modality)
+        present = conn.execute(select(PROCEDURE.c.procedure_occurrence_id).where(
+            PROCEDURE.c.procedure_occurrence_id == row["procedure_occurrence_id"])).first()
+        if present is None:
+            conn.execute(insert(PROCEDURE).values(**row))
+        return row["procedure_occurrence_id"]
 
     def _record_instances(self, conn: Connection, header: SeriesHeader, series_id: int,
                           instances: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:

@@ -12,7 +12,9 @@ from node import fhir_profile as fp
 from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.image_feature import SERIES_UID
 from node.ingest.mappers.imaging_study import dicom_uid
-from node.ingest.mappers.values import BAD_VALUE, component_index, component_string, effective, first_code, number, reference
+from node.ingest.mappers.values import (
+    BAD_VALUE, component_index, component_string, effective, first_code, number, part_of_procedure, reference,
+)
 
 #: Length units a biopsy coordinate may come in -> factor to mm.
 TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 0.001}
@@ -43,8 +45,7 @@ def map_biopsy_location(resource: dict, ctx) -> list[Row]:
 
     habitat = (comp(fp.HABITAT_LABEL) or {}).get("valueCodeableConcept")
     habitat_code = first_code(habitat)
-    procedure = next((p.get("reference") for p in resource.get("partOf") or ()
-                      if (p.get("reference") or "").startswith(("Procedure/", "urn:uuid:"))), None)
+    procedure = part_of_procedure(resource)
     series_uid = component_string(comps.get(SERIES_UID))
     return [Row("biopsy_location", {
         "biopsy_location_id": ctx.row_id("Observation", resource["id"]),

@@ -2,25 +2,31 @@
 
 The status becomes an ``episode`` under the disease episode of its ``focus`` Condition
 (``episode_parent_id = row_id("Condition", focus, "episode")``, written by :mod:`.condition`),
-coded with the RADFED disease-dynamics concepts ``progression`` / ``stable_disease`` / ``response``
-(``cdm/data/radfed_concepts.csv``; OMOP's Episode vocabulary has no per-assessment concepts) and
-``episode_object_concept_id`` = the status value concept.
+coded, as the OHDSI Oncology extension's Disease Dynamic episodes are, with the Episode vocabulary's
+concept (:mod:`cdm.conformance`): worsened -> Progression 32949, stable -> Stable Disease 32948, full /
+partial remission -> Complete / Partial Remission 32946 / 32947.  "Improved" is no remission and the
+Episode vocabulary has no concept for it: it keeps RADFED's ``response``.  ``episode_object_concept_id``
+is the status value concept.  Specs name the dynamics ``RADFED:progression`` / ``stable_disease`` /
+``response`` either way (the compiler matches the standard concepts too).
 """
 
 from __future__ import annotations
 
+from cdm.conformance import COMPLETE_REMISSION, PARTIAL_REMISSION, PROGRESSION, STABLE_DISEASE
 from node import fhir_profile as fp
 from node.ingest.contract import Row
 from node.ingest.mappers.observation import map_general
 from node.ingest.mappers.values import EHR, RADFED_IDS, code_keys, effective, first_code, reference, reference_id_part
 
-#: mCODE disease status value (SNOMED) -> RADFED disease-dynamics concept.
+#: mCODE disease status value (SNOMED, or RADFED's own codes) -> the episode's Disease Dynamic concept.
 DISEASE_STATUS_EPISODES = {
-    (fp.SNOMED, fp.DISEASE_WORSENED): RADFED_IDS["progression"],
-    (fp.SNOMED, fp.DISEASE_STABLE): RADFED_IDS["stable_disease"],
+    (fp.SNOMED, fp.DISEASE_WORSENED): PROGRESSION,
+    (fp.SNOMED, fp.DISEASE_STABLE): STABLE_DISEASE,
+    (fp.SNOMED, fp.DISEASE_FULL_REMISSION): COMPLETE_REMISSION,
+    (fp.SNOMED, fp.DISEASE_PARTIAL_REMISSION): PARTIAL_REMISSION,
     (fp.SNOMED, fp.DISEASE_IMPROVED): RADFED_IDS["response"],
-    (fp.RADFED, "progression"): RADFED_IDS["progression"],
-    (fp.RADFED, "stable_disease"): RADFED_IDS["stable_disease"],
+    (fp.RADFED, "progression"): PROGRESSION,
+    (fp.RADFED, "stable_disease"): STABLE_DISEASE,
     (fp.RADFED, "response"): RADFED_IDS["response"],
 }
 

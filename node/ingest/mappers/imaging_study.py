@@ -15,6 +15,9 @@ first.  The merge rule, applied by the ingest's writer (:mod:`node.ingest.load`,
 * an updated ImagingStudy replaces the rows only it wrote; a row DICOM also recorded in
   ``source_record`` is kept and only filled.
 
+A study whose ImagingStudy names no ``procedureReference`` also gets the PROCEDURE_OCCURRENCE MI-CDM
+requires (:func:`cdm.conformance.imaging_procedure`, same id as the DICOM ingest gives it).
+
 So the columns only DICOM knows (``local_path``, ``manufacturer``, ``referenced_series_uid``) are
 never written from FHIR, and the first writer's values win everywhere else.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from cdm.conformance import imaging_procedure, imaging_procedure_id
 from cdm.ids import stable_id
 from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.values import MISSING_DATE, parse_datetime, reference
@@ -58,7 +62,9 @@ def map_imaging_study(resource: dict, ctx) -> list[Row]:
     study_start = parse_datetime(resource.get("started"))
     visit_id = ctx.reference_id(reference(resource.get("encounter")), "visit_occurrence")
     procedure = (resource.get("procedureReference") or {}).get("reference")
-    procedure_id = ctx.reference_id(procedure, "procedure_occurrence") if procedure else None
+    # A named Procedure not loaded yet stays NULL until it arrives (pending reference); a study that
+    # names none is its own PROCEDURE_OCCURRENCE (MI-CDM: procedure_occurrence_id is NOT NULL).
+    procedure_id = ctx.reference_id(procedure, "procedure_occurrence") if procedure else imaging_procedure_id(study_uid)
     rows = []
     for series in resource.get("series") or ():
         if not series.get("uid"):
@@ -89,4 +95,9 @@ def map_imaging_study(resource: dict, ctx) -> list[Row]:
             "instance_count": count,
             "image_source": "fhir",
         }))
+    if not procedure and rows:
+        first = rows[0].values
+        day, moment = study_start or (first["image_occurrence_date"], first["image_occurrence_datetime"])
+        rows.append(Row("procedure_occurrence", imaging_procedure(
+            study_uid, person_id, day, moment, visit_id, first["modality_concept_id"], first["modality_source_value"])))
     return rows

@@ -106,6 +106,12 @@ def reference(value: dict | None) -> str | None:
     return (value or {}).get("reference") or None
 
 
+def part_of_procedure(resource: dict) -> str | None:
+    """The reference of the Procedure an event is ``partOf`` (a biopsy, the sequencing of a variant)."""
+    return next((p.get("reference") for p in resource.get("partOf") or ()
+                 if (p.get("reference") or "").startswith(("Procedure/", "urn:uuid:"))), None)
+
+
 def reference_id_part(value: dict | None) -> str | None:
     """The id of a ``Type/id`` (or ``urn:uuid:x``) reference."""
     ref = reference(value)

@@ -16,7 +16,9 @@ one ``variant_occurrence`` row (the Genomic CDM, G-CDM), id ``row_id("Observatio
 * ``target_gene1`` is the (5') gene, ``target_gene2`` the 3' fusion partner (FUS::DDIT3 -> FUS, DDIT3);
 * a VAF sent in ``%`` is stored as a fraction (0-1);
 * a genomic source class of germline/somatic gives ``genetic_origin``; a clinical significance
-  component becomes a ``variant_annotation`` row (``clinical_significance``).
+  component becomes a ``variant_annotation`` row (``clinical_significance``);
+* the Procedure the Observation is ``partOf`` (the sequencing) gives ``procedure_occurrence_id``, its
+  ``specimen`` the ``specimen_id`` (G-CDM requires both; without them in the source they stay empty).
 
 A value of LOINC LA9634-2 "Absent" (a tested, negative variant) is no variant: it is kept as a
 measurement of the assessment (general path), never as a variant row.
@@ -36,7 +38,7 @@ from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.ctdna import is_plasma, specimen_id, specimen_of
 from node.ingest.mappers.observation import map_general
 from node.ingest.mappers.values import (
-    EHR, code_keys, component_index, component_string, effective, first_code, number, reference,
+    EHR, code_keys, component_index, component_string, effective, first_code, number, part_of_procedure, reference,
 )
 
 HGVS_REFERENCE_SEQUENCE = "48013-7"
@@ -151,11 +153,13 @@ def map_variant(resource: dict, ctx) -> list[Row]:
         reference_sequence = hgvs_c.split(":", 1)[0]
     rs_id = component_string(_loinc(comps, DISCRETE_VARIANT))
     variant_id = ctx.row_id("Observation", resource["id"])
+    procedure = part_of_procedure(resource)  # the sequencing procedure (G-CDM makes the link NOT NULL)
     symbols = "::".join(s for _, s in genes if s) if variant_type == "fusion" else genes[0][1]
     rows = [Row("variant_occurrence", {
         "variant_occurrence_id": variant_id,
         "person_id": person_id,
         "specimen_id": specimen_id(resource, ctx),
+        "procedure_occurrence_id": ctx.reference_id(procedure, "procedure_occurrence") if procedure else None,
         "variant_date": day,
         "target_gene1_concept_id": gene1.concept_id,
         "target_gene1_symbol": (genes[0][1] or "")[:50] or None,
