@@ -109,6 +109,9 @@ CODED_COLUMNS = (
                 source_value="anatomic_site_source_value"),
     CodedColumn("image_feature", "anatomic_site_concept_id", "anatomic site"),
 )
+#: Columns queries match that no source coding fills (radfed or the site's ETL chooses the concept: a
+#: disease episode, a disease dynamic): counted by :meth:`Vocabulary.usage`, never as unmapped.
+QUERIED_COLUMNS = (CodedColumn("episode", "episode_concept_id", "concept"),)
 #: The CDM table of each event domain (where a concept of that domain's rows belong).
 DOMAIN_TABLES = {"Condition": "condition_occurrence", "Procedure": "procedure_occurrence", "Drug": "drug_exposure",
                  "Device": "device_exposure", "Measurement": "measurement", "Observation": "observation"}
@@ -343,7 +346,7 @@ class Vocabulary:
         what lets a site administrator tell "known here, 0 rows" from "unknown code"."""
         counts: dict[str, int] = {}
         with self._connection() as conn:
-            for coded in CODED_COLUMNS:
+            for coded in CODED_COLUMNS + QUERIED_COLUMNS:
                 table = tables[coded.table]
                 columns = [table.c[coded.column]] + ([table.c[coded.source_column]] if coded.source_column else [])
                 n = conn.execute(select(func.count()).select_from(table)
@@ -355,10 +358,15 @@ class Vocabulary:
     def describe(self, reference: str) -> tuple[int | None, str]:
         """(concept id, what this node has of it): ``N in <table>``, ``code known here, 0 rows`` or
         ``unknown code: ...`` — the site administrator's view (never part of a release)."""
+        from cdm.conformance import standard_equivalents  # cdm.conformance reads this module's project concepts
+
         concept_id = self.resolve(reference)
         if concept_id is None:
             return None, "unknown code: not in this node's vocabulary"
         rows = self.usage(concept_id)
+        for standard in standard_equivalents(concept_id):  # what a query naming it also matches
+            for table, n in self.usage(standard).items():
+                rows[table] = rows.get(table, 0) + n
         return concept_id, ", ".join(f"{n:,} in {table}" for table, n in rows.items()) if rows else "code known here, 0 rows"
 
     def descendants(self, concept_id: int) -> set[int]:

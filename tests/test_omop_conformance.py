@@ -227,3 +227,16 @@ def test_a_variant_names_its_sequencing_procedure_and_specimen(any_cdm, tmp_path
     with any_cdm.connect() as conn:
         links = conn.execute(select(v.c.procedure_occurrence_id, v.c.specimen_id)).one()
     assert tuple(links) == (stable_id("fhir", "Procedure", "seq1"), stable_id("fhir", "Specimen", "tissue1"))
+
+
+def test_the_site_dry_run_counts_the_standard_dynamics_rows_a_radfed_name_matches(sqlite_cdm, tmp_path):
+    """``vocab resolve`` / the dry run say what a spec's code finds here: RADFED:progression finds the
+    Progression (32949) episodes the ingest writes, so it must not say "0 rows"."""
+    from cdm.vocabulary import Vocabulary
+
+    bundle = json.loads(_bundle(tmp_path).read_text())
+    bundle["entry"].append(_entry(_status("s1", fp.DISEASE_WORSENED, "2024-04-01")))
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    assert ingest_paths(sqlite_cdm, [tmp_path / "bundle.json"], workers=0).total("quarantined") == 0
+    concept_id, found = Vocabulary(sqlite_cdm).describe("RADFED:progression")
+    assert concept_id == 2000000400 and found == "1 in episode"
