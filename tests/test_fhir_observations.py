@@ -348,9 +348,12 @@ def test_imaging_study_and_features_name_the_dicom_series(ctx):
              "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}], "started": "2024-03-01T09:00:00Z",
              "series": [{"uid": "1.2.3.1", "number": 1, "modality": {"system": fp.DICOM_DCM, "code": "MR"},
                          "numberOfInstances": 8, "bodySite": {"system": fp.SNOMED, "code": "12738006"}}]}
-    [row] = MAP["ImagingStudy"](study, ctx)
+    row, procedure = MAP["ImagingStudy"](study, ctx)
     v = row.values
     assert v["image_occurrence_id"] == stable_id("dicom-series", "1.2.3.1") and v["image_study_uid"] == "1.2.3"
+    # no procedureReference: the study is its own procedure (MI-CDM procedure_occurrence_id is NOT NULL)
+    assert procedure.table == "procedure_occurrence" and v["procedure_occurrence_id"] == stable_id("imaging-study", "1.2.3", "procedure")
+    assert procedure.values["procedure_occurrence_id"] == v["procedure_occurrence_id"]
     assert v["anatomic_site_source_value"] == "BRAIN" and v["modality_source_value"] == "MR" and v["image_source"] == "fhir"
     assert v["modality_concept_id"] == ctx.vocabulary.lookup("DICOM", "MR").concept_id and v["instance_count"] == 8
     for broken, reason in (({**study, "identifier": []}, "MISSING_STUDY_UID"),
