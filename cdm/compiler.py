@@ -26,10 +26,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from cdm import spec as S
-from cdm.conformance import standard_equivalents
 from cdm.schema import tables
 from cdm.sqldates import _sql_args, days_between  # noqa: F401  (days_between: also imported from here)
-from cdm.vocabulary import Vocabulary, parse_reference
+from cdm.vocabulary import Vocabulary, parse_reference, standard_equivalents
 
 T = tables
 MALE, FEMALE = 8507, 8532

@@ -23,8 +23,9 @@ own tables keep the detail its queries use (docs/omop-conformance.md has the col
   (:data:`PROGRESSION`, :data:`STABLE_DISEASE`, :data:`COMPLETE_REMISSION`, :data:`PARTIAL_REMISSION`);
   only a status the Episode vocabulary has no concept for (mCODE "improved") keeps RADFED's concept.
   Specs keep naming ``RADFED:progression`` / ``stable_disease`` / ``response``: a RADFED dynamics
-  concept also matches the standard concepts it stands for (:func:`standard_equivalents`), so rows
-  written before the switch, rows written now, and an attached CDM's own episodes all count.
+  concept also matches the standard concepts it stands for (:data:`DYNAMICS_STANDARD`, applied by
+  :func:`cdm.vocabulary.standard_equivalents`), so rows written before the switch, rows written
+  now, and an attached CDM's own episodes all count.
 
 Concept ids, and where each was checked (no vocabulary download ships with radfed; a site's Athena
 load brings the concepts themselves):
@@ -48,10 +49,7 @@ load brings the concepts themselves):
 
 from __future__ import annotations
 
-from functools import cache
-
 from cdm.ids import stable_id
-from cdm.vocabulary import project_concepts
 
 MEASUREMENT_TABLE = 1147330
 CONDITION_OCCURRENCE_ID_FIELD = 1147127
@@ -127,17 +125,6 @@ def variant_measurement_concept(known_concept, candidates) -> int | None:
             if concept_id:
                 return concept_id
     return None
-
-
-@cache
-def _equivalents() -> dict[int, tuple[int, ...]]:
-    ids = {r["concept_code"]: int(r["concept_id"]) for r in project_concepts()}
-    return {ids[code]: standard for code, standard in DYNAMICS_STANDARD.items()}
-
-
-def standard_equivalents(concept_id: int) -> tuple[int, ...]:
-    """The standard concepts a RADFED disease-dynamics concept also matches in a query (else none)."""
-    return _equivalents().get(concept_id, ())
 
 
 def condition_modifier(measurement_id: int, condition_occurrence_id: int) -> dict:

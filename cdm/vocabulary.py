@@ -40,6 +40,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
+from cdm.conformance import DYNAMICS_STANDARD
 from cdm.omop_csv import CsvFormatError, open_table, parse_value, table_files
 from cdm.schema import tables
 
@@ -358,8 +359,6 @@ class Vocabulary:
     def describe(self, reference: str) -> tuple[int | None, str]:
         """(concept id, what this node has of it): ``N in <table>``, ``code known here, 0 rows`` or
         ``unknown code: ...`` — the site administrator's view (never part of a release)."""
-        from cdm.conformance import standard_equivalents  # cdm.conformance reads this module's project concepts
-
         concept_id = self.resolve(reference)
         if concept_id is None:
             return None, "unknown code: not in this node's vocabulary"
@@ -474,6 +473,18 @@ def _packaged_rows(filename: str) -> list[dict]:
 def project_concepts() -> tuple[dict, ...]:
     """The RADFED project concepts (``cdm/data/radfed_concepts.csv``: fixed ids in the reserved range)."""
     return tuple(_packaged_rows("radfed_concepts.csv"))
+
+
+@cache
+def _dynamics_equivalents() -> dict[int, tuple[int, ...]]:
+    ids = {r["concept_code"]: int(r["concept_id"]) for r in project_concepts()}
+    return {ids[code]: standard for code, standard in DYNAMICS_STANDARD.items()}
+
+
+def standard_equivalents(concept_id: int) -> tuple[int, ...]:
+    """The standard concepts a RADFED disease-dynamics concept also matches in a query (else none):
+    ``RADFED:progression`` finds Progression 32949 episodes too (:mod:`cdm.conformance`)."""
+    return _dynamics_equivalents().get(concept_id, ())
 
 
 def install_core_concepts(engine: Engine) -> int:
