@@ -36,11 +36,15 @@ DOMAINS = {
     "ConditionEra": ("CONDITION_ERA", "condition_era_id", "condition_concept_id", "condition_era_start_date",
                      "condition_era_end_date", None),
     "Specimen": ("SPECIMEN", "specimen_id", "specimen_concept_id", "specimen_date", None, None),
+    "VisitDetail": ("VISIT_DETAIL", "visit_detail_id", "visit_detail_concept_id", "visit_detail_start_date",
+                    "visit_detail_end_date", "visit_detail_source_concept_id"),
+    "DoseEra": ("DOSE_ERA", "dose_era_id", "drug_concept_id", "dose_era_start_date", "dose_era_end_date", None),
     "DeviceExposure": ("DEVICE_EXPOSURE", "device_exposure_id", "device_concept_id", "device_exposure_start_date",
                        "device_exposure_end_date", "device_source_concept_id"),
 }
 SOURCE_KEYS = ("ConditionSourceConcept", "ProcedureSourceConcept", "DrugSourceConcept", "MeasurementSourceConcept",
-               "ObservationSourceConcept", "VisitSourceConcept", "DeathSourceConcept", "DeviceSourceConcept")
+               "ObservationSourceConcept", "VisitSourceConcept", "DeathSourceConcept", "DeviceSourceConcept",
+               "VisitDetailSourceConcept")
 
 
 def _compare(series: pd.Series, f: dict | None) -> pd.Series:

@@ -25,7 +25,8 @@ CHILD_BASE = 1_900_000_000
 DOMAIN_TABLES = {"ConditionOccurrence": "condition_occurrence", "ProcedureOccurrence": "procedure_occurrence",
                  "DrugExposure": "drug_exposure", "Measurement": "measurement", "Observation": "observation",
                  "VisitOccurrence": "visit_occurrence", "Death": "death", "DrugEra": "drug_era",
-                 "ConditionEra": "condition_era", "DeviceExposure": "device_exposure", "Specimen": "specimen"}
+                 "ConditionEra": "condition_era", "DeviceExposure": "device_exposure", "Specimen": "specimen",
+                 "VisitDetail": "visit_detail", "DoseEra": "dose_era"}
 EXPORTED = ["concept", "concept_ancestor", "concept_relationship", "person", "observation_period", "provider",
             *[t for t in DOMAIN_TABLES.values()]]
 
@@ -197,7 +198,7 @@ def _events(rnd, conn, pools, found) -> dict[str, list[dict]]:
                 if visits_of[person] and rnd.random() < 0.5:
                     visit, start = rnd.choice(visits_of[person])
                 row = _row(rnd, table, next_id(table), person, concept, start, visit, domain, found, numbers)
-                if table not in ("drug_era", "condition_era", "specimen"):
+                if table not in ("drug_era", "condition_era", "specimen", "dose_era"):
                     row["provider_id"] = rnd.randint(1, 20)
                 out[table].append(row)
     return out
@@ -243,6 +244,15 @@ def _row(rnd, table, rid, person, concept, start, visit, domain, found, numbers)
     if table == "device_exposure":
         return {"device_exposure_id": rid, "person_id": person, "device_concept_id": concept,
                 "device_exposure_start_date": start, "device_type_concept_id": 0, "visit_occurrence_id": visit}
+    if table == "visit_detail":
+        return {"visit_detail_id": rid, "person_id": person, "visit_detail_concept_id": concept,
+                "visit_detail_start_date": start, "visit_detail_end_date": later, "visit_detail_type_concept_id": 0,
+                "visit_detail_source_concept_id": concept if rnd.random() < 0.5 else 0,
+                "visit_occurrence_id": visit or 0}
+    if table == "dose_era":
+        return {"dose_era_id": rid, "person_id": person, "drug_concept_id": concept, "unit_concept_id": 0,
+                "dose_value": 1.0, "dose_era_start_date": start,
+                "dose_era_end_date": later + dt.timedelta(days=rnd.randint(0, 90))}
     if table == "specimen":
         return {"specimen_id": rid, "person_id": person, "specimen_concept_id": concept, "specimen_date": start,
                 "specimen_type_concept_id": 0}

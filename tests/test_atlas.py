@@ -58,6 +58,7 @@ FEATURES = {
     "drug": r'"DrugExposure" : \{', "measurement": r'"Measurement" : \{', "observation": r'"Observation" : \{',
     "procedure": r'"ProcedureOccurrence" : \{', "inclusion rules": r'"InclusionRules" : \[\s*\{',
     "visit type": r'"VisitType" : \[\s*\{', "provider specialty": r'"ProviderSpecialty" : \[\s*\{',
+    "visit detail": r'"VisitDetail" : \{', "dose era": r'"DoseEra" : \{',
 }
 
 

@@ -70,6 +70,11 @@ DOMAINS = {
                           "device_source_concept_id"),
     "specimen": DomainTable("specimen", "specimen_id", "specimen_concept_id", "specimen_date",
                             _plus_one("specimen_date"), visit=None),
+    "visit_detail": DomainTable("visit_detail", "visit_detail_id", "visit_detail_concept_id",
+                                "visit_detail_start_date", lambda t: t.c.visit_detail_end_date,
+                                "visit_detail_source_concept_id"),
+    "dose_era": DomainTable("dose_era", "dose_era_id", "drug_concept_id", "dose_era_start_date",
+                            lambda t: t.c.dose_era_end_date, visit=None),
 }
 
 #: the table column each value filter reads, per domain (the translator refuses the others)

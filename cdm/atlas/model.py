@@ -22,7 +22,7 @@ Op = Literal["lt", "lte", "eq", "!eq", "gt", "gte", "bt", "!bt"]
 Limit = Literal["first", "last", "all"]
 #: the OMOP domains a criterion reads (one table each, cdm/atlas/criteria.py)
 Domain = Literal["condition", "procedure", "drug", "measurement", "observation", "visit", "observation_period",
-                 "death", "drug_era", "condition_era", "device", "specimen"]
+                 "death", "drug_era", "condition_era", "device", "specimen", "visit_detail", "dose_era"]
 
 
 class Model(BaseModel):

@@ -23,6 +23,7 @@ DOMAIN_NAMES = {
     "Measurement": "measurement", "Observation": "observation", "VisitOccurrence": "visit",
     "ObservationPeriod": "observation_period", "Death": "death", "DrugEra": "drug_era",
     "ConditionEra": "condition_era", "DeviceExposure": "device", "Specimen": "specimen",
+    "VisitDetail": "visit_detail", "DoseEra": "dose_era",
 }
 _COMMON = {"CodesetId": "codeset", "First": "first", "OccurrenceStartDate": "start_date",
            "OccurrenceEndDate": "end_date", "Age": "age", "Gender": "gender", "CorrelatedCriteria": "correlated"}
@@ -49,6 +50,10 @@ ATTRIBUTES = {
     "ConditionEra": _ERAS,
     "DeviceExposure": {**_COMMON, **_VISIT, "DeviceSourceConcept": "source_codeset"},
     "Specimen": {**_COMMON},
+    "VisitDetail": {"CodesetId": "codeset", "VisitDetailSourceConcept": "source_codeset", "Age": "age",
+                    "Gender": "gender", "CorrelatedCriteria": "correlated"},
+    "DoseEra": {"CodesetId": "codeset", "EraStartDate": "start_date", "EraEndDate": "end_date",
+                "EraLength": "era_length", "AgeAtStart": "age", "Gender": "gender", "CorrelatedCriteria": "correlated"},
 }
 _NUMBER = {"age", "value", "range_low", "range_high", "range_low_ratio", "range_high_ratio", "era_length",
            "occurrence_count", "period_length"}
