@@ -287,7 +287,8 @@ class Circe:
         if "DateOffset" in strategy:
             d = strategy["DateOffset"]
             base = ev.start_date if d["DateField"] == "StartDate" else ev.end_date
-            shifted = base + pd.to_timedelta(d["Offset"], unit="D")
+            offset = max(-80_000, min(80_000, d["Offset"]))  # pandas dates end in 2262; the period ends first
+            shifted = base + pd.to_timedelta(offset, unit="D")
             parts.append(ev.assign(end=shifted.where(shifted <= ev.op_end_date, ev.op_end_date)))
         elif "CustomEra" in strategy:
             d = strategy["CustomEra"]

@@ -153,10 +153,10 @@ def test_the_http_api_translates_and_refuses_without_submitting(tmp_path, librar
     assert good["translated"] and good["spec"]["cohort"]["kind"] == "atlas"
     assert good["spec"]["analysis"] == {"type": "count"}
     bad = _definition(library, "3.json")
-    bad["PrimaryCriteria"]["CriteriaList"].append({"VisitDetail": {"CodesetId": 1}})
+    bad["PrimaryCriteria"]["CriteriaList"].append({"PayerPlanPeriod": {"First": True}})
     answer = api.post("/v1/atlas/translate", json={"definition": bad}).json()
     assert not answer["translated"] and answer["problems"] == [
-        {"path": "$.PrimaryCriteria.CriteriaList[1].VisitDetail", "reason": "criterion domain VisitDetail is not translated"}]
+        {"path": "$.PrimaryCriteria.CriteriaList[1].PayerPlanPeriod", "reason": "criterion domain PayerPlanPeriod is not translated"}]
     refused = api.post("/v1/atlas/jobs", json={"definition": bad})
     assert refused.status_code == 400 and "nothing was sent" in refused.text
     assert api.get("/v1/jobs").json()["jobs"] == []

@@ -25,6 +25,7 @@ from cdm.schema import tables
 from cdm.sqldates import add_days
 
 T = tables
+OFFSET_LIMIT = 1_000_000  # days (2,700 years)
 
 
 def _drug_eras(end: DrugEraEnd, sets: ConceptSets):
@@ -64,7 +65,9 @@ def cohort_rows(cohort: AtlasCohort, included, sets: ConceptSets):
     if strategy is None:
         ends.append(select(I.c.event_id, I.c.op_end_date.label("end_date")))
     elif strategy.kind == "date_offset":
-        shifted = add_days(I.c.start_date if strategy.field == "start" else I.c.end_date, strategy.offset)
+        # an offset past any observation period's end ends at it: clamped so SQLite's dates (to 9999) hold it
+        offset = max(-OFFSET_LIMIT, min(OFFSET_LIMIT, strategy.offset))
+        shifted = add_days(I.c.start_date if strategy.field == "start" else I.c.end_date, offset)
         ends.append(select(I.c.event_id, case((shifted > I.c.op_end_date, I.c.op_end_date), else_=shifted)
                            .label("end_date")))
     else:
