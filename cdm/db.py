@@ -39,6 +39,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, S
 from sqlalchemy.schema import DDLElement
 from sqlalchemy.sql.dml import UpdateBase
 
+from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.omop import V53_RENAMED, V54_ADDED, v53_columns
 from cdm.schema import OMOP_CDM_VERSION, OMOP_TABLES, SCHEMA_VERSION, SCHEMA_VERSION_KEY, metadata
 from cdm.vocabulary import install_core_concepts
@@ -46,8 +47,10 @@ from cdm.vocabulary import install_core_concepts
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
 
-class CDMError(RuntimeError):
+class CDMError(RadfedError, RuntimeError):
     """A CDM database cannot be opened, created or used as asked."""
+
+    exit_code = EXIT_USAGE
 
 
 def normalise_url(url_or_path: str | Path) -> str:

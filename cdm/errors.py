@@ -27,10 +27,26 @@ EXIT_PARTIAL = 3
 
 class RadfedError(Exception):
     """Base of every error radfed raises on purpose.  ``exit_code`` is what a CLI exits with when
-    this error ends a command; ``http_status`` is what the HTTP API answers."""
+    this error ends a command; ``http_status`` is what the HTTP API answers.  Each subclass sets the
+    two where it is declared (``EXIT_USAGE`` / 400 for bad input or configuration)."""
 
     exit_code: int = EXIT_FAILED
     http_status: int = 500
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code of a command that ``exc`` ends: the error's own, ``USAGE`` for a file that is
+    not there, ``FAILED`` for anything else."""
+    if isinstance(exc, RadfedError):
+        return exc.exit_code
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def http_status_of(exc: BaseException) -> int:
+    """The HTTP status the API answers when ``exc`` ends a call (500 for anything unexpected)."""
+    return exc.http_status if isinstance(exc, RadfedError) else 500
 
 
 class Refusal(RadfedError):
@@ -43,3 +59,7 @@ class Refusal(RadfedError):
     def __init__(self, code: str, message: str):
         self.code, self.message = code, message
         super().__init__(f"{code}: {message}")
+
+
+class RadfedWarning(UserWarning):
+    """Base of every warning radfed issues on purpose (a result that is usable but incomplete)."""

@@ -31,13 +31,17 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from cdm import spec as S
+from cdm.errors import EXIT_USAGE, RadfedError
 
 MODEL_FORMAT = "radfed.cox-model/1"
 MAX_BASELINE = 100_000
 
 
-class ModelError(ValueError):
+class ModelError(RadfedError, ValueError):
     """A published model file that cannot be used (message names the problem)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
 
 
 class Baseline(S.Model):
@@ -80,7 +84,6 @@ class PublishedCoxModel(S.Model):
     @property
     def beta(self) -> list[float]:
         return [self.coef[c] for c in self.covariates]
-
 
 
 def load_model(path: str | Path) -> PublishedCoxModel:

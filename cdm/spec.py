@@ -52,6 +52,7 @@ from pydantic import (
 )
 
 from cdm.atlas.model import AtlasCohort
+from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.vocabulary import SYSTEM_ALIASES, UnknownCode, is_system_uri, parse_reference
 
 SPEC_VERSION = 1
@@ -64,8 +65,11 @@ MAX_LIST = 200
 MAX_DAYS = 36_600  # 100 years
 
 
-class SpecError(ValueError):
+class SpecError(RadfedError, ValueError):
     """A spec that does not validate.  ``problems`` is a list of (field path, reason)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
 
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems

@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cdm.errors import RadfedError
+
 SUBJECT_PREFIX = "radfed.site"
 OFFLINE_PREFIX = "radfed.offline"     # JetStream: durable queue of requests for sites that are offline
 OFFLINE_STREAM = "RADFED_OFFLINE"
@@ -30,8 +32,10 @@ WIRE_VERSION = 1
 STATUSES = ("ok", "refused", "error")
 
 
-class WireError(ValueError):
+class WireError(RadfedError, ValueError):
     """A message is malformed, unsigned, or its signature does not verify."""
+
+    http_status = 400
 
 
 # --------------------------------------------------------------------------- subjects

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cdm import __version__
+from cdm.errors import RadfedError, http_status_of
 from coordinator.access import Access
 from coordinator.service import Coordinator, SubmitError
 
@@ -74,6 +75,12 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
     async def unexpected(_request, exc):  # never a traceback to a client
         return JSONResponse({"detail": f"coordinator error: {type(exc).__name__}"}, status_code=500)
 
+    @app.exception_handler(RadfedError)
+    async def expected(_request, exc):  # the status declared with the error (cdm/errors.py)
+        status = http_status_of(exc)
+        detail = str(exc) if status < 500 else f"coordinator error: {type(exc).__name__}"
+        return JSONResponse({"detail": detail}, status_code=status)
+
     @app.get("/v1/health")
     async def health():
         return {"status": "ok", "version": __version__,
@@ -94,7 +101,7 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
                                         body.hold_offline)
         except SubmitError as exc:
             store.audit(who["name"], "job.submit", "refused", None, str(exc))
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         store.audit(who["name"], "job.submit", "ok", job_id, (body.spec.get("analysis") or {}).get("type"))
         await coordinator.wait(job_id, body.wait)
         job = visible_job(job_id, who)

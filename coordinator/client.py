@@ -6,11 +6,15 @@ import os
 
 import httpx
 
+from cdm.errors import EXIT_USAGE, RadfedError
+
 DEFAULT_URL = "http://127.0.0.1:8750"
 
 
-class ClientError(RuntimeError):
+class ClientError(RadfedError, RuntimeError):
     """The coordinator refused the call or cannot be reached; the message says why."""
+
+    exit_code = EXIT_USAGE  # what every radfed command has exited with on it
 
 
 class Client:

@@ -1,5 +1,6 @@
 """``radfed`` command groups: operator (``coordinator ...``) and researcher (``query``, ``jobs``, ``result``,
-``sites``).  Expected failures print one ``error: ...`` line and exit 2, never a traceback."""
+``sites``).  Expected failures print one ``error: ...`` line and exit with the error's code
+(:func:`cdm.errors.exit_code_of`: 2 for bad input, configuration or an unreachable coordinator), never a traceback."""
 
 from __future__ import annotations
 
@@ -11,25 +12,26 @@ from pathlib import Path
 import click
 import yaml
 
-from cdm.errors import EXIT_PARTIAL, EXIT_USAGE
+from cdm.errors import EXIT_PARTIAL, EXIT_USAGE, RadfedError, exit_code_of
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome, HomeError
-from coordinator.natsproc import NatsServerError
 from coordinator.report import render_job, render_jobs, render_sites
 from coordinator.results import job_csv
-from coordinator.store import StoreError
 
 DEFAULT_HOME = os.environ.get("RADFED_COORDINATOR_HOME", "radfed-coordinator")
-EXPECTED = (ClientError, HomeError, StoreError, NatsServerError, FileNotFoundError)
+EXPECTED = (RadfedError, FileNotFoundError)
 
 
 class Clean(click.Group):
+    """A click group that reports radfed's errors as ``error: ...`` with each error's exit code
+    (:func:`cdm.errors.exit_code_of`), never a traceback."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EXPECTED as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exit_code_of(exc))
 
 
 def _home(path: str, must_exist: bool = True) -> CoordinatorHome:
@@ -327,7 +329,7 @@ def jobs_command(url, token, all_, limit, as_json):
         jobs = Client(url, token).jobs(all_, limit)
     except ClientError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code_of(exc))
     click.echo(json.dumps(jobs, indent=2, default=str) if as_json else render_jobs(jobs))
 
 
@@ -346,7 +348,7 @@ def result_command(job_id, url, token, wait, as_json, csv_out, plots_dir, model_
         job = Client(url, token).job(job_id, wait)
     except ClientError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code_of(exc))
     _show(job, as_json, csv_out, plots_dir)
     if model_out:  # publish the fitted model to the sites (docs/analysis-rounds.md, "Published models")
         from cdm.analyses.cox import forecast_model
@@ -370,7 +372,7 @@ def sites_command(url, token, as_json):
         sites = Client(url, token).sites()
     except ClientError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code_of(exc))
     click.echo(json.dumps(sites, indent=2) if as_json else render_sites(sites))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 import httpx
 
-from cdm.errors import EXIT_PARTIAL
+from cdm.errors import EXIT_PARTIAL, RadfedError
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome
 from coordinator.natsproc import free_coordinator_ports, wait_for_port
@@ -34,7 +34,7 @@ from coordinator.report import render_job
 BIN = Path(sys.executable).parent
 
 
-class DemoError(RuntimeError):
+class DemoError(RadfedError, RuntimeError):
     pass
 
 

@@ -13,13 +13,14 @@ import asyncio
 import uuid
 
 from cdm.analyses import KINDS
+from cdm.errors import RadfedError
 from cdm.spec import parse_spec
 from cdm.wire import make_request, spec_hash
 from coordinator import stats
 from coordinator.service import SubmitError, split_spec
 
 
-class _FirstRound(Exception):
+class _FirstRound(RadfedError):
     def __init__(self, analysis: dict):
         self.analysis = analysis
 

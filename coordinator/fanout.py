@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from cdm.errors import RadfedError
 from cdm.wire import Signer, WireError, check_response, make_request, request_subject, verify
 
 ANSWERED = ("ok", "refused", "error")
@@ -38,7 +39,7 @@ class SiteReply:
         return asdict(self)
 
 
-class QuorumError(RuntimeError):
+class QuorumError(RadfedError, RuntimeError):
     """Fewer sites answered a round than the quorum requires."""
 
     def __init__(self, message: str, replies: list[SiteReply]):

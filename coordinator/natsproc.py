@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+from cdm.errors import EXIT_USAGE, RadfedError
 
-class NatsServerError(RuntimeError):
+
+class NatsServerError(RadfedError, RuntimeError):
     """nats-server is missing, refuses its config, or does not come up."""
+
+    exit_code = EXIT_USAGE  # what every radfed command has exited with on it
 
 
 def nats_server_binary() -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cdm.errors import RadfedWarning
 from cdm.spec import SpecError, loads_spec, parse_spec
 from coordinator import client as http
 from coordinator.client import ClientError
@@ -34,7 +35,7 @@ from coordinator.results import SUPPRESSED, Table, job_csv, result_tables, sites
 __all__ = ["Client", "ClientError", "JobFailed", "PartialResult", "Result", "SpecError", "load_spec"]
 
 
-class PartialResult(UserWarning):
+class PartialResult(RadfedWarning):
     """Some site asked did not contribute (refused, timed out, offline): the result says which."""
 
 

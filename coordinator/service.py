@@ -16,6 +16,7 @@ import asyncio
 import time
 
 from cdm import __version__
+from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.spec import SpecError, parse_spec
 from cdm.wire import (
     OFFLINE_PREFIX,
@@ -37,8 +38,11 @@ REDISPATCH_GRACE = 15.0
 FEDERATION_KEYS = ("sites", "quorum", "timeout", "hold_offline")
 
 
-class SubmitError(ValueError):
+class SubmitError(RadfedError, ValueError):
     """A job cannot be accepted as submitted (bad spec, unknown site, impossible quorum)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
 
 
 def split_spec(spec: dict) -> tuple[dict, dict]:

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.schema import DDL
 
 from cdm.db import open_engine
+from cdm.errors import EXIT_USAGE, RadfedError
 
 metadata = MetaData()
 
@@ -135,12 +136,17 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class StoreError(ValueError):
+class StoreError(RadfedError, ValueError):
     """A store operation was asked for something that does not exist or already exists."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
 
 
 class AuthError(StoreError):
     """A token or console session that does not (or no longer) open the API; the message says why."""
+
+    http_status = 401
 
 
 def _add_missing_columns(engine: Engine) -> None:

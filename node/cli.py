@@ -12,12 +12,12 @@ import sys
 
 import click
 
-from cdm.db import CDMError, create_cdm, layout_of, open_engine, require_cdm, require_writable_cdm, table_counts
-from cdm.omop_csv import CsvFormatError
-from cdm.vocabulary import AthenaError, UnknownCode, Vocabulary, load_athena, load_source_to_concept_map
+from cdm.db import create_cdm, layout_of, open_engine, require_cdm, require_writable_cdm, table_counts
+from cdm.errors import RadfedError, exit_code_of
+from cdm.vocabulary import Vocabulary, load_athena, load_source_to_concept_map
 from node.agent import serve_command
 from node.approvals import approvals_group
-from node.config import ConfigError, NodeConfig, load_config
+from node.config import NodeConfig, load_config
 from node.config_cli import config_group
 from node.dicom.cli import dicom_group, features_command, ingest_dicom_command
 from node.ingest.fhir_cli import fhir_command, mapping_report_command
@@ -27,18 +27,19 @@ from node.omop.cli import attach_command, ingest_omop_command
 from node.query_cli import audit_group, query_command
 from node.synth.cli import synth_command
 
-EXPECTED_ERRORS = (CDMError, ConfigError, AthenaError, UnknownCode, CsvFormatError, FileNotFoundError)
+EXPECTED_ERRORS = (RadfedError, FileNotFoundError)
 
 
 class NodeGroup(click.Group):
-    """A click group that reports expected errors as ``error: ...`` with exit status 2."""
+    """A click group that reports radfed's errors as ``error: ...`` with each error's exit code
+    (:func:`cdm.errors.exit_code_of`), never a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EXPECTED_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exit_code_of(exc))
 
 
 @click.group(cls=NodeGroup)

@@ -15,13 +15,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.tomlkeys import unknown_or_mistyped
 
 DEFAULT_DB = "radfed-node.sqlite"
 
 
-class ConfigError(ValueError):
+class ConfigError(RadfedError, ValueError):
     """node.toml is missing, unreadable or has a wrong value."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass

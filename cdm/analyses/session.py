@@ -12,9 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cdm.errors import RadfedError
 
-class StatsError(ValueError):
+
+class StatsError(RadfedError, ValueError):
     """A multi-round analysis cannot give an exact answer (bad analysis, suppressed sums, lost site)."""
+
+    http_status = 422
 
 
 class Session:

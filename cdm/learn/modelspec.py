@@ -39,6 +39,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from cdm import spec as S
+from cdm.errors import EXIT_USAGE, RadfedError
 
 MAX_FEATURES = 200
 #: Variables per compiled query chunk (below the spec language's 60-variable cap).
@@ -164,8 +165,11 @@ class ModelSpec(S.Model):
                           sort_keys=True, separators=(",", ":"))
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(RadfedError, ValueError):
     """A model spec that does not validate; the message names each offending field."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
 
 
 def parse_model_spec(data) -> ModelSpec:

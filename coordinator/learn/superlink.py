@@ -29,6 +29,7 @@ from pathlib import Path
 
 import click
 
+from cdm.errors import RadfedError
 from cdm.learn.process import Supervised, flower_env
 
 DEFAULT_PORT = 9093
@@ -99,7 +100,7 @@ class FlowerLink:
         return answer
 
 
-class FlowerError(RuntimeError):
+class FlowerError(RadfedError, RuntimeError):
     """A Flower CLI call or process that failed; the message carries Flower's own reason."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Protocol
 
+from cdm.errors import RadfedError
 from cdm.vocabulary import ConceptMatch
 
 
@@ -28,7 +29,7 @@ class Row:
     values: dict = field(default_factory=dict)
 
 
-class Unmappable(Exception):
+class Unmappable(RadfedError):
     """A resource that cannot become CDM rows: ``code`` is stable (e.g. ``UNKNOWN_PATIENT``)."""
 
     def __init__(self, code: str, reason: str):

@@ -30,13 +30,17 @@ import shlex
 import sys
 from pathlib import Path
 
+from cdm.errors import RadfedError
+
 VERIFIED_ENV = "RADFED_FAB_VERIFIED"
 REFUSAL = "FAB_NOT_ALLOWED"
 SHIM_NAME = "flwr-clientapp"
 
 
-class FabNotAllowed(RuntimeError):
+class FabNotAllowed(RadfedError, RuntimeError):
     """The run's FAB is not one this site allows (the message names its hash)."""
+
+    http_status = 403
 
 
 def allowed_hashes(config) -> dict[str, str]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, bindparam, delete, exists, insert, select
 
 from cdm.db import refresh_statistics
+from cdm.errors import RadfedError
 from cdm.omop import V53_RENAMED
 from cdm.omop_csv import CsvFormatError, TableReader, converter, open_table, table_files
 from cdm.schema import CLINICAL_TABLES, RESULTS_TABLES, VOCABULARY_TABLES, tables
@@ -118,7 +119,7 @@ class ExportSummary(IngestSummary):
         return "\n".join(lines)
 
 
-class _Rejected(Exception):
+class _Rejected(RadfedError):
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code, self.reason = code, reason

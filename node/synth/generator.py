@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.vocabulary import vocabulary_for_uri
 from node.synth import codes as C
 from node.synth import rare
@@ -34,8 +35,10 @@ from node.synth.sites import COHORTS, Site, allocate, make_sites, write_source_t
 GENERATOR_VERSION = "1"
 
 
-class OutputNotEmpty(ValueError):
+class OutputNotEmpty(RadfedError, ValueError):
     """OUT holds data the generator did not write (it only ever replaces its own earlier output)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass
