@@ -57,7 +57,9 @@ class Refusal(RadfedError):
     http_status = 403
 
     def __init__(self, code: str, message: str):
-        self.code, self.message = code, message
+        from cdm.messages import RefusalCode  # the one list of codes: an unknown one fails here
+
+        self.code, self.message = RefusalCode(code), message
         super().__init__(f"{code}: {message}")
 
 

@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cdm.errors import RadfedError
+from cdm.messages import ReplyStatus
 
 SUBJECT_PREFIX = "radfed.site"
 OFFLINE_PREFIX = "radfed.offline"     # JetStream: durable queue of requests for sites that are offline
 OFFLINE_STREAM = "RADFED_OFFLINE"
 WIRE_VERSION = 1
-STATUSES = ("ok", "refused", "error")
+STATUSES = tuple(ReplyStatus)
 
 
 class WireError(RadfedError, ValueError):

@@ -20,9 +20,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from cdm.errors import RadfedError
+from cdm.messages import RefusalCode, ReplyStatus, SiteStatus
 from cdm.wire import Signer, WireError, check_response, make_request, request_subject, verify
 
-ANSWERED = ("ok", "refused", "error")
+ANSWERED = tuple(ReplyStatus)
 
 
 @dataclass
@@ -72,18 +73,18 @@ class Federation:
             return SiteReply(site, rid, status, code, message, result, round(1000 * (time.perf_counter() - started), 2))
 
         if key is None:
-            return reply("offline", "NOT_ENROLLED", f"site {site!r} is not enrolled at this coordinator")
+            return reply(SiteStatus.OFFLINE, RefusalCode.NOT_ENROLLED, f"site {site!r} is not enrolled at this coordinator")
         try:
             msg = await self.nc.request(request_subject(site), self.signer.seal(request), timeout=timeout)
         except NoRespondersError:
-            return reply("offline", None, "no node agent is connected for this site")
+            return reply(SiteStatus.OFFLINE, None, "no node agent is connected for this site")
         except (NatsTimeout, asyncio.TimeoutError):
-            return reply("timeout", None, f"no answer within {timeout:g} s")
+            return reply(SiteStatus.TIMEOUT, None, f"no answer within {timeout:g} s")
         try:
             response = verify(msg.data, site, key)
             check_response(response, rid, site)
         except WireError as exc:
-            return reply("bad_signature", "BAD_SIGNATURE", f"reply rejected: {exc}")
+            return reply(SiteStatus.BAD_SIGNATURE, RefusalCode.BAD_SIGNATURE, f"reply rejected: {exc}")
         message, warnings = str(response.get("message") or ""), response.get("warnings")
         if isinstance(warnings, list) and warnings:  # e.g. UNKNOWN_CODE: kept with the site's message
             message = f"{message}; warnings: {'; '.join(str(w) for w in warnings[:20])}".lstrip("; ")
@@ -147,7 +148,7 @@ class Asker:
             total = (before.elapsed_ms or 0.0) + (r.elapsed_ms or 0.0) if before else r.elapsed_ms
             self.last[r.site] = SiteReply(r.site, r.request_id, r.status, r.code, r.message, None,
                                           None if total is None else round(total, 2))
-        ok = [r for r in replies if r.status == "ok"]
+        ok = [r for r in replies if r.status == SiteStatus.OK]
         if len(ok) < max(self.quorum, 1):
             raise QuorumError(f"{len(ok)} of {len(replies)} sites answered (quorum {self.quorum}); "
                               f"missing: {describe_missing(replies)}", replies)

@@ -17,6 +17,7 @@ import time
 
 from cdm import __version__
 from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.messages import JobStatus, RefusalCode, SiteStatus
 from cdm.spec import SpecError, parse_spec
 from cdm.wire import (
     OFFLINE_PREFIX,
@@ -221,13 +222,13 @@ class Coordinator:
             _data, response = await asyncio.wait_for(future, hold)
         except asyncio.TimeoutError:
             await self._withdraw(site, seq)
-            return SiteReply(site, request_id, "offline", None, f"offline; queued request not answered within {hold:g} s")
+            return SiteReply(site, request_id, SiteStatus.OFFLINE, None, f"offline; queued request not answered within {hold:g} s")
         finally:
             self.durable_waits.pop(request_id, None)
         try:
             check_response(response, request_id, site)
         except WireError as exc:
-            return SiteReply(site, request_id, "bad_signature", "BAD_SIGNATURE", f"reply rejected: {exc}")
+            return SiteReply(site, request_id, SiteStatus.BAD_SIGNATURE, RefusalCode.BAD_SIGNATURE, f"reply rejected: {exc}")
         self.log(f"job {job['job_id'][:8]}: {site} answered its queued request")
         return SiteReply(site, request_id, response["status"], response.get("code"),
                          str(response.get("message") or ""), response.get("result"))
@@ -322,26 +323,26 @@ class Coordinator:
             else:
                 replies = await self._run_one_round(job)
                 rounds = [{"analysis": analysis.get("type"), "sites": {r.site: r.status for r in replies}}]
-                ok = {r.site: r.result or {} for r in replies if r.status == "ok"}
+                ok = {r.site: r.result or {} for r in replies if r.status == SiteStatus.OK}
                 pooled = aggregate.pool(analysis, ok) if len(ok) >= job["quorum"] else None
-            ok_sites = [r.site for r in replies if r.status == "ok"]
+            ok_sites = [r.site for r in replies if r.status == SiteStatus.OK]
             if len(ok_sites) < job["quorum"]:
-                status = "failed"
+                status = JobStatus.FAILED
                 message = (f"{len(ok_sites)} of {len(sites)} sites answered, quorum is {job['quorum']}; "
                            f"missing: {describe_missing(replies)}")
             elif len(ok_sites) < len(sites):
-                status = "partial"
+                status = JobStatus.PARTIAL
                 message = f"partial: {len(ok_sites)} of {len(sites)} sites answered; missing: {describe_missing(replies)}"
             else:
-                status, message = "done", f"all {len(sites)} sites answered"
-            if status != "failed" and pooled is None and analysis.get("type") not in aggregate.POOLED_TYPES:
+                status, message = JobStatus.DONE, f"all {len(sites)} sites answered"
+            if status != JobStatus.FAILED and pooled is None and analysis.get("type") not in aggregate.POOLED_TYPES:
                 message += f"; no coordinator-side pooling for {analysis.get('type')!r}: per-site results only"
         except (QuorumError, stats.StatsError) as exc:  # too few sites, or no exact answer from their sums
-            pooled, rounds, status, message = None, [], "failed", str(exc)
+            pooled, rounds, status, message = None, [], JobStatus.FAILED, str(exc)
         except asyncio.CancelledError:
             raise  # shutting down: the job stays running and is re-dispatched on the next start
         except Exception as exc:  # a pooling bug must not leave the job hanging
-            pooled, rounds, status, message = None, [], "failed", f"coordinator error: {type(exc).__name__}: {exc}"
+            pooled, rounds, status, message = None, [], JobStatus.FAILED, f"coordinator error: {type(exc).__name__}: {exc}"
         provenance = {
             "coordinator_version": __version__, "spec_hash": job["spec_hash"], "requester": researcher,
             "sites_asked": sites, "quorum": job["quorum"], "timeout": job["timeout"], "rounds": rounds,
@@ -364,7 +365,7 @@ class Coordinator:
         replies = await self.federation.round(job["sites"], job["spec"], job["researcher"], job["job_id"],
                                               job["timeout"], on_reply=record, request_ids=request_ids)
         hold = float(job.get("hold_offline") or 0.0)
-        offline = [r for r in replies if r.status == "offline" and r.code != "NOT_ENROLLED"]
+        offline = [r for r in replies if r.status == SiteStatus.OFFLINE and r.code != RefusalCode.NOT_ENROLLED]
         if hold > 0 and offline:
             # durable delivery: the job stays running (and survives a restart) until each offline
             # site's next verified heartbeat, then that site gets the same request again
@@ -388,7 +389,7 @@ class Coordinator:
         try:
             await asyncio.wait_for(event.wait(), hold)
         except asyncio.TimeoutError:
-            return SiteReply(reply.site, request_id, "offline", None, f"offline, and did not return within {hold:g} s")
+            return SiteReply(reply.site, request_id, SiteStatus.OFFLINE, None, f"offline, and did not return within {hold:g} s")
         self.log(f"job {job['job_id'][:8]}: {reply.site} is back, delivering its request")
         request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
         return await self.federation.ask_site(reply.site, request, self.store.public_keys().get(reply.site),

@@ -42,6 +42,8 @@ from sqlalchemy.schema import DDL
 
 from cdm.db import open_engine
 from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.messages import FINISHED as FINISHED_JOBS
+from cdm.messages import JobStatus
 
 metadata = MetaData()
 
@@ -122,7 +124,7 @@ job_sites = Table(
 )
 
 ROLES = ("researcher", "admin")
-FINISHED = ("done", "partial", "failed")
+FINISHED = tuple(str(s) for s in FINISHED_JOBS)
 GENESIS = "0" * 64
 #: Columns added after a table was first released: created on an older store when it is opened.
 ADDED_COLUMNS = ((researchers, "expires_at"),)
@@ -344,7 +346,7 @@ class Store:
         job_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(insert(jobs).values(job_id=job_id, researcher=researcher, spec=spec, spec_hash=spec_hash,
-                                             status="queued", sites=site_names, quorum=quorum, timeout=timeout,
+                                             status=JobStatus.QUEUED.value, sites=site_names, quorum=quorum, timeout=timeout,
                                              hold_offline=hold_offline,
                                              created_at=utcnow()))
         return job_id
@@ -357,7 +359,7 @@ class Store:
                 conn.execute(insert(job_sites), [
                     {"job_id": job_id, "site": site, "request_id": rid, "status": "pending"}
                     for site, rid in requests.items()])
-            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(status="running"))
+            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(status=JobStatus.RUNNING.value))
 
     def record_site(self, job_id: str, site: str, status: str, code: str | None, message: str | None,
                     result, elapsed_ms: float | None) -> None:
@@ -391,6 +393,6 @@ class Store:
 
     def unfinished_jobs(self) -> list[str]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.job_id).where(jobs.c.status.in_(("queued", "running")))
+            rows = conn.execute(select(jobs.c.job_id).where(jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
                                 .order_by(jobs.c.created_at))
             return [r[0] for r in rows]

@@ -18,10 +18,11 @@ from cdm import spec as S
 from cdm.analyses import SiteData, site_kind
 from cdm.compiler import Resolver, fetch_rows, resolve_variables, tune_for_queries
 from cdm.compiler import frame as cohort_frame
+from cdm.messages import RefusalCode, ReplyStatus
+from cdm.vocabulary import UnknownCode
 from node import approvals, noise, state
 from node.audit import AuditLog
 from node.config import ConfigError
-from cdm.vocabulary import UnknownCode
 from node.policy import Policy, Refusal, recoverable_cells
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def run_request(engine, config, request: dict) -> dict:
     -> analyse -> linked-release audit + differencing -> noise + budget charge -> release
     (docs/node-policy.md)."""
     request = request if isinstance(request, dict) else {}
-    response = {"request_id": request.get("request_id"), "site": _site(config), "status": "ok",
+    response = {"request_id": request.get("request_id"), "site": _site(config), "status": ReplyStatus.OK,
                 "code": None, "message": "", "result": None, "warnings": []}
     spec, rows, requester = None, [], str(request.get("requester"))
     try:
@@ -82,14 +83,14 @@ def run_request(engine, config, request: dict) -> dict:
         response["result"] = result
         response["message"] = "released"
     except S.SpecError as exc:
-        response.update(status="refused", code="BAD_SPEC", message=str(exc)[:2000])
+        response.update(status=ReplyStatus.REFUSED, code=RefusalCode.BAD_SPEC, message=str(exc)[:2000])
     except Refusal as exc:
-        response.update(status="refused", code=exc.code, message=exc.message)
+        response.update(status=ReplyStatus.REFUSED, code=exc.code, message=exc.message)
     except ConfigError as exc:  # the site's node.toml, not the request, is wrong: say so, release nothing
-        response.update(status="error", code="INTERNAL", message=f"this node's configuration is invalid: {exc}")
+        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message=f"this node's configuration is invalid: {exc}")
     except Exception:  # noqa: BLE001 - a node never leaks a traceback
         log.exception("request %s failed", response["request_id"])
-        response.update(status="error", code="INTERNAL", message="internal error at the node (see the site log)")
+        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message="internal error at the node (see the site log)")
     _audit(config, request, response, spec, len(rows))
     return response
 

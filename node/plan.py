@@ -17,6 +17,7 @@ import logging
 
 from cdm import spec as S
 from cdm.compiler import compile_spec
+from cdm.messages import RefusalCode, ReplyStatus
 from cdm.wire import make_response
 from node import noise
 from node.audit import AuditLog
@@ -50,7 +51,7 @@ def _sql(frame, dialect) -> tuple[str, dict]:
 def plan_request(engine, config, request: dict) -> dict:
     """The dry-run response: ``result`` = {analysis, allowed, refusal, approval, sql, parameters, ...}."""
     site = config.site_name if config is not None else "local"
-    response = make_response(request, site, "ok", None, "dry run: nothing was run or released")
+    response = make_response(request, site, ReplyStatus.OK, None, "dry run: nothing was run or released")
     spec = None
     try:
         spec = S.parse_spec(request.get("plan"))
@@ -76,12 +77,12 @@ def plan_request(engine, config, request: dict) -> dict:
         if refusal is not None:
             response["message"] = f"dry run: this site would refuse ({refusal['code']}: {refusal['message']})"
     except S.SpecError as exc:
-        response.update(status="refused", code="BAD_SPEC", message=str(exc)[:2000])
+        response.update(status=ReplyStatus.REFUSED, code=RefusalCode.BAD_SPEC, message=str(exc)[:2000])
     except ConfigError as exc:
-        response.update(status="error", code="INTERNAL", message=f"this node's configuration is invalid: {exc}")
+        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message=f"this node's configuration is invalid: {exc}")
     except Exception:  # noqa: BLE001 - a node never leaks a traceback
         log.exception("dry run %s failed", response["request_id"])
-        response.update(status="error", code="INTERNAL", message="internal error at the node (see the site log)")
+        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message="internal error at the node (see the site log)")
     if config is not None:
         try:
             AuditLog.for_config(config).append(

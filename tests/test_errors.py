@@ -40,7 +40,7 @@ def test_exit_codes_and_statuses_come_from_the_error():
     assert exit_code_of(SpecError([("", "bad")])) == EXIT_USAGE and http_status_of(SpecError([("", "bad")])) == 400
     assert exit_code_of(ConfigError("x")) == EXIT_USAGE
     assert http_status_of(SubmitError("x")) == 400 and http_status_of(AuthError("x")) == 401
-    assert exit_code_of(Refusal("MIN_CELL", "small")) == EXIT_PARTIAL and http_status_of(Refusal("A", "b")) == 403
+    assert exit_code_of(Refusal("MIN_CELL", "small")) == EXIT_PARTIAL and http_status_of(Refusal("NOT_ALLOWED", "b")) == 403
     assert exit_code_of(FileNotFoundError("x")) == EXIT_USAGE
     assert exit_code_of(KeyError("x")) == EXIT_FAILED and http_status_of(KeyError("x")) == 500
     with pytest.raises(ValueError):  # the builtin bases are kept: existing `except ValueError` still catch
