@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import expit, ndtr
 
 TIES = ("breslow", "efron")
 
@@ -324,6 +323,8 @@ def glm_binomial(y, X, beta, weights=None) -> dict:
         raise ValueError("binomial outcome must be 0 or 1")
     beta = _vector(beta, "beta", X.shape[1])
     eta = X @ beta
+    from scipy.special import expit  # lazily: scipy.special costs ~0.1 s, paid only by a model round
+
     mu = expit(eta)
     loglik = float(np.sum(w * (y * eta - np.logaddexp(0.0, eta))))
     gradient = X.T @ (w * (y - mu))
@@ -349,6 +350,8 @@ def habitat_weight(distance_to_border_mm, registration_error_mm) -> np.ndarray:
     ``d < 0`` outside).  Only the displacement normal to the plane matters, so
     ``P = Phi(d / sigma)``.  ``sigma = 0`` means exact registration (1 inside, 0 outside, 0.5 on it).
     """
+    from scipy.special import ndtr  # lazily, as expit above
+
     d = _vector(distance_to_border_mm, "distance_to_border_mm")
     sigma = np.broadcast_to(np.asarray(registration_error_mm, dtype=float), d.shape)
     if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):

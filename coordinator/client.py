@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import httpx
-
 from cdm.errors import EXIT_USAGE, RadfedError
 
 DEFAULT_URL = "http://127.0.0.1:8750"
@@ -21,10 +19,14 @@ class Client:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 660.0):
         self.url = (url or os.environ.get("RADFED_URL") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("RADFED_TOKEN")
+        import httpx  # here, not at the top: `radfed --help` and the operator's commands never pay for it
+
         self.http = httpx.Client(base_url=self.url, timeout=timeout,
                                  headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import click
-import httpx
 
 from cdm.errors import EXIT_PARTIAL, RadfedError
 from coordinator.client import Client, ClientError
@@ -127,6 +126,8 @@ class Demo:
         log.close()
 
     def _wait(self, ready, what: str, timeout: float = 60.0) -> None:
+        import httpx  # the demo only: `radfed --help` does not pay for the HTTP client
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

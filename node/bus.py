@@ -23,8 +23,6 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
-
 from cdm.wire import WireError, load_private_key, load_public_key, valid_site_name
 from node.config import ConfigError, NodeConfig
 
@@ -108,6 +106,8 @@ async def connect(url: str, user: str | None, password: str | None, name: str, t
     async def _errors(exc):  # nats-py reports asynchronous server errors here
         if error_cb is not None:
             await error_cb(exc)
+
+    import nats  # here, not at the top: only `serve` pays for the NATS client (issue 15.7)
 
     # A few attempts at first (a wrong password or an unreachable server is an error to report now),
     # then reconnect forever once the site is known to be accepted.

@@ -43,7 +43,6 @@ from cdm.analyses.kind import Kind, enough_rows, not_small
 from cdm.analyses.newton import maximise
 from cdm.analyses.session import Session, StatsError, array, need
 from cdm.errors import Refusal
-from cdm.round_frames import compile_intervals
 from cdm.rounds import cox_from_sums
 
 CONCORDANCE_NOTE = ("Harrell's C needs every pair of persons; across sites it is not computable from released "
@@ -225,6 +224,8 @@ def _pooled_problems(start, stop, event, min_cell: int) -> int:
 
 def site(spec: S.Spec, data, policy) -> dict:
     """``cox_round``: this site's stratum sums, or its risk-set sums (pooled mode), at ``beta``."""
+    from cdm.round_frames import compile_intervals  # the node's half only: the coordinator never compiles SQL
+
     a = spec.analysis
     survival, iv = compile_intervals(spec, a.time, list(a.covariates), data.engine, data.site)
     persons = int(np.unique(iv.person_id).size)

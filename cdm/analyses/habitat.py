@@ -22,7 +22,6 @@ from cdm import spec as S
 from cdm.analyses.glm import fit_logistic
 from cdm.analyses.kind import Kind, enough_rows, outcome_classes
 from cdm.analyses.session import Session
-from cdm.round_frames import biopsy_frame
 
 
 def run(analysis, session: Session) -> dict:
@@ -42,6 +41,8 @@ def run(analysis, session: Session) -> dict:
 
 def site(spec: S.Spec, data, policy) -> dict:
     """``habitat_round``: this site's weighted logistic sums at ``beta`` over its located biopsies."""
+    from cdm.round_frames import biopsy_frame  # the node's half only: the coordinator never compiles SQL
+
     a = spec.analysis
     biopsies = biopsy_frame(spec, data.engine, a.gene, a.variant_type)
     labelled = np.array([h in a.habitats for h in biopsies.habitat], dtype=bool)

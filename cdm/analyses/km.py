@@ -36,7 +36,6 @@ from cdm import spec as S
 from cdm.analyses.inference import Z95
 from cdm.analyses.kind import Kind
 from cdm.analyses.session import Session, StatsError, array
-from cdm.round_frames import compile_survival
 
 KEYS = ("at_risk", "events", "censored")
 
@@ -219,6 +218,8 @@ def hide_groups(sizes: dict, hidden: set, min_cell: int) -> set:
 
 def site(spec: S.Spec, data, policy) -> dict:
     """``km_round``: per group and bin of the shared grid, at risk / events / censored, coarsened."""
+    from cdm.round_frames import compile_survival  # the node's half only: the coordinator never compiles SQL
+
     a = spec.analysis
     survival = compile_survival(spec, a.time, [a.group] if a.group else [], data.engine, data.site)
     keep = np.ones(survival.time.size, dtype=bool)
