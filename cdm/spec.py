@@ -658,11 +658,43 @@ Beta = Annotated[list[Number], Field(max_length=101)]
 Edges = Annotated[list[Number], Field(min_length=2, max_length=1001)]
 
 
-class CountAnalysis(Model):
+class _Analysis(Model):
+    """What every analysis model shares: how it checks the variables it names against the spec's.
+
+    ``numeric``: every variable it names must be numeric (models, moments, quantiles, bins)."""
+
+    numeric: ClassVar[bool] = False
+
+    def variable_problems(self, variables: dict, categorical: set) -> list[str]:
+        """What is wrong with the variables this analysis names (they exist: checked before)."""
+        if not self.numeric:
+            return []
+        return [f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable"
+                for where, name in analysis_variables(self) if name in categorical]
+
+
+def _group_problems(analysis, variables: dict, categorical: set) -> list[str]:
+    """A KM ``group`` must be categorical or 0/1."""
+    if analysis.group and analysis.group not in categorical and not _binary(variables[analysis.group]):
+        return [f"analysis.group: {analysis.group!r} must be categorical or 0/1 (cut a numeric "
+                "variable into groups: {kind: groups, of: {...}, cuts: [...]})"]
+    return []
+
+
+def _time_varying_problems(analysis, variables: dict, categorical: set) -> list[str]:
+    """Numeric covariates, and time-varying ones only when the Cox model says ``time_varying``."""
+    problems = _Analysis.variable_problems(analysis, variables, categorical)
+    tv = [n for n in analysis.covariates if variables[n].time_varying]
+    if tv and not analysis.time_varying:
+        problems.append(f"analysis.time_varying: covariates {tv} are time-varying; set time_varying: true")
+    return problems
+
+
+class CountAnalysis(_Analysis):
     type: Literal["count"] = "count"
 
 
-class CrosstabAnalysis(Model):
+class CrosstabAnalysis(_Analysis):
     type: Literal["crosstab"] = "crosstab"
     by: Annotated[list[Name], Field(min_length=1, max_length=6)]
     bins: dict[Name, Edges] = {}
@@ -673,20 +705,35 @@ class CrosstabAnalysis(Model):
             _increasing(edges, f"bins.{name}")
         return self
 
+    def variable_problems(self, variables: dict, categorical: set) -> list[str]:
+        problems = []
+        for name in self.bins:
+            if name not in self.by:
+                problems.append(f"analysis.bins.{name}: not one of by")
+            elif name in categorical:
+                problems.append(f"analysis.bins.{name}: {name!r} is categorical, bins are for numeric variables")
+        for i, name in enumerate(self.by):
+            if name not in categorical and name not in self.bins and not _binary(variables[name]):
+                problems.append(f"analysis.by[{i}]: numeric variable {name!r} needs bins")
+        return problems
 
-class SummaryAnalysis(Model):
+
+class SummaryAnalysis(_Analysis):
     type: Literal["summary"] = "summary"
+    numeric: ClassVar[bool] = True
     variables: Vars
 
 
-class QuantileRound(Model):
+class QuantileRound(_Analysis):
     type: Literal["quantile_round"] = "quantile_round"
+    numeric: ClassVar[bool] = True
     variable: Name
     thresholds: Annotated[list[Number], Field(min_length=1, max_length=200)]
 
 
-class HistogramAnalysis(Model):
+class HistogramAnalysis(_Analysis):
     type: Literal["histogram"] = "histogram"
+    numeric: ClassVar[bool] = True
     variable: Name
     edges: Edges
 
@@ -696,20 +743,24 @@ class HistogramAnalysis(Model):
         return self
 
 
-class CrossprodAnalysis(Model):
+class CrossprodAnalysis(_Analysis):
     type: Literal["crossprod"] = "crossprod"
+    numeric: ClassVar[bool] = True
     variables: Vars
 
 
-class KMRound(Model):
+class KMRound(_Analysis):
     type: Literal["km_round"] = "km_round"
+    variable_problems = _group_problems
     time: SurvivalTime
     group: Name | None = None
     bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxRound(Model):
+class CoxRound(_Analysis):
     type: Literal["cox_round"] = "cox_round"
+    numeric: ClassVar[bool] = True
+    variable_problems = _time_varying_problems
     time: SurvivalTime
     covariates: Vars
     beta: Beta
@@ -724,8 +775,9 @@ class CoxRound(Model):
         return self
 
 
-class GLMRound(Model):
+class GLMRound(_Analysis):
     type: Literal["glm_round"] = "glm_round"
+    numeric: ClassVar[bool] = True
     family: Literal["binomial", "gaussian"]
     outcome: Name
     covariates: Vars
@@ -744,7 +796,7 @@ class GLMRound(Model):
 Probability = Annotated[float, Field(gt=0, lt=1)]
 
 
-class ConcordanceRound(Model):
+class ConcordanceRound(_Analysis):
     """Agreement of two progression calls per cohort member, and where Bayes' rule puts them.
 
     ``imaging`` and ``ctdna`` name 0/1 variables: progression by imaging and by ctDNA at the
@@ -771,8 +823,13 @@ class ConcordanceRound(Model):
             raise ValueError("band must be [lo, hi] with lo < hi")
         return self
 
+    def variable_problems(self, variables: dict, categorical: set) -> list[str]:
+        return [f"analysis.{where}: {getattr(self, where)!r} must be a 0/1 variable "
+                "(episode, condition list, variant presence or ctdna detected)"
+                for where in ("imaging", "ctdna") if not _binary(variables[getattr(self, where)])]
 
-class HabitatRound(Model):
+
+class HabitatRound(_Analysis):
     """One Newton round of a weighted logistic model over the cohort's spatially located biopsies:
     outcome = the biopsy's specimen carries a variant of ``gene`` / ``variant_type``; design =
     intercept + one 0/1 column per habitat in ``habitats[1:]`` (``habitats[0]`` is the reference);
@@ -806,20 +863,23 @@ MaxIter = Annotated[int, Field(ge=1, le=200)]
 Tolerance = Annotated[float, Field(gt=0, le=1e-3)]
 
 
-class KMAnalysis(Model):
+class KMAnalysis(_Analysis):
     """Kaplan-Meier curves (by ``group``) and the log-rank test on a shared ``bin_days`` time grid."""
 
     type: Literal["km"] = "km"
+    variable_problems = _group_problems
     time: SurvivalTime
     group: Name | None = None
     bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxAnalysis(Model):
+class CoxAnalysis(_Analysis):
     """Cox proportional hazards by Newton-Raphson: ``stratified`` (each site a stratum, sites share
     score and information) or ``pooled`` (one baseline; sites share per-time risk-set sums)."""
 
     type: Literal["cox"] = "cox"
+    numeric: ClassVar[bool] = True
+    variable_problems = _time_varying_problems
     time: SurvivalTime
     covariates: Vars
     ties: Literal["breslow", "efron"] = "efron"
@@ -829,10 +889,11 @@ class CoxAnalysis(Model):
     tol: Tolerance = 1e-9
 
 
-class GLMAnalysis(Model):
+class GLMAnalysis(_Analysis):
     """Logistic (Newton rounds) or linear (normal equations, one round) regression, optionally weighted."""
 
     type: Literal["glm"] = "glm"
+    numeric: ClassVar[bool] = True
     family: Literal["binomial", "gaussian"]
     outcome: Name
     covariates: Vars
@@ -841,23 +902,25 @@ class GLMAnalysis(Model):
     tol: Tolerance = 1e-9
 
 
-class QuantileAnalysis(Model):
+class QuantileAnalysis(_Analysis):
     """Exact pooled quantiles (numpy's default linear interpolation) by bisection on counts."""
 
     type: Literal["quantile"] = "quantile"
+    numeric: ClassVar[bool] = True
     variable: Name
     probs: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=20)] = [0.5]
     max_rounds: Annotated[int, Field(ge=1, le=100)] = 40
 
 
-class CorrelationAnalysis(Model):
+class CorrelationAnalysis(_Analysis):
     """Pooled means, covariance and Pearson correlation matrix from one ``crossprod`` round."""
 
     type: Literal["correlation"] = "correlation"
+    numeric: ClassVar[bool] = True
     variables: Annotated[list[Name], Field(min_length=2, max_length=50)]
 
 
-class HabitatAnalysis(Model):
+class HabitatAnalysis(_Analysis):
     """Habitat-genomics association: weighted logistic regression over ``habitat_round`` rounds."""
 
     type: Literal["habitat"] = "habitat"
@@ -945,35 +1008,7 @@ class Spec(Model):
         if problems:
             raise ValueError("; ".join(problems))
         categorical = {n for n, v in self.variables.items() if v.categorical}
-        numeric_only: list[tuple[str, str]] = []
-        if isinstance(analysis, CrosstabAnalysis):
-            for name in analysis.bins:
-                if name not in analysis.by:
-                    problems.append(f"analysis.bins.{name}: not one of by")
-                elif name in categorical:
-                    problems.append(f"analysis.bins.{name}: {name!r} is categorical, bins are for numeric variables")
-            for i, name in enumerate(analysis.by):
-                if name not in categorical and name not in analysis.bins and not _binary(self.variables[name]):
-                    problems.append(f"analysis.by[{i}]: numeric variable {name!r} needs bins")
-        elif isinstance(analysis, (CoxRound, GLMRound, SummaryAnalysis, CrossprodAnalysis, QuantileRound, HistogramAnalysis,
-                                   CoxAnalysis, GLMAnalysis, QuantileAnalysis, CorrelationAnalysis)):
-            numeric_only = [(w, n) for w, n in analysis_variables(analysis)]
-        elif isinstance(analysis, ConcordanceRound):
-            for where in ("imaging", "ctdna"):
-                if not _binary(self.variables[getattr(analysis, where)]):
-                    problems.append(f"analysis.{where}: {getattr(analysis, where)!r} must be a 0/1 variable "
-                                    "(episode, condition list, variant presence or ctdna detected)")
-        elif isinstance(analysis, (KMRound, KMAnalysis)) and analysis.group and analysis.group not in categorical:
-            if not _binary(self.variables[analysis.group]):
-                problems.append(f"analysis.group: {analysis.group!r} must be categorical or 0/1 (cut a numeric "
-                                "variable into groups: {kind: groups, of: {...}, cuts: [...]})")
-        for where, name in numeric_only:
-            if name in categorical:
-                problems.append(f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable")
-        if isinstance(analysis, (CoxRound, CoxAnalysis)):
-            tv = [n for n in analysis.covariates if self.variables[n].time_varying]
-            if tv and not analysis.time_varying:
-                problems.append(f"analysis.time_varying: covariates {tv} are time-varying; set time_varying: true")
+        problems += analysis.variable_problems(self.variables, categorical)
         for where, criterion in _criteria(self.cohort):
             if criterion.kind != "group":
                 continue
