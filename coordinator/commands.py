@@ -276,6 +276,8 @@ def atlas_check(folder, as_json):
     from cdm.atlas.check import check_folder
 
     coverage = check_folder(folder)
+    if not coverage.total:
+        raise click.UsageError(f"no *.json definitions under {folder} (unpack an archive of them first)")
     if as_json:
         click.echo(json.dumps({"total": coverage.total, "translated": coverage.translated,
                                "refused": {k: [{"path": p, "reason": r} for p, r in v]

@@ -114,6 +114,9 @@ def test_the_library_translates_and_the_rest_is_refused_with_paths(coverage, lib
     result = CliRunner().invoke(radfed, ["atlas", "check", str(library)])
     assert result.exit_code == 3 and f"{len(coverage.translated):,} of 1,100 definitions translate" in result.output
     assert all(reason in result.output for reason in grouped)
+    (library.parent / "none").mkdir(exist_ok=True)
+    empty = CliRunner().invoke(radfed, ["atlas", "check", str(library.parent / "none")])
+    assert empty.exit_code == 2 and "no *.json definitions" in empty.output
 
 
 def test_an_untranslatable_definition_is_refused_before_anything_runs(library, tmp_path, sqlite_cdm):
