@@ -61,6 +61,10 @@ class RefusalCode(StrEnum):
     MIN_CELL = "MIN_CELL"                  #: a count below the site's minimum cell count
     MIN_ROWS = "MIN_ROWS"                  #: too few rows for a model's parameters
     DIFFERENCING = "DIFFERENCING"          #: with earlier releases it would disclose a small set of persons
+    AUDIT_FULL = "AUDIT_FULL"              #: the site-wide release auditor's history is full (node/disclosure)
+    MISDIRECTED = "MISDIRECTED"            #: a signed request for another site (node/disclosure/requests.py)
+    STALE = "STALE"                        #: a request out of its validity, or without nonce or times
+    REPLAYED = "REPLAYED"                  #: a request whose nonce this site has already seen
     INTERNAL = "INTERNAL"                  #: the site failed (status error)
     NOT_ENROLLED = "NOT_ENROLLED"          #: the coordinator does not know the site (status offline)
     BAD_SIGNATURE = "BAD_SIGNATURE"        #: the reply did not verify (status bad_signature)

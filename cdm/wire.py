@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,13 +95,63 @@ def loads(data: bytes):
 # --------------------------------------------------------------------------- records
 
 
-def make_request(spec: dict, requester: str, job_id: str | None = None, request_id: str | None = None) -> dict:
+#: How long a request stays valid when nobody says otherwise: a live request is answered in seconds;
+#: one queued for an offline site is given the time it is held (coordinator/service.py).
+REQUEST_TTL_SECONDS = 600.0
+#: Clocks of coordinator and site may differ by this much before a request counts as stale or early.
+CLOCK_SKEW_SECONDS = 120.0
+#: The longest validity a site accepts: it keeps every nonce until its request expires, so this bounds
+#: the nonce store (node/disclosure/requests.py) as well as how long captured bytes stay usable.
+MAX_REQUEST_LIFETIME_SECONDS = 7 * 24 * 3600.0
+
+
+def make_request(spec: dict, requester: str, job_id: str | None = None, request_id: str | None = None, *,
+                 site: str | None = None, ttl: float = REQUEST_TTL_SECONDS, now: float | None = None) -> dict:
+    """A request record for ``site``: the signature (:meth:`Signer.seal`) covers the target site, the
+    issue and expiry times and a random nonce, so captured bytes cannot run at another site, after
+    their expiry, or a second time (:func:`check_fresh`, and the node's nonce store)."""
+    issued = time.time() if now is None else now
+    ttl = min(ttl, MAX_REQUEST_LIFETIME_SECONDS)
     return {
         "request_id": request_id or str(uuid.uuid4()),
         "job_id": job_id or str(uuid.uuid4()),
         "requester": requester,
+        "site": site,
+        "issued_at": round(issued, 3),
+        "expires_at": round(issued + ttl, 3),
+        "nonce": secrets.token_hex(16),
         "spec": spec,
     }
+
+
+class StaleRequest(WireError):
+    """A verified request that must still not run here: ``code`` is MISDIRECTED, STALE or REPLAYED."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def check_fresh(request: dict, site: str, now: float | None = None) -> None:
+    """Raise :class:`StaleRequest` unless ``request`` names ``site``, carries a nonce, and is valid now
+    (issued no later than now + skew, expiring no earlier than now - skew, lifetime at most
+    :data:`MAX_REQUEST_LIFETIME_SECONDS`).  Replays within the validity are the node's nonce store's."""
+    now = time.time() if now is None else now
+    target = request.get("site")
+    if target != site:
+        raise StaleRequest("MISDIRECTED", f"request is addressed to site {target!r}, not to {site!r}")
+    nonce, issued, expires = request.get("nonce"), request.get("issued_at"), request.get("expires_at")
+    if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
+        raise StaleRequest("STALE", "request carries no nonce")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (issued, expires)):
+        raise StaleRequest("STALE", "request carries no issue or expiry time")
+    if expires - issued > MAX_REQUEST_LIFETIME_SECONDS or expires < issued:
+        raise StaleRequest("STALE", f"request claims a validity of {expires - issued:.0f} s "
+                                    f"(at most {MAX_REQUEST_LIFETIME_SECONDS:.0f} s accepted)")
+    if issued > now + CLOCK_SKEW_SECONDS:
+        raise StaleRequest("STALE", f"request is issued {issued - now:.0f} s in the future (clock skew?)")
+    if expires < now - CLOCK_SKEW_SECONDS:
+        raise StaleRequest("STALE", f"request expired {now - expires:.0f} s ago")
 
 
 def make_response(request: dict, site: str, status: str, code: str | None = None, message: str = "",

@@ -15,7 +15,7 @@ import uuid
 from cdm.analyses import KINDS
 from cdm.errors import RadfedError
 from cdm.spec import parse_spec
-from cdm.wire import make_request, spec_hash
+from cdm.wire import CLOCK_SKEW_SECONDS, make_request, spec_hash
 from coordinator import stats
 from coordinator.service import SubmitError, split_spec
 
@@ -54,7 +54,8 @@ async def dry_run(coordinator, researcher: str, spec: dict, sites: list[str] | N
     online = {s["site"]: s for s in coordinator.sites_view()}
 
     async def ask(site: str):
-        request = {k: v for k, v in make_request(first, researcher, "dry-run-" + str(uuid.uuid4())).items() if k != "spec"}
+        request = {k: v for k, v in make_request(first, researcher, "dry-run-" + str(uuid.uuid4()), site=site,
+                                                      ttl=timeout + CLOCK_SKEW_SECONDS).items() if k != "spec"}
         request["plan"] = first
         return await coordinator.federation.ask_site(site, request, keys.get(site), timeout)
 

@@ -21,7 +21,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from cdm.errors import RadfedError
 from cdm.messages import RefusalCode, ReplyStatus, SiteStatus
-from cdm.wire import Signer, WireError, check_response, make_request, request_subject, verify
+from cdm.wire import CLOCK_SKEW_SECONDS, Signer, WireError, check_response, make_request, request_subject, verify
 
 ANSWERED = tuple(ReplyStatus)
 
@@ -97,7 +97,8 @@ class Federation:
         keys = self.public_keys()
 
         async def one(site: str) -> SiteReply:
-            request = make_request(spec, requester, job_id, (request_ids or {}).get(site))
+            request = make_request(spec, requester, job_id, (request_ids or {}).get(site), site=site,
+                                   ttl=timeout + CLOCK_SKEW_SECONDS)
             result = await self.ask_site(site, request, keys.get(site), timeout)
             if on_reply is not None:
                 maybe = on_reply(result)

@@ -209,9 +209,11 @@ class Coordinator:
             future.set_result((msg.data, response))
 
     async def _durable_reply(self, job: dict, site: str, request_id: str, hold: float) -> SiteReply:
-        from cdm.wire import check_response, make_request
+        from cdm.wire import CLOCK_SKEW_SECONDS, check_response, make_request
 
-        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
+        # valid while it may wait in the queue, and then be answered (the site refuses it after that)
+        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id, site=site,
+                               ttl=hold + job["timeout"] + CLOCK_SKEW_SECONDS)
         future = asyncio.get_running_loop().create_future()
         self.durable_waits[request_id] = future
         seq = None
@@ -377,7 +379,7 @@ class Coordinator:
         return replies
 
     async def _when_back(self, job: dict, reply: SiteReply, request_id: str, hold: float) -> SiteReply:
-        from cdm.wire import make_request
+        from cdm.wire import CLOCK_SKEW_SECONDS, make_request
 
         if self.js is not None:
             return await self._durable_reply(job, reply.site, request_id, hold)
@@ -391,7 +393,8 @@ class Coordinator:
         except asyncio.TimeoutError:
             return SiteReply(reply.site, request_id, SiteStatus.OFFLINE, None, f"offline, and did not return within {hold:g} s")
         self.log(f"job {job['job_id'][:8]}: {reply.site} is back, delivering its request")
-        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id)
+        request = make_request(job["spec"], job["researcher"], job["job_id"], request_id, site=reply.site,
+                               ttl=job["timeout"] + CLOCK_SKEW_SECONDS)
         return await self.federation.ask_site(reply.site, request, self.store.public_keys().get(reply.site),
                                               job["timeout"])
 

@@ -68,10 +68,12 @@ class Agent:
     """One site's connection to the bus."""
 
     def __init__(self, settings: BusSettings, execute: Execute, quiet: bool = False,
-                 describe: Callable[[], dict] | None = None):
+                 describe: Callable[[], dict] | None = None, gate: Callable[[dict], dict | None] | None = None):
         self.settings = settings
         self.site = settings.site
         self.execute = execute
+        # freshness of verified requests: target site, expiry, nonce (node/disclosure/requests.py)
+        self.gate = gate
         self.describe = describe  # what the heartbeat says about the site's policy (node/plan.py)
         self.signer = Signer(settings.site, settings.signer_key())
         self.coordinator_key = settings.coordinator_public_key()
@@ -135,6 +137,11 @@ class Agent:
         if refusal is not None:
             self._log(f"rejected a request: {refusal['message']}")
             return refusal
+        if self.gate is not None:
+            refusal = await asyncio.to_thread(self.gate, request)
+            if refusal is not None:
+                self._log(f"refused request {str(request['request_id'])[:8]}: {refusal['message']}")
+                return {**refusal, "request_id": request["request_id"], "site": self.site}
         try:
             response = await asyncio.to_thread(self.execute, request)
         except Exception as exc:
@@ -254,8 +261,10 @@ def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_
     require_cdm(engine)
     from node.plan import site_description
 
+    from node.disclosure.requests import gate_for_config
+
     agent = Agent(settings, default_executor(engine, config), quiet=quiet,
-                  describe=lambda: site_description(engine, config))
+                  describe=lambda: site_description(engine, config), gate=gate_for_config(config))
     supernode = None
     if flower:  # issue 9: federated training (node/learn/supernode.py); the ClientApp reads this node.toml
         from node.learn.supernode import start_supernode

@@ -16,12 +16,14 @@ from sqlalchemy import Text, cast, func, select
 
 from cdm import spec as S
 from cdm.analyses import SiteData, site_kind
+from cdm.analyses.kind import numeric
 from cdm.compiler import Resolver, fetch_rows, resolve_variables, tune_for_queries
 from cdm.compiler import frame as cohort_frame
 from cdm.messages import RefusalCode, ReplyStatus
 from cdm.vocabulary import UnknownCode
 from node import approvals, noise, state
 from node.audit import AuditLog
+from node.disclosure import release_history
 from node.config import ConfigError
 from node.policy import Policy, Refusal, recoverable_cells
 
@@ -40,7 +42,7 @@ def run_request(engine, config, request: dict) -> dict:
     request = request if isinstance(request, dict) else {}
     response = {"request_id": request.get("request_id"), "site": _site(config), "status": ReplyStatus.OK,
                 "code": None, "message": "", "result": None, "warnings": []}
-    spec, rows, requester = None, [], str(request.get("requester"))
+    spec, rows, requester, noise_settings = None, [], str(request.get("requester")), None
     try:
         tune_for_queries(engine)
         spec = S.parse_spec(request.get("spec"))
@@ -71,12 +73,19 @@ def run_request(engine, config, request: dict) -> dict:
             result["attrition"], attrition_sets = attrition(engine, spec.cohort, policy.min_cell_count, result.get("n"))
         if config is not None:
             with state.release_lock:  # check and record as one step (node/state.py)
+                if spec.analysis.type == "quantile_round":  # suppress single thresholds, not the round
+                    result = _audit_thresholds(config, policy, requester, request.get("request_id"), spec, ids,
+                                               values, result)
                 cells = _linked_check(config, requester, spec, ids, values, result, policy, noise_settings)
                 if policy.differencing_k > 1 and len(ids):
                     for persons in [*attrition_sets, ids]:
                         _differencing(config, request, spec, persons, policy)
                 if cells is not None:
                     state.record_cell_sets(state.state_engine(config), requester, request.get("request_id"), *cells)
+                audited = _audited_sets(spec, ids, values, result)
+                if audited is not None:  # site-wide, across researchers (node/disclosure/auditor.py)
+                    release_history.check_and_record(state.state_engine(config), policy.min_cell_count, requester,
+                                                     request.get("request_id"), *audited)
         result = noise.privatize(spec, result, values, noise_settings)
         if noise_settings.on and config is not None:
             response["privacy"] = noise.charge(state.state_engine(config), requester, noise_settings)
@@ -86,6 +95,10 @@ def run_request(engine, config, request: dict) -> dict:
         response.update(status=ReplyStatus.REFUSED, code=RefusalCode.BAD_SPEC, message=str(exc)[:2000])
     except Refusal as exc:
         response.update(status=ReplyStatus.REFUSED, code=exc.code, message=exc.message)
+        if exc.code in noise.CHARGED_REFUSALS and noise_settings is not None and noise_settings.on and config is not None:
+            response["privacy"] = _charge_refusal(config, requester, noise_settings)
+        if exc.code == "MIN_CELL" and config is not None and spec is not None and len(rows):
+            _note_refused_cohort(config, requester, request.get("request_id"), spec, rows, policy)
     except ConfigError as exc:  # the site's node.toml, not the request, is wrong: say so, release nothing
         response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message=f"this node's configuration is invalid: {exc}")
     except Exception:  # noqa: BLE001 - a node never leaks a traceback
@@ -135,6 +148,64 @@ def _cell_sets(spec, ids, values, result) -> tuple[list, list] | None:
             [np.asarray(m, dtype=np.int64) for m, n in cells if n is None])
 
 
+def _audit_thresholds(config, policy, requester, request_id, spec, ids, values, result) -> dict:
+    """A quantile round's counts, each audited site-wide on its own (in threshold order): a count
+    that would, with the releases before it, isolate fewer than min_cell_count persons between two
+    thresholds is suppressed like a small one."""
+    x, keep = numeric(values[spec.analysis.variable], ids)
+    thresholds = spec.analysis.thresholds
+    engine = state.state_engine(config)
+    # the small sides of the thresholds hidden by shape first: no count released below may give them away
+    release_history.record_hidden(engine, policy.min_cell_count, requester, request_id,
+                                  [side for i, n in enumerate(result["n_le"]) if n is None
+                                   for side in (keep[x <= thresholds[i]], keep[x > thresholds[i]])])
+    shown = [i for i, n in enumerate(result["n_le"]) if n is not None]
+    ordered = sorted(shown, key=lambda i: thresholds[i])
+    verdicts = release_history.release_what_is_safe(engine, policy.min_cell_count, requester, request_id,
+                                                    [keep] + [keep[x <= thresholds[i]] for i in ordered])
+    if not verdicts[0]:
+        raise Refusal("DIFFERENCING", "together with results this site has already released (to anyone), the "
+                                      "size of this cohort would determine a group of fewer than "
+                                      f"{policy.min_cell_count} persons")
+    hidden = {i for i, ok in zip(ordered, verdicts[1:]) if not ok}
+    return {**result, "n_le": [None if i in hidden else n for i, n in enumerate(result["n_le"])],
+            "suppressed": sorted(set(result["suppressed"]) | hidden)}
+
+
+def _audited_sets(spec, ids, values, result) -> tuple[list, list] | None:
+    """(released, suppressed) person sets whose sums this result releases, for the site-wide
+    auditor: the count cells of :func:`_cell_sets`, and the complete rows of a model round."""
+    a = spec.analysis
+    if a.type == "quantile_round":  # audited threshold by threshold (_audit_thresholds)
+        return None
+    if a.type in ("crossprod", "glm_round"):
+        names = list(a.variables) if a.type == "crossprod" else \
+            [a.outcome, *a.covariates] + ([a.weights] if a.weights else [])
+        complete = np.ones(len(ids), dtype=bool)
+        for name in names:
+            complete &= np.array([v is not None for v in values[name]], dtype=bool)
+        return [ids[complete]], []
+    return _cell_sets(spec, ids, values, result)
+
+
+def _charge_refusal(config, requester, settings) -> dict | None:
+    """A data-dependent refusal costs what a release costs (node/noise.py); over budget it still
+    refuses, with nothing more to charge."""
+    try:
+        return noise.charge(state.state_engine(config), requester, settings)
+    except Refusal:
+        return None
+
+
+def _note_refused_cohort(config, requester, request_id, spec, ids, policy) -> None:
+    """A count refused as "< k" is a suppressed cell: later releases must not determine it."""
+    if spec.analysis.type not in ("count", "summary", "quantile_round"):
+        return
+    with state.release_lock:
+        release_history.record_hidden(state.state_engine(config), policy.min_cell_count, requester, request_id,
+                                      [np.asarray(ids, dtype=np.int64)])
+
+
 def _linked_check(config, requester, spec, ids, values, result, policy, noise_settings):
     """Refuse a result that, with everything already released to this requester, would disclose a
     suppressed cell exactly (node.policy.recoverable_cells); the cell sets to record, or None."""
@@ -179,6 +250,8 @@ def _audit(config, request, response, spec, rows_touched):
         AuditLog.for_config(config).append(
             request_id=response["request_id"], requester=str(request.get("requester")),
             spec_hash=S.spec_hash(spec) if spec is not None else None,
+            # what was asked, in full: cohort, variables and the round's parameters (beta, thresholds)
+            spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True) if spec is not None else None,
             decision=response["status"], code=response["code"], rows_touched=rows_touched,
             released=response["result"],  # after noise: what left the node, never the true counts
             **{k: response[k] for k in ("warnings", "privacy") if response.get(k)})

@@ -33,9 +33,12 @@ clipped at 0 (slightly biasing tiny counts upwards), ``n_le`` are clipped to ``[
 non-decreasing, ``sum_sq`` is clipped at 0.  Small-cell and secondary suppression run on the *true*
 counts before noise (suppressed cells stay ``null``).  Budget: basic sequential composition — the
 epsilons (and deltas) of every released result add up; a request that would pass
-``budget_per_requester`` is refused ``BUDGET`` before it runs, and only released results are charged.
-Refusals (MIN_CELL, DIFFERENCING...) and which crosstab categories occur are data-dependent and sit
-outside the DP guarantee: the noise is a layer on top of suppression, not a replacement for it.
+``budget_per_requester``, or ``budget_site`` (all requesters together), is refused ``BUDGET`` before it
+runs.  A refusal whose reason depends on the data (:data:`CHARGED_REFUSALS`) is charged like a
+release: otherwise refusals would be free yes/no answers outside the budget.  Which crosstab
+categories are listed no longer depends on the data (node/disclosure/shapes.py); the refusal itself
+still carries information, which the charge bounds only in number, not per answer: the noise is a
+layer on top of suppression, not a replacement for it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ from node.policy import Refusal
 
 MECHANISMS = ("none", "laplace", "gaussian")
 NOISY_ANALYSES = ("count", "crosstab", "histogram", "quantile_round", "summary")
-KEYS = {"mechanism", "epsilon_per_query", "delta", "budget_per_requester", "clip"}
+KEYS = {"mechanism", "epsilon_per_query", "delta", "budget_per_requester", "budget_site", "clip"}
+SITE = "*site*"  # the privacy_budget row that sums every requester's spending (budget_site)
+#: Refusals whose reason depends on the data (how many persons, what was released before): each is
+#: charged like a release, or a researcher could ask for free until the pattern of refusals tells
+#: what the noise hides (issue 16, family 2).
+CHARGED_REFUSALS = ("MIN_CELL", "MIN_ROWS", "DIFFERENCING", "AUDIT_FULL")
 B = state.privacy_budget
 
 
@@ -86,6 +94,7 @@ class NoiseSettings:
     delta: float = 1e-6
     budget_per_requester: float = 10.0
     clip: dict = field(default_factory=dict)
+    budget_site: float = math.inf  # every requester together (colluding researchers share one site)
 
     @classmethod
     def from_config(cls, config) -> "NoiseSettings":
@@ -99,7 +108,8 @@ class NoiseSettings:
         if mechanism not in MECHANISMS:
             raise ConfigError(f"[policy.noise] mechanism must be one of {', '.join(MECHANISMS)}, not {mechanism!r}")
         settings = cls(mechanism, _positive(raw, "epsilon_per_query", 1.0), _positive(raw, "delta", 1e-6),
-                       _positive(raw, "budget_per_requester", 10.0), _bounds(raw.get("clip", {})))
+                       _positive(raw, "budget_per_requester", 10.0), _bounds(raw.get("clip", {})),
+                       _positive(raw, "budget_site", 1.0) if "budget_site" in raw else math.inf)
         if mechanism == "gaussian" and not (settings.epsilon_per_query < 1 and settings.delta < 1):
             raise ConfigError("[policy.noise] the Gaussian mechanism needs epsilon_per_query < 1 and delta < 1 "
                               "(Dwork & Roth 2014, Thm A.1)")
@@ -186,7 +196,9 @@ def privatize(spec: S.Spec, result: dict, values: dict, settings: NoiseSettings,
             k = None if k is None else max(floor, min(n, noiser.count(k)))
             floor = k if k is not None else floor
             n_le.append(k)
-        return {**result, "n": n, "n_le": n_le}
+        # a hidden count's tail bounds are written against the noisy n (the true n must not show)
+        bounds = [b if b is None or b[0] == 0 else [max(0, n - (b[1] - b[0])), n] for b in result.get("bounds") or []]
+        return {**result, "n": n, "n_le": n_le, **({"bounds": bounds} if "bounds" in result else {})}
     if a.type == "summary":
         noiser = _Noiser(settings, rng, share=3 * len(a.variables))
         out = {}
@@ -224,11 +236,34 @@ def _budget_refusal(requester: str, epsilon_spent: float, settings: NoiseSetting
 
 
 def check_budget(engine, requester: str, settings: NoiseSettings) -> None:
-    """Refuse ``BUDGET`` before running a query the requester can no longer afford."""
+    """Refuse ``BUDGET`` before running a query the requester, or the site as a whole, can no longer
+    afford."""
     if settings.on:
         epsilon_spent = spent(engine, requester)[0]
         if _over(epsilon_spent, settings):
             raise _budget_refusal(requester, epsilon_spent, settings)
+        site_spent = spent(engine, SITE)[0]
+        if site_spent + settings.epsilon_per_query > settings.budget_site * (1 + 1e-9):
+            raise Refusal("BUDGET", f"this site's privacy budget is exhausted: all researchers together spent "
+                                    f"epsilon {site_spent:g} of {settings.budget_site:g}")
+
+
+def charge_site(engine, settings: NoiseSettings) -> None:
+    """Add one query to the site-wide total (its limit is checked before the query runs)."""
+    eps, delta, now = settings.epsilon_per_query, settings.delta_per_query, state.utcnow()
+    for _attempt in range(3):
+        with engine.begin() as conn:
+            if conn.execute(update(B).where(B.c.requester == SITE).values(
+                    epsilon_spent=B.c.epsilon_spent + eps, delta_spent=B.c.delta_spent + delta,
+                    queries=B.c.queries + 1, updated_at=now)).rowcount:
+                return
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(B).values(requester=SITE, epsilon_spent=eps, delta_spent=delta, queries=1,
+                                              updated_at=now))
+            return
+        except IntegrityError:  # a parallel first query created the row
+            continue
 
 
 def charge(engine, requester: str, settings: NoiseSettings) -> dict:
@@ -255,6 +290,7 @@ def charge(engine, requester: str, settings: NoiseSettings) -> dict:
             continue
     else:
         raise RuntimeError(f"could not charge the privacy budget of {requester}")
+    charge_site(engine, settings)
     epsilon_spent, delta_spent, _ = spent(engine, requester)
     return {"mechanism": settings.mechanism, "epsilon": eps, "delta": delta, "epsilon_spent": epsilon_spent,
             "delta_spent": delta_spent, "budget_per_requester": settings.budget_per_requester}

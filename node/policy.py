@@ -1,9 +1,10 @@
 """Disclosure control from node.toml ``[policy]``: small cells, secondary suppression, model limits.
 
-Cells with ``0 < n < min_cell_count`` are suppressed (released as ``null``).  Secondary suppression:
-every *line* of a table (the whole table, and for 2+ dimensions every row/column slice whose total
-can be learnt from a lower-dimensional query) must have either no suppressed cell or suppressed cells
-that are >= 2 in number and sum to at least ``min_cell_count``; otherwise the smallest released cell of
+Cells with ``n < min_cell_count``, zero included, are suppressed (released as ``null``: a zero reads
+like a small count).  Secondary suppression: every *line* of a table (the whole table, and for 2+
+dimensions every row/column slice whose total can be learnt from a lower-dimensional query) must have
+either no suppressed cell of 1..min-1 persons or suppressed cells that are >= 2 in number and sum to
+at least ``min_cell_count``; otherwise the smallest released cell of
 the line is suppressed too, repeated until stable — so no suppressed cell is recoverable from margins.
 """
 
@@ -67,8 +68,22 @@ class Policy:
     def needs_approval(self, analysis_type: str) -> bool:
         return self.approval == "all" or (isinstance(self.approval, tuple) and analysis_type in self.approval)
 
+    def categories(self, spec, a, site: str = "local") -> list[list]:
+        """A crosstab's categories per variable, from the spec (node/disclosure/shapes.py)."""
+        from node.disclosure.shapes import crosstab_domain
+
+        return crosstab_domain(spec, a, site)
+
+    def check_columns(self, rows, names: list[str], what: str = "rows") -> None:
+        """Refuse a model column with fewer than min_cell_count rows on a side (shapes.py)."""
+        from node.disclosure.shapes import check_columns
+
+        check_columns(rows, names, self.min_cell_count, what)
+
     def small(self, n: int) -> bool:
-        return 0 < n < self.min_cell_count
+        """Below the minimum cell size, zero included: a zero is hidden like a small count, so a
+        refusal or a hidden cell never tells "someone is there" (node/disclosure/shapes.py)."""
+        return n < self.min_cell_count
 
     def suppress(self, keys: list[tuple], counts: list[int]) -> set[int]:
         """The cells of a table to hide (:func:`suppress_cells`): what an analysis's site half calls."""
@@ -160,7 +175,7 @@ def suppress_cells(keys: list[tuple], counts: list[int], policy: Policy) -> set[
         changed = False
         for line in lines:
             hidden = [i for i in line if i in suppressed]
-            if not hidden:
+            if not any(counts[i] > 0 for i in hidden):  # hidden zeros alone: nobody to protect in this line
                 continue
             if len(hidden) >= 2 and sum(counts[i] for i in hidden) >= policy.min_cell_count:
                 continue

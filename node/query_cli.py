@@ -1,4 +1,4 @@
-"""``radfed-node query`` (the site's dry run) and ``radfed-node audit verify|export``."""
+"""``radfed-node query`` (the site's dry run) and ``radfed-node audit verify|export|show|new-period``."""
 
 from __future__ import annotations
 
@@ -118,3 +118,38 @@ def audit_export(ctx):
     """Write every entry as JSON lines to stdout."""
     for entry in AuditLog.for_config(_config(ctx)).entries():
         click.echo(json.dumps(entry, sort_keys=True))
+
+
+@audit_group.command("show")
+@click.argument("entry")
+@click.pass_context
+def audit_show(ctx, entry):
+    """One request as the site saw it: ENTRY is its sequence number or request id.  Prints the
+    decision, what was released, and the canonical spec with every round parameter (beta, thresholds)."""
+    entries = AuditLog.for_config(_config(ctx)).entries()
+    found = [e for e in entries if str(e.get("seq")) == entry or e.get("request_id") == entry]
+    if not found:
+        click.echo(f"error: no audit entry {entry!r} (give a sequence number or a request id)", err=True)
+        sys.exit(1)
+    for e in found:
+        click.echo(json.dumps(e, sort_keys=True, indent=2))
+
+
+@audit_group.command("new-period")
+@click.option("--note", default=None, help="Why (kept with the period).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def audit_new_period(ctx, note, yes):
+    """Start a new release period: the site-wide release auditor forgets the history it audits against.
+
+    Only when the earlier releases no longer describe the same persons' values (a new data snapshot):
+    otherwise old and new releases can still be combined (docs/node-policy.md)."""
+    import getpass
+
+    from node.disclosure.release_history import new_period
+    from node.state import state_engine
+
+    if not yes:
+        click.confirm("Start a new release period (the auditor's history starts empty)?", abort=True)
+    period = new_period(state_engine(_config(ctx)), getpass.getuser(), note)
+    click.echo(f"release period {period} started")

@@ -78,6 +78,35 @@ released_cells = Table(  # node.policy.recoverable_cells: every count cell relea
     Index("ix_released_cell_requester_digest", "requester", "digest"),
 )
 
+audited_releases = Table(  # node/disclosure/release_history.py: the site-wide release auditor's history
+    "audited_release", state_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("period", Integer, nullable=False, index=True),
+    Column("release", Integer, nullable=False),  # rows of one release share this number
+    Column("requester", String(255), nullable=False),
+    Column("request_id", String(64)),
+    Column("hidden", Boolean, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("person_ids", LargeBinary, nullable=False),
+    Column("released_at", DateTime, nullable=False),
+)
+
+release_periods = Table(  # ``radfed-node audit new-period``: the auditor's history starts again
+    "release_period", state_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime, nullable=False),
+    Column("started_by", String(255), nullable=False),
+    Column("note", Text),
+)
+
+request_nonces = Table(  # node/disclosure/requests.py: each signed request runs once, kept until it expires
+    "request_nonce", state_metadata,
+    Column("nonce", String(128), primary_key=True),
+    Column("request_id", String(64)),
+    Column("requester", String(255)),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
 privacy_budget = Table(
     "privacy_budget", state_metadata,
     Column("requester", String(255), primary_key=True),
@@ -179,6 +208,9 @@ def _unpack(blob: bytes) -> np.ndarray:
     first = np.frombuffer(body[:8], dtype="<i8")
     gaps = np.frombuffer(body[8:], dtype=np.dtype(_WIDTHS[blob[1]]).newbyteorder("<")).astype(np.int64)
     return np.concatenate([first, first[0] + np.cumsum(gaps)]).astype(np.int64)
+
+
+pack_ids, unpack_ids = _pack, _unpack  # for the other stores of person sets (node/disclosure)
 
 
 def symmetric_difference_size(a: np.ndarray, b: np.ndarray) -> int:

@@ -50,8 +50,11 @@ def test_count_crosstab_summary(any_cdm):
     r = _run(any_cdm, {"type": "count"}, {**BASE, "inclusion": [{"kind": "variant", "gene": "MDM2", "vaf": {"min": 0.25}}]})
     assert r["result"]["n"] == sum(1 for i in range(1, 31) if i % 3 == 0 and 0.1 * (i % 10) >= 0.25)
     r = _run(any_cdm, {"type": "count"}, {**BASE, "age": {"max": 1969 - 1950}, "sex": ["F"]})
-    # born 1951..1969 => age at 2020 >= 51; age <= 19 matches nobody -> 0 released
-    assert r["result"] == {"n": 0}
+    # born 1951..1969 => age at 2020 >= 51; age <= 19 matches nobody: a zero reads like a small count
+    # (issue 16, family 2), so "refused" never tells that someone matches
+    assert (r["status"], r["code"], r["result"]) == ("refused", "MIN_CELL", None)
+    small = _run(any_cdm, {"type": "count"}, {**BASE, "age": {"max": 42}, "sex": ["F"]})  # persons 28 and 30
+    assert {k: small[k] for k in ("status", "code", "message")} == {k: r[k] for k in ("status", "code", "message")}
     r = _run(any_cdm, {"type": "crosstab", "by": ["sex", "mdm2"]})
     cells = {tuple(c["key"]): c["n"] for c in r["result"]["cells"]}
     assert cells[("F", 0.0)] == 10 and cells[("M", 0.0)] == 10 and cells[("M", 1.0)] == 5
@@ -110,7 +113,9 @@ def test_differencing_attack_is_refused(any_cdm, tmp_path):
     other = NodeConfig(tmp_path / "node.toml", {"site": {"name": "site-a"}})
     r = run_request(any_cdm, other, {"request_id": "x", "requester": "bob",
                                      "spec": {"cohort": minus_one, "analysis": {"type": "count"}}})
-    assert r["status"] == "ok"  # a different requester has no earlier release to difference against
+    # a different requester is refused too: researchers may collude, so the site-wide auditor
+    # (node/disclosure/auditor.py) differences against what anyone was given
+    assert r["status"] == "refused" and r["code"] == "DIFFERENCING" and "to anyone" in r["message"]
 
 
 def test_crosstab_small_cells_and_allowlist(any_cdm, tmp_path):

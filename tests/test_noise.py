@@ -102,17 +102,16 @@ def test_exceeding_the_budget_is_refused_before_running(sqlite_cdm, tmp_path):
     first = ask(sqlite_cdm, config, {"type": "count"})
     assert first["status"] == "ok" and first["privacy"]["epsilon_spent"] == 1.0
     small = ask(sqlite_cdm, config, {"type": "count"}, {**INDEX, "sex": ["F"], "age": {"max": 47}})
-    assert small["code"] == "MIN_CELL"  # refused: not charged
-    second = ask(sqlite_cdm, config, {"type": "crosstab", "by": ["sex"]})
-    assert second["status"] == "ok" and second["privacy"]["epsilon_spent"] == 2.0
-    third = ask(sqlite_cdm, config, {"type": "count"})
+    # refused, and charged like a release: free refusals would be yes/no answers outside the budget
+    assert small["code"] == "MIN_CELL" and small["privacy"]["epsilon_spent"] == 2.0
+    third = ask(sqlite_cdm, config, {"type": "crosstab", "by": ["sex"]})
     assert third["status"] == "refused" and third["code"] == "BUDGET" and third["result"] is None
     assert "spent epsilon 2 of 2.5" in third["message"]
     assert noise.spent(state_engine(config), "mallory") == (2.0, 0.0, 2)
     assert ask(sqlite_cdm, config, {"type": "count"}, requester="trent")["status"] == "ok"  # budgets are per requester
     entries = AuditLog.for_config(config).entries()
-    assert [e["code"] for e in entries] == [None, "MIN_CELL", None, "BUDGET", None]
-    assert entries[3]["rows_touched"] == 0  # refused before the query ran
+    assert [e["code"] for e in entries] == [None, "MIN_CELL", "BUDGET", None]
+    assert entries[2]["rows_touched"] == 0  # refused before the query ran
     assert entries[0]["released"] == first["result"] and entries[0]["privacy"]["epsilon"] == 1.0
     assert AuditLog.for_config(config).verify() == []
 

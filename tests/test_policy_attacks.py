@@ -198,21 +198,33 @@ def test_the_attack_is_real_against_primary_suppression_alone(sqlite_cdm, tmp_pa
 
     load_persons(sqlite_cdm)
     monkeypatch.setattr(node.policy, "suppress_cells", primary_only)  # what Policy.suppress calls
-    config = write_config(tmp_path / "off", "[policy]\nmin_cell_count = 5\naudit_linked_releases = false\n")
-    won = recovered_cells(_releases(sqlite_cdm, config)[0], PERSONS_TRUTH)
+    with monkeypatch.context() as patch:  # the site-wide auditor off too, for this half only
+        _site_auditor_off(patch)
+        config = write_config(tmp_path / "off", "[policy]\nmin_cell_count = 5\naudit_linked_releases = false\n")
+        won = recovered_cells(_releases(sqlite_cdm, config)[0], PERSONS_TRUTH)
     assert won and all(abs(value - target @ PERSONS_TRUTH) < 1e-6 for target, value in won)
     config = write_config(tmp_path / "on", "[policy]\nmin_cell_count = 5\n")
     releases, refused = _releases(sqlite_cdm, config)
     assert refused > 0 and recovered_cells(releases, PERSONS_TRUTH) == []
 
 
-def test_linked_tables_need_the_release_audit(sqlite_cdm, tmp_path):
+def _site_auditor_off(monkeypatch):
+    """The site-wide release auditor (node/disclosure) also closes these gaps: a control that shows a
+    gap is real turns it off as well as the per-requester audit."""
+    import node.execute
+
+    return monkeypatch.setattr(node.execute.release_history, "check_and_record", lambda *args: None)
+
+
+def test_linked_tables_need_the_release_audit(sqlite_cdm, tmp_path, monkeypatch):
     """Per-table secondary suppression is not enough across linked tables (sub-cohorts, other
     cross-classifications): the audit of everything released to the requester closes the gap."""
     load_table(sqlite_cdm, LINKED_LEAK)
     truth = np.array(LINKED_LEAK, dtype=float)
     off = write_config(tmp_path / "off", "[policy]\naudit_linked_releases = false\ndifferencing_k = 0\n")
-    assert recovered_cells(_releases(sqlite_cdm, off)[0], truth)  # the gap is real
+    with monkeypatch.context() as patch:
+        _site_auditor_off(patch)
+        assert recovered_cells(_releases(sqlite_cdm, off)[0], truth)  # the gap is real
     on = write_config(tmp_path / "on", "[policy]\ndifferencing_k = 0\n")
     releases, refused = _releases(sqlite_cdm, on)
     assert refused > 0 and recovered_cells(releases, truth) == []
@@ -318,7 +330,7 @@ def test_bad_policy_config_is_a_clear_error_and_releases_nothing(sqlite_cdm, tmp
         assert "configuration is invalid" in r["message"] and words in r["message"], (policy, r["message"])
 
 
-def test_quantile_rounds_cannot_be_differenced_through_the_tail(sqlite_cdm, tmp_path):
+def test_quantile_rounds_cannot_be_differenced_through_the_tail(sqlite_cdm, tmp_path, monkeypatch):
     """n_le at 38 is hidden (only 2 persons above it); a count of the persons with tumour fraction
     <= 38 would give it back, so the audit refuses that count."""
     load_persons(sqlite_cdm)
@@ -330,5 +342,6 @@ def test_quantile_rounds_cannot_be_differenced_through_the_tail(sqlite_cdm, tmp_
     attack = ask(sqlite_cdm, config, {"type": "count"}, low)
     assert attack["code"] == "DIFFERENCING" and "linked tables" in attack["message"]
     off = write_config(tmp_path / "off", "[policy]\ndifferencing_k = 0\naudit_linked_releases = false\n")
+    _site_auditor_off(monkeypatch)
     ask(sqlite_cdm, off, {"type": "quantile_round", "variable": "tf", "thresholds": [20, 38]})
     assert ask(sqlite_cdm, off, {"type": "count"}, low)["result"] == {"n": 38}  # 40 - 38: the two above

@@ -71,14 +71,16 @@ def federated(engines, spec: dict, configs: dict | None = None):
     return ask, refusals
 
 
-def model_configs(root: Path, engines: dict, tag: str, min_rows: int, per_parameter: int) -> dict:
+def model_configs(root: Path, engines: dict, tag: str, min_rows: int, per_parameter: int,
+                  min_cell: int | None = None) -> dict:
     """Each site's node config allowing models from ``min_rows`` rows (small planted cohorts)."""
     configs = {}
     for site in engines:
         folder = root / f"{site}-{tag}-node"
         folder.mkdir(exist_ok=True)
+        cell = f"min_cell_count = {min_cell}\n" if min_cell is not None else ""
         (folder / "node.toml").write_text(f'[site]\nname = "{site}"\ndata_dir = "data"\n\n[policy]\n'
-                                          f"min_rows_model = {min_rows}\nrows_per_parameter = {per_parameter}\n")
+                                          f"min_rows_model = {min_rows}\nrows_per_parameter = {per_parameter}\n{cell}")
         configs[site] = load_config(folder / "node.toml")
     return configs
 
@@ -101,9 +103,11 @@ def test_planted_time_varying_ctdna_effect_is_recovered(sites):
 
 def test_planted_ependymoma_adc_by_molecular_group_is_recovered(sites):
     """adc ~ PFB: intercept = mean ADC of PFA, slope = PFB - PFA.  The smaller site holds 14 imaged
-    ependymomas, so both sites' node.toml allow models from 10 rows (5 per parameter)."""
+    ependymomas, so both sites' node.toml allow models from 10 rows (5 per parameter); 4 of them are
+    PFB, and a covariate level held by fewer than min_cell_count persons is refused (its sums would
+    be those persons' values: issue 16, family 4), so these sites also set min_cell_count = 4."""
     truth, engines, root = sites
-    configs = model_configs(root, engines, "adc", min_rows=10, per_parameter=5)
+    configs = model_configs(root, engines, "adc", min_rows=10, per_parameter=5, min_cell=4)
     refs = query_references()
     groups = refs["ependymoma_subtype"]
     spec = {"cohort": {"index": {"kind": "condition", "codes": [groups["PFA"], groups["PFB"]]}},

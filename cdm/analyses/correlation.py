@@ -71,6 +71,7 @@ def site(spec: S.Spec, data, policy) -> dict:
     n, p = rows.shape
     if n < policy.min_rows_model or n < policy.rows_per_parameter * p:
         raise Refusal("MIN_ROWS", f"needs at least {max(policy.min_rows_model, policy.rows_per_parameter * p)} complete rows")
+    policy.check_columns(rows, list(a.variables))
     return {"n": int(n), "sums": rows.sum(0).tolist(), "cross": (rows.T @ rows).tolist()}
 
 

@@ -108,6 +108,7 @@ def site(spec: S.Spec, data, policy) -> dict:
     rows = complete_rows(data.values, names)
     n, p = rows.shape[0], len(a.covariates) + 1
     enough_rows(n, p, policy)
+    policy.check_columns(rows, names)
     y = rows[:, 0]
     X = np.column_stack([np.ones(n), rows[:, 1:1 + len(a.covariates)]])
     w = rows[:, -1] if a.weights else None

@@ -54,6 +54,7 @@ def site(spec: S.Spec, data, policy) -> dict:
     outcome_classes(y, policy, "biopsies")
     labels = [h for h, k in zip(biopsies.habitat, keep) if k]
     X = np.column_stack([np.ones(n)] + [[1.0 if h == name else 0.0 for h in labels] for name in a.habitats[1:]])
+    policy.check_columns(X[:, 1:], list(a.habitats[1:]), "biopsies")
     weights = rounds.habitat_weight(biopsies.distance_mm[keep], biopsies.error_mm[keep])
     result = rounds.glm_binomial(y, X, a.beta, weights)
     return {**result, "sum_weights": float(weights.sum()),

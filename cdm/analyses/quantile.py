@@ -11,7 +11,9 @@ below each: recorded data (whole days, ages, rounded lab values) usually end the
 ``x_(j) + g (x_(j+1) - x_(j))`` with ``h = (n - 1) p``, ``j = floor(h)``, ``g = h - j``, i.e. two
 order statistics, searched simultaneously.
 
-A count a site suppressed (``null``) gives no information; its threshold is ignored.  If the
+A count a site suppressed (``null``) is bounded instead: by the tail it lies in (a site never
+releases a count with fewer than its minimum cell on either side, nor an extreme, and says which tail
+a hidden one is in: ``bounds``) and by the counts it released at neighbouring thresholds.  If the
 brackets have not closed within ``max_rounds``, or a round narrowed nothing because every useful
 count was suppressed (a small site near the quantile), the result says so and gives the bracket.
 
@@ -98,15 +100,34 @@ def _thresholds(brackets: dict[int, list[int]], budget: int) -> list[int]:
     return sorted(k for k in keys if LOWEST < k < HIGHEST)[:MAX_THRESHOLDS]
 
 
-def _pooled_counts(results: dict[str, dict], m: int) -> tuple[int, list[int | None]]:
-    n, counts = 0, [0] * m
+def _site_bounds(r: dict, site: str, m: int) -> tuple[int, list[int], list[int]]:
+    """(n, lower, upper) bounds of one site's n_le at the m thresholds (ascending): a released count
+    is exact; a hidden one is bounded by the site's ``bounds`` (a tail: fewer than its minimum cell
+    on one side) and by the counts released at its neighbours (n_le never decreases)."""
+    n = int(need(r, "n", site, "quantile_round"))
+    counts = need(r, "n_le", site, "quantile_round")
+    if len(counts) != m:
+        raise StatsError(f"{site}: quantile_round gave {len(counts)} counts for {m} thresholds")
+    given = r.get("bounds") or [None] * m
+    lower = [int(c) if c is not None else int(b[0]) if b else 0 for c, b in zip(counts, given)]
+    upper = [int(c) if c is not None else int(b[1]) if b else n for c, b in zip(counts, given)]
+    for i in range(1, m):
+        lower[i] = max(lower[i], lower[i - 1])
+    for i in range(m - 2, -1, -1):
+        upper[i] = min(upper[i], upper[i + 1])
+    return n, lower, upper
+
+
+def _pooled_counts(results: dict[str, dict], m: int) -> tuple[int, list[int], list[int]]:
+    """(pooled n, lower and upper bounds of the pooled n_le per threshold): equal where every site
+    released its count."""
+    n, lower, upper = 0, [0] * m, [0] * m
     for site, r in results.items():
-        n += int(need(r, "n", site, "quantile_round"))
-        site_counts = need(r, "n_le", site, "quantile_round")
-        if len(site_counts) != m:
-            raise StatsError(f"{site}: quantile_round gave {len(site_counts)} counts for {m} thresholds")
-        counts = [None if c is None or s is None else c + int(s) for c, s in zip(counts, site_counts)]
-    return n, counts
+        n_site, lo, hi = _site_bounds(r, site, m)
+        n += n_site
+        lower = [a + b for a, b in zip(lower, lo)]
+        upper = [a + b for a, b in zip(upper, hi)]
+    return n, lower, upper
 
 
 def _finite(x: float) -> float | None:
@@ -123,7 +144,7 @@ def run(analysis, session: Session) -> dict:
             break
         thresholds = [key_value(k) for k in keys]
         results = session.round({"type": "quantile_round", "variable": variable, "thresholds": thresholds})
-        round_n, counts = _pooled_counts(results, len(keys))
+        round_n, lower, upper = _pooled_counts(results, len(keys))
         if n is None:
             n = round_n
             if n == 0:
@@ -134,12 +155,12 @@ def run(analysis, session: Session) -> dict:
             raise StatsError(f"the number of values changed between rounds ({n} -> {round_n}): data changed mid-analysis")
         before = {k: tuple(b) for k, b in brackets.items()}
         for k, bracket in brackets.items():
-            for key, count in zip(keys, counts):
-                if count is None or not bracket[0] < key < bracket[1]:
+            for key, low, high in zip(keys, lower, upper):
+                if not bracket[0] < key < bracket[1]:
                     continue
-                if count >= k:
+                if low >= k:  # at least k values <= key, whatever the hidden counts are
                     bracket[1] = min(bracket[1], key)
-                else:
+                elif high < k:
                     bracket[0] = max(bracket[0], key)
         if len(before) == len(brackets) and all(tuple(brackets[k]) == before.get(k) for k in brackets):
             stalled = True  # every useful count was suppressed: asking again would release nothing new
@@ -174,7 +195,11 @@ def site(spec: S.Spec, data, policy) -> dict:
         raise Refusal("MIN_CELL", f"fewer than {policy.min_cell_count} values")
     n_le = [int((x <= t).sum()) for t in a.thresholds]
     hidden = [i for i, k in enumerate(n_le) if policy.small(k) or policy.small(len(x) - k)]
-    return {"n": int(len(x)), "n_le": [None if i in hidden else k for i, k in enumerate(n_le)], "suppressed": hidden}
+    # a hidden count says only which tail it is in: fewer than the minimum at or below t, or above t
+    k_1, n = policy.min_cell_count - 1, int(len(x))
+    bounds = [None if i not in hidden else [0, k_1] if policy.small(k) else [n - k_1, n] for i, k in enumerate(n_le)]
+    return {"n": n, "n_le": [None if i in hidden else k for i, k in enumerate(n_le)], "suppressed": hidden,
+            "bounds": bounds}
 
 
 def person_cells(a, ids, values, result) -> list:

@@ -1,0 +1,125 @@
+"""A known-truth site for the adversarial tests (tests/test_adversarial_*.py, issue 16).
+
+60 patients, every value known to the test: patient ``i`` (1..60) is indexed by a progression on
+2020-01-01 + i days, is male when ``i`` is odd, has age ``AGE[i]`` (distinct ages), an ADC value
+``ADC[i]`` and an SUVmax ``SUV[i]`` (both distinct), a PFA ependymoma when 3 | i, a PFB one when
+i % 3 == 1, a response (0/1 outcome) when i % 4 < 2; patient ``TARGET`` alone has a malignant
+transformation (the rare code).
+
+The attacker is an ordinary researcher (or several, colluding) who sends requests through the
+node's own execution path, :func:`node.execute.run_request`, on a real CDM.  The tests assert that a
+protected value is *not determined* by everything the site released: over persons, the released
+sums are rows of a 0/1 matrix, and a person's value is determined exactly when the person's unit
+vector is in its row space (:func:`determined`).  Each test runs under the default node policy
+and under the policy of deploy/examples/node.toml (:data:`POLICIES`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+
+from cdm.schema import tables
+from node.execute import run_request
+from tests.test_policy_attacks import write_config
+
+D = dt.date
+N = 60
+IDS = np.arange(1, N + 1)
+AGE = {i: 1 + (i * 37) % 61 for i in range(1, N + 1)}              # distinct ages
+ADC = {i: 600.0 + 11.0 * ((i * 13) % 61) for i in range(1, N + 1)}  # distinct
+SUV = {i: 2.0 + 0.1 * ((i * 7) % 61) for i in range(1, N + 1)}      # distinct
+MALE = {i: bool(i % 2) for i in range(1, N + 1)}
+SUBTYPE = {i: "PFA" if i % 3 == 0 else "PFB" if i % 3 == 1 else None for i in range(1, N + 1)}
+RESPONSE = {i: 1.0 if i % 4 < 2 else 0.0 for i in range(1, N + 1)}
+TARGET = 17
+
+INDEX = {"index": {"kind": "condition", "codes": ["RADFED:progression"]}}
+VARIABLES = {
+    "age": {"kind": "age"},
+    "sex": {"kind": "sex"},
+    "adc": {"kind": "measurement", "code": "RADFED:adc_mean"},
+    "suv": {"kind": "measurement", "code": "RADFED:suv_max"},
+    "rare": {"kind": "condition", "codes": ["RADFED:malignant_transformation"]},
+    "pfa": {"kind": "condition", "codes": ["RADFED:ependymoma_pfa"]},
+    "subtype": {"kind": "condition", "codes": {"PFA": "RADFED:ependymoma_pfa", "PFB": "RADFED:ependymoma_pfb"}},
+    "response": {"kind": "condition", "codes": ["RADFED:response"]},
+}
+CONCEPT = {"progression": 2000000400, "adc": 2000000100, "suv": 2000000102, "rare": 2000000403,
+           "PFA": 2000000700, "PFB": 2000000701, "response": 2000000402}
+
+
+def load_site(engine) -> None:
+    persons, conds, meas = [], [], []
+
+    def condition(pid, concept, day):
+        conds.append(dict(condition_occurrence_id=len(conds) + 1, person_id=pid, condition_concept_id=concept,
+                          condition_start_date=day, condition_type_concept_id=0))
+
+    for i in map(int, IDS):
+        index_day = D(2020, 1, 1) + dt.timedelta(days=i)
+        persons.append(dict(person_id=i, gender_concept_id=8507 if MALE[i] else 8532,
+                            year_of_birth=2020 - AGE[i], month_of_birth=1, day_of_birth=1,
+                            race_concept_id=0, ethnicity_concept_id=0))
+        condition(i, CONCEPT["progression"], index_day)
+        if SUBTYPE[i]:
+            condition(i, CONCEPT[SUBTYPE[i]], D(2019, 6, 1))
+        if RESPONSE[i]:
+            condition(i, CONCEPT["response"], index_day + dt.timedelta(days=30))
+        if i == TARGET:
+            condition(i, CONCEPT["rare"], D(2019, 9, 1))
+        for name in ("adc", "suv"):
+            meas.append(dict(measurement_id=len(meas) + 1, person_id=i, measurement_concept_id=CONCEPT[name],
+                             measurement_date=index_day, measurement_type_concept_id=0,
+                             value_as_number=(ADC if name == "adc" else SUV)[i]))
+    with engine.begin() as c:
+        for t, rows in (("person", persons), ("condition_occurrence", conds), ("measurement", meas)):
+            c.execute(insert(tables[t]), rows)
+
+
+def example_policy() -> str:
+    """The [policy] and [policy.noise] tables of deploy/examples/node.toml, as written there."""
+    text = (Path(__file__).resolve().parents[1] / "deploy" / "examples" / "node.toml").read_text()
+    sections = re.split(r"(?m)^(?=\[)", text)
+    return "".join(s for s in sections if s.startswith("[policy"))
+
+
+POLICIES = {"default": "", "example": example_policy()}
+
+
+def site_config(tmp_path, policy: str = "", name: str = "site-a"):
+    """A real node.toml (own data folder: audit log, state) with ``policy`` appended."""
+    return write_config(tmp_path, policy, name)
+
+
+def ask(engine, config, analysis, cohort=None, requester="mallory", variables=None, request_id="r") -> dict:
+    return run_request(engine, config, {"request_id": request_id, "requester": requester,
+                                        "spec": {"cohort": {**INDEX, **(cohort or {})},
+                                                 "variables": variables or VARIABLES, "analysis": analysis}})
+
+
+def age_range(lo=None, hi=None) -> dict:
+    value = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+    return {"kind": "age", **value}
+
+
+def members(predicate) -> np.ndarray:
+    """The 0/1 indicator over patients 1..N of those satisfying ``predicate(i)`` (the test's truth)."""
+    return np.array([1.0 if predicate(int(i)) else 0.0 for i in IDS])
+
+
+def determined(released: list[np.ndarray], target: np.ndarray) -> bool:
+    """Whether the sum over ``target`` follows from the sums over ``released`` (rational row space)."""
+    if not released:
+        return False
+    rows = np.array(released, dtype=float)
+    return np.linalg.matrix_rank(np.vstack([rows, target])) == np.linalg.matrix_rank(rows)
+
+
+def determined_persons(released: list[np.ndarray]) -> list[int]:
+    """Every patient whose own value the released sums determine."""
+    return [int(i) for j, i in enumerate(IDS) if determined(released, np.eye(N)[j])]
