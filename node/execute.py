@@ -85,7 +85,8 @@ def run_request(engine, config, request: dict) -> dict:
                 audited = _audited_sets(spec, ids, values, result)
                 if audited is not None:  # site-wide, across researchers (node/disclosure/auditor.py)
                     release_history.check_and_record(state.state_engine(config), policy.min_cell_count, requester,
-                                                     request.get("request_id"), *audited)
+                                                     request.get("request_id"), audited[0] + attrition_sets,
+                                                     audited[1])
         result = noise.privatize(spec, result, values, noise_settings)
         if noise_settings.on and config is not None:
             response["privacy"] = noise.charge(state.state_engine(config), requester, noise_settings)

@@ -7,8 +7,11 @@ coordinator: ``pool`` for a one-round analysis, ``run`` for one driven over roun
 vantage6's ``partial`` / ``central``; node and coordinator each call only their own half.
 
 The site half gets the site's disclosure policy as a duck-typed object (the node's
-``node.policy.Policy``): ``small(n)``, ``suppress(keys, counts)`` (primary and secondary cell
-suppression), ``min_cell_count``, ``min_rows_model``, ``rows_per_parameter``.  It raises
+``node.policy.Policy``): ``small(n)`` (zero included), ``suppress(keys, counts)`` (primary and
+secondary cell suppression), ``categories(spec, analysis, site)`` (a crosstab's categories from the
+spec, never from the data), ``check_columns(rows, names, what)`` (a model column needs
+``min_cell_count`` rows on each side), ``min_cell_count``, ``min_rows_model``,
+``rows_per_parameter`` (node/disclosure/shapes.py says why each shape is data-independent).  It raises
 :class:`cdm.errors.Refusal` for what the policy forbids.
 """
 
