@@ -251,21 +251,29 @@ def cox_stratified(start, stop, event, X, beta, ties="breslow") -> dict:
             "gradient": fit["gradient"].tolist(), "hessian": fit["hessian"].tolist()}
 
 
-def cox_risk_sums(start, stop, event, X, beta, ties="breslow") -> dict:
+def cox_risk_sums(start, stop, event, X, beta, ties="breslow", times=None) -> dict:
     """Per-time sums for the pooled-baseline Cox model (one risk set across all sites).
 
     ``times`` are this site's distinct start/stop times (the change points of its risk set, see the
-    module docstring); at each: ``d`` events, ``sum_x_events``, and ``s0 = sum w``, ``s1 = sum w x``,
-    ``s2 = sum w x x'`` over the rows at risk, ``w = exp(x'beta)`` (unscaled, so sites add up).
-    With Efron ties also ``s0_ties``, ``s1_ties``, ``s2_ties``: the same sums over the tied events.
+    module docstring), or the grid given (secure aggregation: every site on the pooled event times,
+    which must hold each of this site's event times); at each: ``d`` events, ``sum_x_events``, and
+    ``s0 = sum w``, ``s1 = sum w x``, ``s2 = sum w x x'`` over the rows at risk, ``w = exp(x'beta)``
+    (unscaled, so sites add up).  With Efron ties also ``s0_ties``, ``s1_ties``, ``s2_ties``: the
+    same sums over the tied events.
     """
     ties = _ties(ties)
     start, stop, event, X, beta = _survival_rows(start, stop, event, X, beta)
     w = np.exp(X @ beta)
     if not np.all(np.isfinite(w)):
         raise ValueError("exp(x'beta) overflows; beta is far from a sensible value")
-    change = stop if not np.any(start != 0) else np.concatenate([start, stop])
-    times = np.unique(change)
+    if times is None:
+        times = np.unique(stop if not np.any(start != 0) else np.concatenate([start, stop]))
+    else:
+        times = np.asarray(times, dtype=float)
+        if np.any(np.diff(times) <= 0):
+            raise ValueError("the time grid must be strictly increasing")
+        if not np.all(np.isin(stop[event], times)):
+            raise ValueError("the time grid misses an event time of this site")
     d, sx, s0t, s1t, s2t = _event_sums(stop, event, X, w, times)
     s0, s1, s2 = _risk_set_sums(start, stop, X, w, times)
     out = {"n": int(stop.shape[0]), "times": times.tolist(), "d": d.astype(int).tolist(),

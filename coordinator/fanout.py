@@ -92,13 +92,14 @@ class Federation:
 
     async def round(self, sites: list[str], spec: dict, requester: str, job_id: str, timeout: float,
                     on_reply: Callable[[SiteReply], Awaitable[None] | None] | None = None,
-                    request_ids: dict[str, str] | None = None) -> list[SiteReply]:
-        """One request per site in parallel; ``on_reply`` is called as each one settles."""
+                    request_ids: dict[str, str] | None = None, extra: dict | None = None) -> list[SiteReply]:
+        """One request per site in parallel; ``on_reply`` is called as each one settles.  ``extra``:
+        request fields besides the spec (``secure``, ``lock``, ``grid``: coordinator/secure.py)."""
         keys = self.public_keys()
 
         async def one(site: str) -> SiteReply:
-            request = make_request(spec, requester, job_id, (request_ids or {}).get(site), site=site,
-                                   ttl=timeout + CLOCK_SKEW_SECONDS)
+            request = {**make_request(spec, requester, job_id, (request_ids or {}).get(site), site=site,
+                                      ttl=timeout + CLOCK_SKEW_SECONDS), **(extra or {})}
             result = await self.ask_site(site, request, keys.get(site), timeout)
             if on_reply is not None:
                 maybe = on_reply(result)
@@ -110,8 +111,9 @@ class Federation:
 
     def asker(self, loop: asyncio.AbstractEventLoop, sites: list[str], cohort_spec: dict, requester: str,
               job_id: str, timeout: float, quorum: int | None = None,
-              on_reply: Callable[[int, str, SiteReply], None] | None = None) -> "Asker":
-        return Asker(self, loop, sites, cohort_spec, requester, job_id, timeout, quorum, on_reply)
+              on_reply: Callable[[int, str, SiteReply], None] | None = None, secure=None,
+              attempt: int = 1) -> "Asker":
+        return Asker(self, loop, sites, cohort_spec, requester, job_id, timeout, quorum, on_reply, secure, attempt)
 
 
 class Asker:
@@ -122,9 +124,17 @@ class Asker:
     ``quorum`` sites answer, :class:`QuorumError` names the missing ones.  Every round is kept in
     :attr:`rounds` for the job's provenance; ``on_reply(round number, analysis type, reply)`` is called as
     each site answers each round (the job's live per-site progress).
+
+    With ``secure`` (a :class:`coordinator.secure.Mode`) each round is a secure sum: every site must
+    answer, and the call returns one pooled result (``"_site": "pooled"``), never a site's own;
+    ``attempt`` numbers the re-runs after a site dropped (fresh seeds: coordinator/secure.py).
     """
 
-    def __init__(self, federation: Federation, loop, sites, spec, requester, job_id, timeout, quorum, on_reply=None):
+    carries_extra = True
+
+    def __init__(self, federation: Federation, loop, sites, spec, requester, job_id, timeout, quorum, on_reply=None,
+                 secure=None, attempt: int = 1):
+        self.secure, self.attempt = secure, attempt
         self.federation, self.loop = federation, loop
         self.on_reply = on_reply
         self.sites, self.spec, self.requester, self.job_id = list(sites), dict(spec), requester, job_id
@@ -134,21 +144,34 @@ class Asker:
         #: each site's reply to the latest round it was asked, its time summed over all rounds
         self.last: dict[str, SiteReply] = {}
 
-    def __call__(self, analysis: dict) -> list[dict]:
+    def __call__(self, analysis: dict, extra: dict | None = None) -> list[dict]:
+        if self.secure:
+            from coordinator.secure import secure_round
+
+            return secure_round(self, analysis, extra or {})
+        replies = self.send(analysis, extra or {})
+        return self.answers(replies)
+
+    def send(self, analysis: dict, extra: dict, mode: str = "plain") -> list[SiteReply]:
+        """One round to every site; its replies (recorded for provenance and progress)."""
         spec = {**self.spec, "analysis": analysis}
         number, kind = len(self.rounds) + 1, str(analysis.get("type"))
         progress = None if self.on_reply is None else (lambda reply: self.on_reply(number, kind, reply))
         future = asyncio.run_coroutine_threadsafe(
-            self.federation.round(self.sites, spec, self.requester, self.job_id, self.timeout, on_reply=progress),
+            self.federation.round(self.sites, spec, self.requester, self.job_id, self.timeout, on_reply=progress,
+                                  extra=extra),
             self.loop)
         replies = future.result()
-        self.rounds.append({"analysis": analysis.get("type"),
+        self.rounds.append({"analysis": analysis.get("type"), "mode": mode,
                             "sites": {r.site: r.status for r in replies}})
         for r in replies:
             before = self.last.get(r.site)
             total = (before.elapsed_ms or 0.0) + (r.elapsed_ms or 0.0) if before else r.elapsed_ms
             self.last[r.site] = SiteReply(r.site, r.request_id, r.status, r.code, r.message, None,
                                           None if total is None else round(total, 2))
+        return replies
+
+    def answers(self, replies: list[SiteReply]) -> list[dict]:
         ok = [r for r in replies if r.status == SiteStatus.OK]
         if len(ok) < max(self.quorum, 1):
             raise QuorumError(f"{len(ok)} of {len(replies)} sites answered (quorum {self.quorum}); "

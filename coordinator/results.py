@@ -55,13 +55,15 @@ def _csv_value(value):
 
 
 def _km_rows(label: str, curve: dict, source: str) -> list[list]:
-    keys = ("times", "at_risk", "events", "censored", "survival", "ci_lower_95", "ci_upper_95")
+    keys = ("times", "at_risk", "events", "censored", "survival", "ci_lower_95", "ci_upper_95", "coarsened")
     columns = [curve.get(k) or [] for k in keys]
     n = len(columns[0])
     return [[source, label] + [col[i] if i < len(col) else None for col in columns] for i in range(n)]
 
 
-KM_COLUMNS = ["source", "group", "time", "at_risk", "events", "censored", "survival", "ci_lower_95", "ci_upper_95"]
+#: ``coarsened``: the time stands for several pooled event times (cdm/analyses/km.py)
+KM_COLUMNS = ["source", "group", "time", "at_risk", "events", "censored", "survival", "ci_lower_95", "ci_upper_95",
+              "coarsened"]
 
 
 def _km(result: dict, per_site: dict[str, dict]) -> list[Table]:

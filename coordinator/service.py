@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cdm import __version__
+from cdm import __version__, secagg
 from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.messages import JobStatus, RefusalCode, SiteStatus
 from cdm.spec import SpecError, parse_spec
@@ -32,11 +32,12 @@ from cdm.wire import (
 from coordinator import aggregate, stats
 from coordinator.fanout import Federation, QuorumError, SiteReply, describe_missing
 from coordinator.home import CoordinatorHome
+from coordinator.secure import Mode, SecureModeError, SiteDropped, choose_mode, secure_count
 
 ONLINE_AFTER_MISSED_BEATS = 3
 DEFAULT_TIMEOUT = 30.0
 REDISPATCH_GRACE = 15.0
-FEDERATION_KEYS = ("sites", "quorum", "timeout", "hold_offline")
+FEDERATION_KEYS = ("sites", "quorum", "timeout", "hold_offline", "secure")
 
 
 class SubmitError(RadfedError, ValueError):
@@ -55,6 +56,8 @@ def split_spec(spec: dict) -> tuple[dict, dict]:
     unknown = set(federation) - set(FEDERATION_KEYS)
     if unknown:
         raise SubmitError(f"federation: unknown option(s) {', '.join(sorted(unknown))}")
+    if not isinstance(federation.get("secure", False), bool):
+        raise SubmitError("federation.secure must be true or false (default: secure with 3 or more sites)")
     return spec, federation
 
 
@@ -285,7 +288,8 @@ class Coordinator:
         hold = float(hold_offline if hold_offline is not None else options.get("hold_offline", 0.0))
         if not 0 <= hold <= 7 * 86400:
             raise SubmitError("hold_offline must be between 0 and 604800 seconds")
-        job_id = self.store.create_job(researcher, node_spec, spec_hash(node_spec), chosen, quorum, timeout, hold)
+        secure = {"secure": options["secure"]} if "secure" in options else {}
+        job_id = self.store.create_job(researcher, node_spec, spec_hash(node_spec), chosen, quorum, timeout, hold, secure)
         self.dispatch(job_id)
         return job_id
 
@@ -319,9 +323,11 @@ class Coordinator:
         spec, sites, researcher = job["spec"], job["sites"], job["researcher"]
         analysis = spec.get("analysis", {})
         started = time.perf_counter()
+        mode = None
         try:
-            if analysis.get("type") in stats.ANALYSES:
-                pooled, replies, rounds = await self._run_stats(job)
+            mode = self._mode(job)
+            if analysis.get("type") in stats.ANALYSES or mode.secure:
+                pooled, replies, rounds = await self._run_stats(job, mode)
             else:
                 replies = await self._run_one_round(job)
                 rounds = [{"analysis": analysis.get("type"), "sites": {r.site: r.status for r in replies}}]
@@ -339,7 +345,7 @@ class Coordinator:
                 status, message = JobStatus.DONE, f"all {len(sites)} sites answered"
             if status != JobStatus.FAILED and pooled is None and analysis.get("type") not in aggregate.POOLED_TYPES:
                 message += f"; no coordinator-side pooling for {analysis.get('type')!r}: per-site results only"
-        except (QuorumError, stats.StatsError) as exc:  # too few sites, or no exact answer from their sums
+        except (QuorumError, stats.StatsError, SecureModeError) as exc:  # too few sites, no exact answer
             pooled, rounds, status, message = None, [], JobStatus.FAILED, str(exc)
         except asyncio.CancelledError:
             raise  # shutting down: the job stays running and is re-dispatched on the next start
@@ -350,7 +356,11 @@ class Coordinator:
             "sites_asked": sites, "quorum": job["quorum"], "timeout": job["timeout"], "rounds": rounds,
             "elapsed_ms": round(1000 * (time.perf_counter() - started), 2),
             "verified_with": {s: k[:12] for s, k in self.store.public_keys().items() if s in sites},
+            "options": (job.get("provenance") or {}).get("options", {}),
+            "mode": mode.as_dict() if mode is not None else None,
         }
+        if isinstance(pooled, dict) and mode is not None:  # which mode this release used
+            pooled = {**pooled, "aggregation": "secure" if mode.secure else "plain"}
         self.store.finish_job(job_id, status, message, pooled, provenance)
         self.log(f"job {job_id[:8]} by {researcher}: {message}")
 
@@ -398,25 +408,68 @@ class Coordinator:
         return await self.federation.ask_site(reply.site, request, self.store.public_keys().get(reply.site),
                                               job["timeout"])
 
-    async def _run_stats(self, job: dict):
+    def _mode(self, job: dict) -> Mode:
+        """Secure or plain for this job (coordinator/secure.py), from the spec, the sites' heartbeats
+        and how many sites take part."""
+        beats = {s["name"]: s.get("heartbeat") or {} for s in self.store.sites()}
+        requested = ((job.get("provenance") or {}).get("options") or {}).get("secure")
+        return choose_mode(str(job["spec"].get("analysis", {}).get("type")), requested, job["sites"], beats)
+
+    async def _run_stats(self, job: dict, mode: Mode | None = None):
         """Multi-round algorithm in a worker thread, asking the sites through the bus.
 
-        Each site's last reply (its refusal code, say) is recorded however the algorithm ends."""
+        Each site's last reply (its refusal code, say) is recorded however the algorithm ends.  In
+        secure mode a site that drops out makes the analysis start again without it (fresh masks),
+        as long as enough sites remain (coordinator/secure.py)."""
         import uuid
 
         self.store.start_job(job["job_id"], {site: str(uuid.uuid4()) for site in job["sites"]})
+        secure = mode if mode is not None and mode.secure else None
+        label = "secure" if secure else "plain"
 
         def progress(number: int, kind: str, reply: SiteReply) -> None:  # live: each site, each round
+            note = reply.message or reply.status
+            if secure and reply.status == "ok":
+                note = "masked share"  # never a site's own value, not even in the job's progress
             self.store.record_site(job["job_id"], reply.site, reply.status, reply.code,
-                                   f"round {number} ({kind}): {reply.message or reply.status}", None, reply.elapsed_ms)
+                                   f"round {number} ({kind}, {label}): {note}", None, reply.elapsed_ms)
 
-        ask = self.federation.asker(asyncio.get_running_loop(), job["sites"], job["spec"], job["researcher"],
-                                    job["job_id"], job["timeout"], job["quorum"], progress)
-        try:
-            pooled = await asyncio.to_thread(stats.run_analysis, job["spec"]["analysis"], ask)
-        finally:
-            replies = [ask.last.get(site) or SiteReply(site, "", "error", None, "never asked") for site in job["sites"]]
-            for reply in replies:
-                self.store.record_site(job["job_id"], reply.site, reply.status, reply.code,
-                                       reply.message or f"{len(ask.rounds)} round(s)", None, reply.elapsed_ms)
-        return pooled, replies, ask.rounds
+        sites, attempt, history, dropped_all = list(job["sites"]), 1, [], []
+        analysis = job["spec"]["analysis"]
+        while True:
+            ask = self.federation.asker(asyncio.get_running_loop(), sites, job["spec"], job["researcher"],
+                                        job["job_id"], job["timeout"], job["quorum"], progress, secure, attempt)
+            try:
+                if analysis.get("type") in stats.ANALYSES:
+                    pooled = await asyncio.to_thread(stats.run_analysis, analysis, ask)
+                else:  # a one-round count in secure mode
+                    pooled = await asyncio.to_thread(secure_count, ask)
+                break
+            except SiteDropped as exc:
+                history += ask.rounds
+                dropped_all += exc.sites
+                for site in exc.sites:
+                    reply = ask.last.get(site)
+                    self.store.record_site(job["job_id"], site, reply.status if reply else "timeout", None,
+                                           f"dropped out of secure round {len(ask.rounds)}; the analysis was "
+                                           "re-run without it with fresh masks", None, None)
+                sites = [s for s in sites if s not in exc.sites]
+                if len(sites) < max(job["quorum"], secagg.MIN_SITES):
+                    raise stats.StatsError(f"{exc}; {len(sites)} site(s) remain, below the quorum or the "
+                                           f"{secagg.MIN_SITES} a secure sum needs") from None
+                self.log(f"job {job['job_id'][:8]}: {exc}; re-running without {', '.join(exc.sites)}")
+                secure = Mode(True, secure.reason, {s: k for s, k in secure.keys.items() if s in sites})
+                attempt += 1
+            finally:
+                for site in sites:
+                    reply = ask.last.get(site) or SiteReply(site, "", "error", None, "never asked")
+                    self.store.record_site(job["job_id"], site, reply.status, reply.code,
+                                           (f"{label}: {len(ask.rounds)} round(s)" if reply.status == "ok"
+                                            else reply.message or reply.status), None, reply.elapsed_ms)
+        replies = [ask.last.get(site) or SiteReply(site, "", "error", None, "never asked") for site in sites]
+        replies += [SiteReply(site, "", "timeout", None, "dropped out of a secure round") for site in dropped_all]
+        if secure and isinstance(pooled, dict):
+            pooled = {**pooled, "sites": sites,
+                      "secure": {"protocol": secagg.PROTOCOL, "sites": sites, "attempts": attempt,
+                                 "dropped": dropped_all, "reason": secure.reason}}
+        return pooled, replies, history + ask.rounds

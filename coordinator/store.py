@@ -342,12 +342,14 @@ class Store:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, researcher: str, spec: dict, spec_hash: str, site_names: list[str], quorum: int,
-                   timeout: float, hold_offline: float = 0.0) -> str:
+                   timeout: float, hold_offline: float = 0.0, options: dict | None = None) -> str:
+        """``options``: what the submission asked besides sites and quorum (``secure``), kept in the
+        provenance until the job finishes."""
         job_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(insert(jobs).values(job_id=job_id, researcher=researcher, spec=spec, spec_hash=spec_hash,
                                              status=JobStatus.QUEUED.value, sites=site_names, quorum=quorum, timeout=timeout,
-                                             hold_offline=hold_offline,
+                                             hold_offline=hold_offline, provenance={"options": options or {}},
                                              created_at=utcnow()))
         return job_id
 

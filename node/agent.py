@@ -55,7 +55,9 @@ def default_executor(engine, config: NodeConfig) -> Execute:
     from node.plan import plan_request
 
     def execute(request: dict) -> dict:  # a dry run carries its spec under "plan" (node/plan.py)
-        return (plan_request if "plan" in request else run_request)(engine, config, request)
+        if "plan" in request:
+            return plan_request(engine, config, request)
+        return run_request(engine, config, request, locked=True)  # over the bus, rounds are locked
 
     return execute
 
@@ -262,9 +264,11 @@ def serve_command(ctx: click.Context, quiet: bool, flower: bool = False, flower_
     from node.plan import site_description
 
     from node.disclosure.requests import gate_for_config
+    from node.secure import describe as secure_description
 
     agent = Agent(settings, default_executor(engine, config), quiet=quiet,
-                  describe=lambda: site_description(engine, config), gate=gate_for_config(config))
+                  describe=lambda: {**site_description(engine, config), **secure_description(config)},
+                  gate=gate_for_config(config))
     supernode = None
     if flower:  # issue 9: federated training (node/learn/supernode.py); the ClientApp reads this node.toml
         from node.learn.supernode import start_supernode

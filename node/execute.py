@@ -22,6 +22,7 @@ from cdm.compiler import frame as cohort_frame
 from cdm.messages import RefusalCode, ReplyStatus
 from cdm.vocabulary import UnknownCode
 from node import approvals, noise, state
+from node import secure as node_secure
 from node.audit import AuditLog
 from node.disclosure import release_history
 from node.config import ConfigError
@@ -34,11 +35,12 @@ def _site(config) -> str:
     return config.site_name if config is not None else "local"
 
 
-def run_request(engine, config, request: dict) -> dict:
+def run_request(engine, config, request: dict, locked: bool = False) -> dict:
     """Order: parse -> rate limit -> allowlist (and what noise cannot cover) -> approval -> budget ->
     compile (unknown codes) -> run (or reuse the same frame while the CDM is unchanged: FrameCache)
     -> analyse -> linked-release audit + differencing -> noise + budget charge -> release
-    (docs/node-policy.md)."""
+    (docs/node-policy.md).  ``locked``: a round's ``beta`` must be the algorithm's (node/secure.py;
+    the agent sets it for every request from the bus)."""
     request = request if isinstance(request, dict) else {}
     response = {"request_id": request.get("request_id"), "site": _site(config), "status": ReplyStatus.OK,
                 "code": None, "message": "", "result": None, "warnings": []}
@@ -46,6 +48,8 @@ def run_request(engine, config, request: dict) -> dict:
     try:
         tune_for_queries(engine)
         spec = S.parse_spec(request.get("spec"))
+        if locked:
+            node_secure.check_lock(request, config)
         policy, noise_settings = Policy.from_config(config), noise.NoiseSettings.from_config(config)
         if config is not None and state.count_and_note_request(
                 state.state_engine(config), requester) > policy.max_requests_per_hour:
@@ -53,6 +57,9 @@ def run_request(engine, config, request: dict) -> dict:
         if spec.analysis.type not in policy.allowed_analyses:
             raise Refusal("NOT_ALLOWED", f"analysis {spec.analysis.type!r} is not allowed at this site")
         policy.check_limits(spec)
+        secure = node_secure.check_request(spec, request, config)  # masked share of a sum (node/secure.py)
+        if secure and noise_settings.on:
+            raise Refusal("NOT_ALLOWED", "this site adds noise to what it releases; a secure share is exact")
         noise.precheck(spec, noise_settings)
         if config is not None:
             approvals.check(state.state_engine(config), policy, requester, spec)
@@ -65,6 +72,15 @@ def run_request(engine, config, request: dict) -> dict:
             raise Refusal("UNKNOWN_CODE", "not in this node's vocabulary (the spec asks for every code to be "
                                           f"known): {', '.join(dict.fromkeys(unresolved))[:500]}")
         _require_known_index(spec, unresolved)
+        if secure:  # nothing about this site alone leaves it: its share is masked, the pooled sum is checked
+            public, summed = node_secure.analyse_secure(spec, len(ids), values, engine, _site(config), request)
+            if config is not None and policy.differencing_k > 1 and len(ids):
+                with state.release_lock:
+                    _differencing(config, request, spec, ids, policy)
+            response["result"] = node_secure.share(config, request, _site(config), public, summed, policy)
+            response["message"] = "released (masked share)"
+            _audit(config, request, response, spec, len(rows))
+            return response
         result = analyse(spec, len(ids), values, policy, engine, _site(config), ids)
         attrition_sets = []  # person sets of an ATLAS count's released attrition (differencing too)
         if getattr(spec.cohort, "kind", None) == "atlas" and spec.analysis.type == "count":

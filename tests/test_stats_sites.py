@@ -157,7 +157,7 @@ def test_newton_reports_a_stalled_search_instead_of_accepting_a_worse_fit():
 
     from cdm.analyses.newton import maximise
 
-    def evaluate(beta):  # a "likelihood" whose Newton direction always points downhill
+    def evaluate(beta, lock=None):  # a "likelihood" whose Newton direction always points downhill
         return {"loglik": -float(beta @ beta), "gradient": -2 * beta, "hessian": 2 * np.eye(len(beta))}
 
     beta, fit, report = maximise(evaluate, np.array([1.0, -2.0]), max_halvings=3)

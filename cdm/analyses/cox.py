@@ -123,9 +123,12 @@ def run(analysis, session: Session) -> dict:
     p = len(analysis.covariates)
     efron = analysis.ties == "efron"
     last: dict = {}
+    grid, risk_table = None, None
+    if session.secure and analysis.mode == "pooled":
+        grid, risk_table = secure_grid(analysis, session)
 
-    def evaluate(beta: np.ndarray) -> dict:
-        results = session.round(_round(analysis, beta))
+    def evaluate(beta: np.ndarray, lock: dict | None = None) -> dict:
+        results = session.round(_round(analysis, beta), lock=lock, grid=grid)
         last["results"] = results
         if analysis.mode == "stratified":
             fit = sum_stratified(results, p)
@@ -162,7 +165,44 @@ def run(analysis, session: Session) -> dict:
     out.update(_concordance(last["results"]))
     if analysis.mode == "pooled":
         out["baseline"] = breslow_baseline(fit["sums"])
+        if risk_table is not None:
+            out["baseline"] = secure_baseline(out["baseline"], risk_table, last["results"]["pooled"]["_policy"])
+    if session.secure:
+        out["concordance_note"] = ("secure mode: no site releases its own pair counts, and pairs across sites "
+                                   "cannot be compared from sums")
     return out
+
+
+def secure_grid(analysis, session: Session) -> tuple[list, dict]:
+    """Secure pooled Cox: the pooled event days (one secure ``km_round`` by day), the grid every site
+    evaluates its risk-set sums at; and the pooled numbers at risk there (for the baseline's release)."""
+    km = session.round({"type": "km_round", "time": analysis.time.model_dump(mode="json"), "group": None,
+                        "bin_days": 1})["pooled"]
+    table = km["groups"].get("all")
+    if table is None:
+        raise StatsError("fewer than the minimum number of persons or events pooled over the sites")
+    events = np.asarray(table["events"])
+    times = np.asarray(table["times"], dtype=float)[events > 0]
+    at_risk = np.asarray(table["at_risk"])[events > 0]
+    return times.tolist(), {"times": times, "at_risk": at_risk, "events": events[events > 0]}
+
+
+def secure_baseline(baseline: dict, table: dict, policy: dict) -> dict:
+    """The pooled Breslow baseline released where every step holds at least ``min_cell_count`` events
+    and persons at risk (:func:`cdm.analyses.km.release_spans`); exact at each released time."""
+    from cdm.analyses.km import release_spans
+
+    times = np.asarray(baseline["times"])
+    cumhaz = np.asarray(baseline["cumulative_hazard"])
+    at = np.searchsorted(table["times"], times)
+    spans = release_spans(table["at_risk"][at], table["events"][at], policy["min_cell_count"])
+    if spans is None:
+        return {"times": [], "cumulative_hazard": [], "coarsened": [],
+                "note": "withheld: no step holds the minimum number of events pooled"}
+    return {"times": times[[b for _, b in spans]].tolist(), "cumulative_hazard": cumhaz[[b for _, b in spans]].tolist(),
+            "coarsened": [bool(b > a) for a, b in spans],
+            "note": "secure mode: released at times whose step holds at least min_cell_count pooled events; "
+                    "a coarsened time stands for several event times (exact at it)"}
 
 
 def _concordance(results: dict[str, dict]) -> dict:

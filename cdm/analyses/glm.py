@@ -39,8 +39,8 @@ def fit_logistic(session: Session, make_round, names: list[str], max_iter: int, 
     """Newton-Raphson over rounds ``make_round(beta)``; the lifelines/statsmodels-like result."""
     q = len(names)
 
-    def evaluate(beta):
-        return sum_binomial(session.round(make_round(beta)), q, what)
+    def evaluate(beta, lock=None):
+        return sum_binomial(session.round(make_round(beta), lock=lock), q, what)
 
     beta, fit, report = maximise(evaluate, np.zeros(q), max_iter, tol)
     cov = covariance(fit["hessian"])

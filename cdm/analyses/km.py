@@ -140,10 +140,63 @@ def logrank(groups: dict[str, dict]) -> dict | None:
             "statistic": statistic, "df": k - 1, "p": float(chi2.sf(statistic, k - 1))}
 
 
+def release_spans(at_risk: np.ndarray, events: np.ndarray, min_cell: int) -> list[tuple[int, int]] | None:
+    """Spans ``(first, last)`` of consecutive pooled bins released as one time point each: at least
+    ``min_cell`` at risk at its first bin and 0 or at least ``min_cell`` events in it (a failing bin
+    joins the next; a tail below the minimum at risk, or a last span with too few events, joins the
+    one before).  None when no span can pass (the group is withheld)."""
+    k, spans, i = at_risk.shape[0], [], 0
+    while i < k:
+        if at_risk[i] < min_cell:  # at-risk only falls: the rest cannot stand alone
+            if not spans:
+                return None
+            spans[-1][1] = k - 1
+            break
+        j, d = i, events[i]
+        while 0 < d < min_cell and j + 1 < k:
+            j += 1
+            d += events[j]
+        spans.append([i, j])
+        i = j + 1
+    while spans and 0 < events[spans[-1][0]:spans[-1][1] + 1].sum() < min_cell:
+        if len(spans) == 1:
+            return None
+        last = spans.pop()
+        spans[-1][1] = last[1]
+    return [tuple(s) for s in spans] or None
+
+
+def release_secure(g: dict, min_cell: int) -> dict | None:
+    """One pooled group's curve, computed on the full pooled grid (exact) and released at the ends of
+    :func:`release_spans`: each released value is the exact one at its time; a time that stands for
+    several bins with events says so (``coarsened``, ``span``)."""
+    moved = (g["events"] + g["censored"]) > 0  # bins where nobody leaves change nothing
+    times, at_risk, events, censored = g["times"][moved], g["at_risk"][moved], g["events"][moved], g["censored"][moved]
+    curve = kaplan_meier(at_risk, events)
+    spans = release_spans(at_risk, events, min_cell)
+    if spans is None:
+        return None
+    last = [b for _, b in spans]
+    # coarsened: the span's events are not all at the time it is shown at (the step moved later)
+    coarsened = [bool(np.count_nonzero(events[a:b]) > 0) for a, b in spans]
+    return {"times": times[last], "at_risk": at_risk[[a for a, _ in spans]],
+            "events": np.array([events[a:b + 1].sum() for a, b in spans]),
+            "censored": np.array([censored[a:b + 1].sum() for a, b in spans]),
+            "curve": {k: v[last] for k, v in curve.items()},
+            "coarsened": coarsened, "span": [[float(times[a]), float(times[b])] for a, b in spans]}
+
+
+COARSENED_NOTE = ("secure mode: the curve is computed on the pooled data at every bin and released at the "
+                  "times shown; a time marked coarsened stands for several event times pooled into one step so "
+                  "that every released step holds at least min_cell_count events (the value at it is exact)")
+
+
 def run(analysis, session: Session) -> dict:
     request = {"type": "km_round", "time": analysis.time.model_dump(mode="json"), "group": analysis.group,
                "bin_days": analysis.bin_days}
     results = session.round(request)
+    if session.secure:
+        return _run_secure(analysis, session, results["pooled"])
     pooled = pool_groups(results)
     if not pooled:
         raise StatsError("no site released any survival times")
@@ -161,6 +214,36 @@ def run(analysis, session: Session) -> dict:
         test["statistic"], test["p"] = None, None
     return {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
             "groups": groups, "logrank": test, "rounds": session.rounds}
+
+
+def _run_secure(analysis, session: Session, result: dict) -> dict:
+    """KM from one pooled secure ``km_round`` (coordinator/secure.py): exact on the pooled grid,
+    released at times that pass the sites' strictest minimum on the pooled counts."""
+    min_cell = result["_policy"]["min_cell_count"]
+    pooled = pool_groups({"pooled": {"groups": result["groups"]}})
+    groups, withheld = {}, list(result.get("suppressed", []))
+    for label, g in pooled.items():
+        shown = release_secure(g, min_cell)
+        if shown is None:
+            withheld.append(label)
+            continue
+        groups[label] = {"times": shown["times"].tolist(), "at_risk": shown["at_risk"].astype(int).tolist(),
+                         "events": shown["events"].astype(int).tolist(),
+                         "censored": shown["censored"].astype(int).tolist(),
+                         **{k: v.tolist() for k, v in shown["curve"].items()},
+                         "coarsened": shown["coarsened"], "span": shown["span"],
+                         "median": median_survival(shown["times"], shown["curve"]["survival"]),
+                         "n": int(g["at_risk"][0]) if g["at_risk"].size else 0,
+                         "complete": True, "suppressed_at": []}
+    if not groups:
+        raise StatsError("no group passes the minimum cell count on the pooled data")
+    test = logrank({label: pooled[label] for label in groups})  # on the full pooled grid: exact
+    if test is not None and test["statistic"] is not None and not math.isfinite(test["statistic"]):
+        test["statistic"], test["p"] = None, None
+    return {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
+            "groups": groups, "logrank": test, "rounds": session.rounds, "suppressed": sorted(withheld),
+            "coarsening": COARSENED_NOTE, "horizon_days": result.get("horizon"),
+            "excluded": result.get("excluded")}
 
 
 # -- site half -------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ rounds is the number of evaluations.  Step-halving (as in R's ``glm.fit`` / life
 log-likelihood from decreasing.  Convergence: the full Newton step is below ``tol`` in every
 coordinate; the reported fit is the one *at* the reported ``beta`` (no unevaluated final step), so
 log-likelihood, standard errors and ``beta`` are mutually consistent.
+
+The algorithm itself is :class:`cdm.newton.Newton`, shared with the nodes: each round carries the
+pooled fits so far (``lock``) and every node recomputes the ``beta`` it is asked about.
 """
 
 from __future__ import annotations
@@ -15,77 +18,45 @@ from collections.abc import Callable
 import numpy as np
 
 from cdm.analyses.session import StatsError
+from cdm.newton import DIVERGENCE, MAX_HALVINGS, Newton, SingularInformation
 
 Fit = dict  # {"loglik": float, "gradient": ndarray[p], "hessian": ndarray[p, p], ...}
 
-
-def newton_step(fit: Fit) -> np.ndarray:
-    try:
-        return np.linalg.solve(-np.asarray(fit["hessian"]), np.asarray(fit["gradient"]))
-    except np.linalg.LinAlgError:
-        raise StatsError("the information matrix is singular: collinear or constant covariates, "
-                         "or no events/variation in the pooled data") from None
+__all__ = ["DIVERGENCE", "maximise"]
 
 
-#: A coefficient past this (a ratio beyond e^25 ~ 7e10) is diverging, not converging: (quasi-)complete
-#: separation in a logistic model, a monotone likelihood in a Cox model (Heinze & Schemper 2001/2002).
-DIVERGENCE = 25.0
-
-
-def maximise(evaluate: Callable[[np.ndarray], Fit], beta0, max_iter: int = 50, tol: float = 1e-9,
-             max_halvings: int = 30) -> tuple[np.ndarray, Fit, dict]:
-    """Maximise the log-likelihood ``evaluate(beta)`` returns; ``(beta, fit at beta, report)``.
+def maximise(evaluate: Callable[[np.ndarray, dict], Fit], beta0, max_iter: int = 50, tol: float = 1e-9,
+             max_halvings: int = MAX_HALVINGS) -> tuple[np.ndarray, Fit, dict]:
+    """Maximise the log-likelihood ``evaluate(beta, lock)`` returns, from ``beta0`` (the nodes accept
+    only ``0``); ``(beta, fit at beta, report)``.  ``lock`` is what the round must carry for the nodes.
 
     Stops early, unconverged, when a coefficient diverges (see :data:`DIVERGENCE`): every further
     round would only push it further, and the report names the coefficient's index."""
-    beta = np.asarray(beta0, dtype=float)
-    fit = evaluate(beta)
-    history = [float(fit["loglik"])]
-    iterations, halvings, converged, stalled, diverging = 0, 0, False, False, []
-    step = newton_step(fit)
-    while True:
-        if np.max(np.abs(step), initial=0.0) < tol:
-            converged = True
-            break
-        if iterations >= max_iter:
-            break
-        iterations += 1
-        candidate = beta + step
-        trial = evaluate(candidate)
-        tries = 0
-        while not _improves(trial, fit) and tries < max_halvings:
-            step = step / 2
-            candidate = beta + step
-            trial = evaluate(candidate)
-            tries += 1
-        halvings += tries
-        if not _improves(trial, fit):  # no step length improves: keep the best fit found, say so
-            stalled = True
-            break
-        beta, fit = candidate, trial
-        history.append(float(fit["loglik"]))
-        step = newton_step(fit)
-        if np.max(np.abs(beta), initial=0.0) > DIVERGENCE:
-            diverging = [int(i) for i in np.flatnonzero(np.abs(beta) > DIVERGENCE)]
-            break
-    report = {"converged": converged, "iterations": iterations, "step_halvings": halvings,
+    beta0 = np.asarray(beta0, dtype=float)
+    machine = Newton(beta0.shape[0], max_iter, tol, max_halvings, start=beta0)
+    fits: list[Fit] = []
+    try:
+        while (beta := machine.propose()) is not None:
+            fit = evaluate(beta, machine.lock(fits))
+            fits.append(fit)
+            machine.observe(fit)
+    except SingularInformation as exc:
+        raise StatsError(str(exc)) from None
+    beta, fit, step = machine.beta, machine.fit, machine.step
+    report = {"converged": machine.converged, "iterations": machine.iterations, "step_halvings": machine.halvings,
               "gradient_norm": float(np.linalg.norm(fit["gradient"])),
               "last_step_max": float(np.max(np.abs(step), initial=0.0)), "tol": tol, "max_iter": max_iter,
-              "loglik_history": history}
-    if diverging:
-        report["diverging"] = diverging
-        report["message"] = (f"stopped after {iterations} iterations: coefficient(s) {diverging} diverge (|coef| > "
-                             f"{DIVERGENCE:g}): separation / monotone likelihood; the estimates and intervals are not usable "
-                             "for those coefficients (merge categories or use a penalised model)")
-    elif stalled:
+              "loglik_history": machine.history}
+    iterations = machine.iterations
+    if machine.diverging:
+        report["diverging"] = machine.diverging
+        report["message"] = (f"stopped after {iterations} iterations: coefficient(s) {machine.diverging} diverge "
+                             f"(|coef| > {DIVERGENCE:g}): separation / monotone likelihood; the estimates and intervals "
+                             "are not usable for those coefficients (merge categories or use a penalised model)")
+    elif machine.stalled:
         report["message"] = (f"stopped after {iterations} iterations: {max_halvings} step-halvings did not increase "
                              "the log-likelihood (numerically flat or ill-conditioned problem)")
-    elif not converged:
+    elif not machine.converged:
         report["message"] = (f"not converged after {iterations} iterations (largest Newton step "
                              f"{report['last_step_max']:.3g} > tol {tol:g}); separation or a flat likelihood?")
     return beta, fit, report
-
-
-def _improves(trial: Fit, fit: Fit) -> bool:
-    new, old = float(trial["loglik"]), float(fit["loglik"])
-    return np.isfinite(new) and new >= old - 1e-12 * max(1.0, abs(old))

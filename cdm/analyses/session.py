@@ -29,8 +29,17 @@ class Session:
         self.rounds = 0
         self.sites: list[str] | None = None
 
-    def round(self, analysis: dict) -> dict[str, dict]:
-        answers = self._ask(analysis)
+    @property
+    def secure(self) -> bool:
+        """Whether rounds are secure sums (one pooled answer, never a site's own; coordinator/secure.py)."""
+        return bool(getattr(self._ask, "secure", None))
+
+    def round(self, analysis: dict, lock: dict | None = None, grid: list | None = None) -> dict[str, dict]:
+        """One round.  ``lock`` (the pooled fits so far, :mod:`cdm.newton`) and ``grid`` (the pooled
+        event times a secure Cox round is evaluated at) go to an ``ask`` that carries them to the
+        nodes (``ask.carries_extra``); the nodes check the round's ``beta`` against the lock."""
+        extra = {k: v for k, v in (("lock", lock), ("grid", grid)) if v is not None}
+        answers = self._ask(analysis, extra) if getattr(self._ask, "carries_extra", False) else self._ask(analysis)
         self.rounds += 1
         by_site: dict[str, dict] = {}
         for i, answer in enumerate(answers):

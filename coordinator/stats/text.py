@@ -59,6 +59,13 @@ def _km(result: dict) -> list[str]:
     test = result.get("logrank")
     if test and test.get("statistic") is not None:
         out.append(f"log-rank chi2 {test['statistic']:.4g} on {test['df']} df, p={_num(test['p'], 3)}")
+    for label, c in result["groups"].items():  # secure mode: say where a released step stands for several
+        moved = [t for t, flag in zip(c["times"], c.get("coarsened") or []) if flag]
+        if moved:
+            out.append(f"group {label}: coarsened at t = {', '.join(_num(t) for t in moved)} (each released value is "
+                       "exact at its time; earlier event times in its span are not shown separately)")
+    if result.get("suppressed"):
+        out.append(f"withheld (below the minimum on the pooled data): {', '.join(result['suppressed'])}")
     return out
 
 

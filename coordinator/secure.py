@@ -1,0 +1,261 @@
+"""The coordinator's half of secure aggregation (:mod:`cdm.secagg`; the node's half is node/secure.py).
+
+**Which mode.**  :func:`choose_mode`: secure when the spec asks for it (``federation: {secure: true}``)
+or a site's policy requires it (its heartbeat says ``secagg.required``); otherwise secure by default
+whenever :data:`cdm.secagg.MIN_SITES` (3) or more sites take part and the analysis has a secure form
+(:data:`SECURE_ANALYSES`), plain below that.  Two sites cannot hide from each other (each could
+subtract its own share from the sum), so secure mode with two sites is refused, and the default for
+two is plain mode, in which each site applies its own thresholds to what it releases.
+
+**A secure round** (:class:`SecureRound`): every site of the job gets the same spec plus
+``secure: {session, peers}`` (``session`` = job / round / attempt; ``peers`` = every site's X25519
+key from its signed heartbeat) and answers a masked share.  Only when *every* site answered can the
+masks cancel: the coordinator adds the shares modulo 2**128 and decodes the pooled sums.  It never
+holds, stores or logs a site's own values.  Before anything reaches the algorithm or the researcher,
+the pooled sums pass the strictest policy of the sites (:func:`pooled_policy`, :func:`check_pooled`).
+
+**A site that drops** after the masks were fixed (timeout, offline) leaves the other shares masked.
+The round is then re-run *without it with fresh seeds* (a new attempt number in the session), and a
+multi-round analysis restarts from its first round (a fit over a changed set of sites is not the
+pooled fit).  Chosen over Shamir recovery of the dropped site's seeds (Bonawitz et al. 2017, 4.2):
+recovery needs every site to hold secret shares of every other's seed, a further round in which
+survivors reveal them, and double masking so that a late share cannot then be unmasked alone; a
+re-run needs none of that, costs one round, and reveals nothing (the dropped site's pairwise masks
+are never reconstructed; the aborted shares stay masked by them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cdm import secagg
+from cdm.analyses.session import StatsError
+
+#: researcher-level analyses with a secure form, and the node analyses they send
+SECURE_ANALYSES = ("count", "km", "cox", "glm", "quantile")
+
+
+class SecureModeError(ValueError):
+    """The job cannot run in the mode it needs (too few sites, no key, analysis without a secure form)."""
+
+
+class SiteDropped(RuntimeError):
+    """A site did not answer a secure round after the masks were fixed: re-run without it."""
+
+    def __init__(self, sites: list[str], message: str):
+        super().__init__(message)
+        self.sites = sites
+
+
+@dataclass
+class Mode:
+    secure: bool
+    reason: str
+    keys: dict = field(default_factory=dict)  # site -> X25519 public key (secure mode)
+
+    def as_dict(self) -> dict:
+        return {"mode": "secure" if self.secure else "plain", "reason": self.reason}
+
+
+def choose_mode(analysis_type: str, requested, sites: list[str], heartbeats: dict[str, dict]) -> Mode:
+    """The job's mode (module doc); raises :class:`SecureModeError` when the needed mode is impossible."""
+    info = {s: (heartbeats.get(s) or {}).get("secagg") or {} for s in sites}
+    required_by = sorted(s for s, i in info.items() if i.get("required"))
+    capable = analysis_type in SECURE_ANALYSES
+    if requested is False and required_by:
+        raise SecureModeError(f"the spec asks for plain mode, but {', '.join(required_by)} require(s) secure aggregation")
+    if requested is True or required_by:
+        why = "the spec asks for it" if requested is True else f"required by {', '.join(required_by)}"
+        if not capable:
+            raise SecureModeError(f"secure aggregation ({why}) is not available for {analysis_type!r} "
+                                  f"(available: {', '.join(SECURE_ANALYSES)})")
+        if len(sites) < secagg.MIN_SITES:
+            raise SecureModeError(f"secure aggregation ({why}) needs at least {secagg.MIN_SITES} sites; with "
+                                  f"{len(sites)} each site could subtract its own share from the sum")
+    elif requested is False:
+        return Mode(False, "the spec asks for plain mode")
+    elif not capable:
+        return Mode(False, f"{analysis_type!r} has no secure form: each site applies its own policy")
+    elif len(sites) < secagg.MIN_SITES:
+        return Mode(False, f"{len(sites)} site(s): below {secagg.MIN_SITES} a sum cannot hide one site from "
+                           "another, so each site applies its own policy")
+    else:
+        why = f"default with {len(sites)} sites"
+    missing = sorted(s for s, i in info.items() if not i.get("key"))
+    if missing:
+        raise SecureModeError(f"secure aggregation ({why}): {', '.join(missing)} announced no secure-aggregation "
+                              "key (no heartbeat yet, or a node without it)")
+    return Mode(True, why, {s: str(info[s]["key"]) for s in sites})
+
+
+# -- one secure round ----------------------------------------------------------------------------
+
+
+def nest(flat: dict) -> dict:
+    """``{"groups/A/events": v}`` -> ``{"groups": {"A": {"events": v}}}``."""
+    out: dict = {}
+    for name, value in flat.items():
+        *path, leaf = name.split("/")
+        here = out
+        for part in path:
+            here = here.setdefault(part, {})
+        here[leaf] = value
+    return out
+
+
+def combine(results: dict[str, dict], session: str) -> dict:
+    """The pooled result from every site's masked share (each site's public part must agree)."""
+    shares, public, layout, policies = [], None, None, []
+    for site, result in sorted(results.items()):
+        secure = result.get("secure") if isinstance(result, dict) else None
+        if not isinstance(secure, dict) or secure.get("session") != session:
+            raise secagg.SecAggError(f"{site} did not answer with a share of session {session}")
+        own_public = {k: v for k, v in result.items() if k != "secure"}
+        if public is None:
+            public, layout = own_public, secure.get("layout")
+        elif own_public != public or secure.get("layout") != layout:
+            raise secagg.SecAggError(f"{site} answered on another grid or layout than the other sites")
+        shares.append(secagg.from_text(str(secure.get("share")), int(secure.get("size", -1))))
+        policies.append(secure.get("policy") or {})
+    total = secagg.unmask(shares)
+    summed, at = {}, 0
+    for name, shape in layout or []:
+        size = int(np.prod(shape)) if shape else 1
+        part = total[at:at + size]
+        summed[name] = part.reshape(shape).tolist() if shape else float(part[0])
+        at += size
+    if at != total.shape[0]:
+        raise secagg.SecAggError("the layout does not cover the summed vector")
+    return {**(public or {}), **_rounded(nest(summed)), "_policy": pooled_policy(policies)}
+
+
+COUNT_KEYS = ("n", "n_le", "persons", "events", "d", "positives", "at_risk", "censored", "after_n",
+              "after_events", "excluded")
+
+
+def _rounded(tree):
+    """Sums of integer counts come back as exact floats: give them back as ints."""
+    if isinstance(tree, dict):
+        return {k: (_ints(v) if k in COUNT_KEYS else _rounded(v)) for k, v in tree.items()}
+    return tree
+
+
+def _ints(value):
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, dict):
+        return _rounded(value)
+    return int(round(value))
+
+
+def pooled_policy(policies: list[dict]) -> dict:
+    """The strictest thresholds among the sites of a sum: each applies to the pooled quantities."""
+    keys = ("min_cell_count", "min_rows_model", "rows_per_parameter")
+    return {k: max([int(p.get(k, 0)) for p in policies] + [1]) for k in keys}
+
+
+def small(n, policy: dict) -> bool:
+    return 0 < int(n) < policy["min_cell_count"]
+
+
+def check_pooled(analysis: dict, pooled: dict) -> dict:
+    """Apply the sites' policy to one pooled round before the algorithm reads it; raises
+    :class:`PooledRefusal` when the round cannot be used at all."""
+    policy, kind = pooled["_policy"], analysis.get("type")
+    if kind == "quantile_round":
+        n = pooled["n"]
+        if small(n, policy):
+            raise PooledRefusal("MIN_CELL", f"fewer than {policy['min_cell_count']} values pooled over the sites")
+        pooled["n_le"] = [None if small(k, policy) or small(n - k, policy) else k for k in pooled["n_le"]]
+    elif kind in ("cox_round", "glm_round"):
+        p = len(analysis.get("covariates") or []) + (1 if kind == "glm_round" else 0)
+        need = max(policy["min_rows_model"], policy["rows_per_parameter"] * p)
+        rows = pooled.get("persons", pooled.get("n"))
+        if rows < need:
+            raise PooledRefusal("MIN_ROWS", f"needs at least {need} complete rows pooled over the sites for {p} "
+                                            f"parameter(s); {rows} < {need}")
+        if kind == "cox_round" and small(pooled["events"], policy):
+            raise PooledRefusal("MIN_CELL", f"fewer than {policy['min_cell_count']} events pooled over the sites")
+        if kind == "glm_round" and "positives" in pooled:
+            if small(pooled["positives"], policy) or small(pooled["n"] - pooled["positives"], policy):
+                raise PooledRefusal("MIN_CELL", f"an outcome class has fewer than {policy['min_cell_count']} rows "
+                                                "pooled over the sites")
+    return pooled
+
+
+class PooledRefusal(StatsError):
+    """The pooled sums fail the sites' policy: nothing of the round is used or released."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+# -- the round driver ------------------------------------------------------------------------------
+
+
+def secure_round(asker, analysis: dict, extra: dict) -> list[dict]:
+    """One secure sum over ``asker.sites`` (a :class:`coordinator.fanout.Asker` with ``secure``); a
+    ``km_round`` whose pooled events reach past the horizon is asked again on a longer one."""
+    from cdm.spec import MAX_DAYS
+    from coordinator.fanout import QuorumError, describe_missing
+    from cdm.analyses.session import StatsError
+
+    horizon = None
+    while True:
+        number = len(asker.rounds) + 1
+        session = f"{asker.job_id}/round-{number}/attempt-{asker.attempt}"
+        block = {"protocol": secagg.PROTOCOL, "session": session, "peers": dict(sorted(asker.secure.keys.items()))}
+        if horizon is not None:
+            block["horizon"] = horizon
+        replies = asker.send(analysis, {**extra, "secure": block}, mode="secure")
+        dropped = [r for r in replies if r.status in ("timeout", "offline")]
+        if dropped:
+            raise SiteDropped([r.site for r in dropped], f"secure round {number} ({analysis.get('type')}): "
+                                                         f"{describe_missing(dropped)} dropped out")
+        failed = [r for r in replies if r.status != "ok"]
+        if failed:
+            raise QuorumError(f"secure round {number} ({analysis.get('type')}) needs every site's share; "
+                              f"not answered: {describe_missing(failed)}", replies)
+        try:
+            pooled = combine({r.site: r.result or {} for r in replies}, session)
+        except secagg.SecAggError as exc:
+            raise StatsError(f"secure round {number}: {exc}") from None
+        if analysis.get("type") != "km_round":
+            break
+        beyond = sum(g.get("after_events", 0) for g in pooled.get("groups", {}).values())
+        if not beyond or pooled["horizon"] >= MAX_DAYS:
+            break
+        horizon = min(pooled["horizon"] * 4, MAX_DAYS)  # events past the grid: a longer one, fresh masks
+    if analysis.get("type") == "km_round":
+        pooled = km_groups(pooled)
+    return [{**check_pooled(analysis, pooled), "_site": "pooled"}]
+
+
+def km_groups(pooled: dict) -> dict:
+    """A pooled secure ``km_round`` in the shape :mod:`cdm.analyses.km` pools: groups with
+    fewer than ``min_cell_count`` persons pooled are withheld (listed in ``suppressed``)."""
+    policy, times = pooled["_policy"], pooled["times"]
+    groups, suppressed = {}, []
+    for label in pooled["labels"]:
+        g = pooled["groups"][label]
+        size = g["at_risk"][0] if g["at_risk"] else 0
+        if size == 0:
+            continue
+        if small(size, policy) or small(sum(g["events"]), policy):
+            suppressed.append(label)
+            continue
+        groups[label] = {"times": times, "at_risk": g["at_risk"], "events": g["events"], "censored": g["censored"]}
+    return {**pooled, "groups": groups, "suppressed": suppressed,
+            "after_horizon": sum(g.get("after_n", 0) for g in pooled["groups"].values())}
+
+
+def secure_count(ask) -> dict:
+    """A ``count`` job in secure mode: the pooled count, released when it passes the sites' minimum."""
+    pooled = ask({"type": "count"})[0]
+    n = int(pooled["n"])
+    cell = {"n": None, "suppressed": True} if small(n, pooled["_policy"]) else {"n": n}
+    return {"type": "count", "columns": [], "sites": list(ask.sites),
+            "rows": [{"key": ["persons"], "pooled": {**cell, "complete": True, "suppressed_at": []}, "per_site": {}}]}

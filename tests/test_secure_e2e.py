@@ -1,0 +1,278 @@
+"""Secure aggregation through the real service (nats-server, coordinator, four node processes) under
+the default policy (min_cell_count 5) on data with weekly times and small tie groups (issue 17).
+
+Each site alone has many weeks with one or two deaths, so in plain mode pooled Cox is refused; in
+secure mode the coordinator sees only sums over the sites, the thresholds apply to the pooled
+numbers, and every pooled result equals lifelines / statsmodels / numpy on the pooled rows.  The
+coordinator's store, log and API answers must hold no site's own value; a round with a chosen beta
+is refused by every node; a site killed mid-analysis is dropped and the fit re-run without it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter, CoxTimeVaryingFitter, KaplanMeierFitter
+from lifelines.statistics import multivariate_logrank_test
+from sqlalchemy import insert
+
+from cdm import rounds
+from cdm.schema import metadata
+from cdm.vocabulary import Vocabulary
+from federation import Network
+
+pytestmark = pytest.mark.slow
+
+SITES = {"site-a": 123, "site-b": 91, "site-c": 77, "site-d": 58}
+INDEX = dt.date(2018, 1, 1)
+COHORT = {"index": {"kind": "condition", "codes": ["SNOMED:443487006"]}}
+TIME = {"event": {"kind": "death"}}
+TIGHT = {"precision": 1e-12}  # lifelines' default stops at ~1e-6 relative; the federated fit goes to 1e-9
+VARIABLES = {"age": {"kind": "age"},
+             "arm": {"kind": "condition", "codes": {"A": "SNOMED:111111", "B": "SNOMED:222222"}},
+             "armb": {"kind": "condition", "codes": ["SNOMED:222222"]},
+             "creat": {"kind": "measurement", "code": "LOINC:2160-0", "time_varying": True}}
+
+
+def persons(site: str) -> pd.DataFrame:
+    rng = np.random.default_rng(sorted(SITES).index(site) + 17)
+    n = SITES[site]
+    age = rng.integers(35, 85, n)
+    armb = rng.random(n) < 0.45
+    weeks = rng.integers(1, 160, n)
+    event = rng.random(n) < 1 / (1 + np.exp(-(-0.9 + 0.03 * (age - 60) + 0.6 * armb)))
+    change = 7 * rng.integers(1, 120, n)
+    creat = np.round(rng.normal(1.0, 0.2, n), 3)
+    creat_late = np.round(creat + rng.normal(0.3, 0.2, n), 3)
+    return pd.DataFrame({"person_id": 100_000 * (sorted(SITES).index(site) + 1) + np.arange(n), "age": age,
+                         "armb": armb.astype(int), "time": 7.0 * weeks, "event": event.astype(int),
+                         "change": change, "creat": creat, "creat_late": creat_late, "site": site})
+
+
+def fill(engine, site: str) -> None:
+    df = persons(site)
+    vocab = Vocabulary(engine)
+    index = vocab.concept_for("SNOMED", "443487006", "index", "Condition").concept_id
+    arm = {0: vocab.concept_for("SNOMED", "111111", "arm A", "Condition").concept_id,
+           1: vocab.concept_for("SNOMED", "222222", "arm B", "Condition").concept_id}
+    creat = vocab.concept_for("LOINC", "2160-0", "creatinine", "Measurement").concept_id
+    T = metadata.tables
+    with engine.begin() as conn:
+        conn.execute(insert(T["person"]), [
+            {"person_id": int(r.person_id), "gender_concept_id": 8507, "year_of_birth": 2017 - int(r.age),
+             "month_of_birth": 6, "day_of_birth": 1, "race_concept_id": 0, "ethnicity_concept_id": 0}
+            for r in df.itertuples()])
+        conn.execute(insert(T["observation_period"]), [
+            {"observation_period_id": int(r.person_id), "person_id": int(r.person_id),
+             "observation_period_start_date": dt.date(2010, 1, 1),
+             "observation_period_end_date": INDEX + dt.timedelta(days=int(r.time)), "period_type_concept_id": 32817}
+            for r in df.itertuples()])
+        conn.execute(insert(T["condition_occurrence"]), [
+            {"condition_occurrence_id": 2 * int(r.person_id) + k, "person_id": int(r.person_id),
+             "condition_concept_id": concept, "condition_start_date": INDEX, "condition_type_concept_id": 32817}
+            for r in df.itertuples() for k, concept in enumerate((index, arm[int(r.armb)]))])
+        conn.execute(insert(T["death"]), [
+            {"person_id": int(r.person_id), "death_date": INDEX + dt.timedelta(days=int(r.time)),
+             "death_type_concept_id": 32817} for r in df.itertuples() if r.event])
+        conn.execute(insert(T["measurement"]), [
+            {"measurement_id": 2 * int(r.person_id) + k, "person_id": int(r.person_id),
+             "measurement_concept_id": creat, "measurement_date": INDEX + dt.timedelta(days=day),
+             "measurement_type_concept_id": 0, "value_as_number": value}
+            for r in df.itertuples() for k, (day, value) in enumerate(((0, r.creat), (int(r.change), r.creat_late)))])
+
+
+def intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """Counting-process rows as the nodes build them (a change on or after the end is ignored)."""
+    rows = []
+    for r in df.itertuples():
+        if r.change < r.time:
+            rows.append({"id": r.person_id, "start": 0, "stop": r.change, "event": 0, "creat": r.creat, "age": r.age})
+            rows.append({"id": r.person_id, "start": r.change, "stop": r.time, "event": r.event, "creat": r.creat_late,
+                         "age": r.age})
+        else:
+            rows.append({"id": r.person_id, "start": 0, "stop": r.time, "event": r.event, "creat": r.creat, "age": r.age})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    net = Network.started(tmp_path_factory.mktemp("e2e-secure"), list(SITES), fill)
+    yield net
+    net.close()
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    return pd.concat([persons(s) for s in SITES], ignore_index=True)
+
+
+def spec(analysis: dict, **federation) -> dict:
+    out = {"cohort": COHORT, "variables": VARIABLES, "analysis": analysis}
+    return {**out, "federation": federation} if federation else out
+
+
+def done(job: dict) -> dict:
+    assert job["status"] == "done", job["message"]
+    assert job["pooled"]["aggregation"] == "secure" and job["provenance"]["mode"]["mode"] == "secure"
+    assert all(r["mode"] == "secure" for r in job["provenance"]["rounds"])
+    return job["pooled"]
+
+
+def test_the_data_defeats_plain_pooled_cox_under_the_default_policy(network):
+    job = network.run(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "pooled"},
+                           secure=False))
+    assert job["status"] == "failed" and job["provenance"]["mode"]["mode"] == "plain"
+    assert {s["code"] for s in job["per_site"]} == {"MIN_CELL"}
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_secure_pooled_cox_equals_the_pooled_reference(network, pooled, ties):
+    result = done(network.run(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "pooled",
+                                    "ties": ties})))
+    coef = [row["coef"] for row in result["coefficients"]]
+    se = [row["se"] for row in result["coefficients"]]
+    if ties == "efron":
+        ref = CoxPHFitter().fit(pooled[["time", "event", "age", "armb"]], "time", "event", fit_options=TIGHT)
+        expected, expected_se, loglik = ref.params_.to_numpy(), ref.standard_errors_.to_numpy(), ref.log_likelihood_
+    else:
+        from statsmodels.duration.hazard_regression import PHReg
+
+        fit = PHReg(pooled.time, pooled[["age", "armb"]].to_numpy(float), status=pooled.event, ties="breslow").fit()
+        expected, expected_se, loglik = fit.params, fit.bse, fit.llf
+    np.testing.assert_allclose(coef, expected, rtol=1e-6)
+    np.testing.assert_allclose(se, expected_se, rtol=1e-6)
+    assert result["loglik"] == pytest.approx(loglik, rel=1e-6)
+    assert result["n"] == len(pooled) and result["events"] == pooled.event.sum()
+    # the baseline is released only at steps holding >= 5 pooled deaths, exact at each
+    base = result["baseline"]
+    assert base["times"] and any(base["coarsened"])
+    times = np.unique(pooled.time[pooled.event == 1])
+    assert set(base["times"]) <= set(times)
+
+
+def test_secure_time_varying_cox_equals_lifelines(network, pooled):
+    result = done(network.run(spec({"type": "cox", "time": TIME, "covariates": ["age", "creat"], "mode": "pooled",
+                                    "ties": "efron", "time_varying": True})))
+    rows = intervals(pooled)
+    ref = CoxTimeVaryingFitter().fit(rows, id_col="id", event_col="event", start_col="start", stop_col="stop",
+                                     fit_options=TIGHT)
+    np.testing.assert_allclose([r["coef"] for r in result["coefficients"]], ref.params_[["age", "creat"]].to_numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose([r["se"] for r in result["coefficients"]],
+                               ref.standard_errors_[["age", "creat"]].to_numpy(), rtol=1e-6)
+
+
+def test_secure_km_and_logrank_are_exact_at_every_released_time(network, pooled, tmp_path):
+    job = network.run(spec({"type": "km", "time": TIME, "group": "arm", "bin_days": 7}))
+    result = done(job)
+    arm = np.where(pooled.armb == 1, "B", "A")
+    for label in ("A", "B"):
+        curve = result["groups"][label]
+        part = pooled[arm == label]
+        ref = KaplanMeierFitter().fit(rounds.bin_time(part.time, 7), part.event)
+        np.testing.assert_allclose(curve["survival"], ref.survival_function_at_times(curve["times"]).to_numpy(),
+                                   rtol=1e-12)
+        assert len(curve["coarsened"]) == len(curve["times"]) and any(curve["coarsened"])
+        assert all(e == 0 or e >= 5 for e in curve["events"]) and min(curve["at_risk"]) >= 5
+    test = multivariate_logrank_test(pooled.time, arm, pooled.event)
+    assert result["logrank"]["statistic"] == pytest.approx(test.test_statistic, rel=1e-9)
+    # the coarsening is said per time point in JSON, CSV and text
+    csv = network.call("GET", f"/v1/jobs/{job['job_id']}/result.csv")
+    if csv.status_code == 200:
+        assert "coarsened" in csv.text.splitlines()[0]
+    from coordinator.results import job_csv
+    from coordinator.stats.text import render
+
+    assert "coarsened" in job_csv(job).splitlines()[0]
+    assert "coarsened at t =" in render(result)
+
+
+def test_secure_glm_and_quantiles_equal_statsmodels_and_numpy(network, pooled):
+    import statsmodels.api as sm
+
+    logit = done(network.run(spec({"type": "glm", "family": "binomial", "outcome": "armb", "covariates": ["age"]})))
+    ref = sm.Logit(pooled.armb, sm.add_constant(pooled[["age"]].astype(float))).fit(disp=0)
+    np.testing.assert_allclose([r["coef"] for r in logit["coefficients"]], ref.params.to_numpy(), rtol=1e-6)
+    linear = done(network.run(spec({"type": "glm", "family": "gaussian", "outcome": "age", "covariates": ["armb"]})))
+    ols = sm.OLS(pooled.age.astype(float), sm.add_constant(pooled[["armb"]].astype(float))).fit()
+    np.testing.assert_allclose([r["coef"] for r in linear["coefficients"]], ols.params.to_numpy(), rtol=1e-9)
+    quantiles = done(network.run(spec({"type": "quantile", "variable": "age", "probs": [0.5, 0.1]})))
+    assert [q["value"] for q in quantiles["quantiles"]] == [np.quantile(pooled.age, 0.5), np.quantile(pooled.age, 0.1)]
+    count = done(network.run(spec({"type": "count"})))
+    assert count["rows"][0]["pooled"]["n"] == len(pooled) and count["rows"][0]["per_site"] == {}
+
+
+def _site_values(site: str) -> list[str]:
+    """Numbers only this site knows: its size, its events, its own stratified fit at beta = 0."""
+    df = persons(site)
+    fit = rounds.cox_stratified(None, df.time.to_numpy(), df.event.to_numpy(), df[["age", "armb"]].to_numpy(float),
+                                [0.0, 0.0], "efron")
+    own = [fit["loglik"], *fit["gradient"], fit["hessian"][0][0]]
+    return [str(len(df)), str(int(df.event.sum()))] + [f"{v:.10g}"[:9] for v in own]
+
+
+def test_the_coordinator_keeps_no_site_value_of_a_secure_job(network):
+    job = network.run(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "stratified",
+                            "ties": "efron"}))
+    done(job)
+    job_id = job["job_id"]
+    api = json.dumps(network.call("GET", f"/v1/jobs/{job_id}").json())
+    api += network.call("GET", f"/v1/jobs/{job_id}/result.csv").text
+    from sqlalchemy import MetaData, select
+
+    store = network.home.store
+    meta = MetaData()
+    meta.reflect(store.engine)
+    with store.engine.connect() as conn:  # every row of the store that belongs to this job
+        dump = json.dumps([[str(v) for v in row] for t in meta.sorted_tables if "job_id" in t.c
+                           for row in conn.execute(select(t).where(t.c.job_id == job_id))])
+    log = (network.root / "coordinator.log").read_text(errors="replace")
+    assert job_id in dump and job_id in api
+    for where, text in (("API", api), ("store", dump), ("log", log)):
+        for site in SITES:
+            for value in _site_values(site):
+                found = re.search(rf"(?<![\w.:/\-]){re.escape(value)}(?![\w.:])", text)
+                assert found is None, f"{site}'s own value {value} appears in the coordinator's {where}: " \
+                                      f"{text[max(found.start() - 80, 0):found.end() + 20]!r}"
+    assert all(s["status"] == "ok" and s["result"] is None and "secure" in s["message"] for s in job["per_site"])
+    # the same search finds a site's own count where plain mode releases one
+    plain = json.dumps(network.run(spec({"type": "count"}, secure=False)))
+    assert re.search(r'(?<![\w.:/\-])123(?![\w.:])', plain)
+
+
+def test_a_chosen_beta_is_refused_by_every_node(network):
+    tampered = {"type": "cox_round", "time": TIME, "covariates": ["age", "armb"], "beta": [0.0, 3.0], "mode": "pooled"}
+    job = network.run(spec(tampered))
+    assert {s["site"]: s["code"] for s in job["per_site"]} == {s: "ROUND_LOCKED" for s in SITES}
+    # the first round of the algorithm (beta = 0) is what a node answers (plain here: not a secure type)
+    first = network.run(spec({**tampered, "beta": [0.0, 0.0], "mode": "stratified"}, secure=False))
+    assert {s["status"] for s in first["per_site"]} == {"ok"}
+
+
+def test_a_site_killed_mid_analysis_is_dropped_and_the_fit_rerun_without_it(network, pooled):
+    job_id = network.submit(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "pooled",
+                                  "ties": "efron"}, timeout=10))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until site-d has answered a Newton round, then kill it
+        job, sites = network.per_site(job_id)
+        if "round 3" in (sites["site-d"].get("message") or "") or job["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    network.stop_node("site-d", sig=signal.SIGKILL)
+    job, sites = network.per_site(job_id, wait=90)
+    while job["status"] in ("queued", "running"):
+        job, sites = network.per_site(job_id, wait=30)
+    assert job["status"] == "partial", job["message"]
+    result = job["pooled"]
+    assert result["secure"]["dropped"] == ["site-d"] and result["sites"] == ["site-a", "site-b", "site-c"]
+    assert "dropped out" in sites["site-d"]["message"]
+    rest = pooled[pooled.site != "site-d"]
+    ref = CoxPHFitter().fit(rest[["time", "event", "age", "armb"]], "time", "event", fit_options=TIGHT)
+    np.testing.assert_allclose([r["coef"] for r in result["coefficients"]], ref.params_.to_numpy(), rtol=1e-6)
