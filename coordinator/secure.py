@@ -59,25 +59,41 @@ class Mode:
         return {"mode": "secure" if self.secure else "plain", "reason": self.reason}
 
 
-def choose_mode(analysis_type: str, requested, sites: list[str], heartbeats: dict[str, dict]) -> Mode:
+def without_secure_form(spec: dict) -> str | None:
+    """Why ``spec``'s analysis has no secure form, or None when it has one."""
+    analysis = spec.get("analysis") or {}
+    kind = analysis.get("type")
+    if kind not in SECURE_ANALYSES:
+        return f"{kind!r} has no secure form (secure: {', '.join(SECURE_ANALYSES)})"
+    group = analysis.get("group") if kind == "km" else None
+    if group:
+        var = (spec.get("variables") or {}).get(group) or {}
+        declared = var.get("kind") == "groups" or (var.get("kind") == "condition" and isinstance(var.get("codes"), dict))
+        if not declared:
+            return (f"secure KM needs the categories of {group!r} declared in the spec (a groups variable, or a "
+                    "condition variable with labelled codes): which categories exist must not depend on the data")
+    return None
+
+
+def choose_mode(spec: dict, requested, sites: list[str], heartbeats: dict[str, dict]) -> Mode:
     """The job's mode (module doc); raises :class:`SecureModeError` when the needed mode is impossible."""
     info = {s: (heartbeats.get(s) or {}).get("secagg") or {} for s in sites}
     required_by = sorted(s for s, i in info.items() if i.get("required"))
-    capable = analysis_type in SECURE_ANALYSES
+    problem = without_secure_form(spec)
+    capable = problem is None
     if requested is False and required_by:
         raise SecureModeError(f"the spec asks for plain mode, but {', '.join(required_by)} require(s) secure aggregation")
     if requested is True or required_by:
         why = "the spec asks for it" if requested is True else f"required by {', '.join(required_by)}"
         if not capable:
-            raise SecureModeError(f"secure aggregation ({why}) is not available for {analysis_type!r} "
-                                  f"(available: {', '.join(SECURE_ANALYSES)})")
+            raise SecureModeError(f"secure aggregation ({why}) is not available: {problem}")
         if len(sites) < secagg.MIN_SITES:
             raise SecureModeError(f"secure aggregation ({why}) needs at least {secagg.MIN_SITES} sites; with "
                                   f"{len(sites)} each site could subtract its own share from the sum")
     elif requested is False:
         return Mode(False, "the spec asks for plain mode")
     elif not capable:
-        return Mode(False, f"{analysis_type!r} has no secure form: each site applies its own policy")
+        return Mode(False, f"{problem}; each site applies its own policy")
     elif len(sites) < secagg.MIN_SITES:
         return Mode(False, f"{len(sites)} site(s): below {secagg.MIN_SITES} a sum cannot hide one site from "
                            "another, so each site applies its own policy")

@@ -413,7 +413,7 @@ class Coordinator:
         and how many sites take part."""
         beats = {s["name"]: s.get("heartbeat") or {} for s in self.store.sites()}
         requested = ((job.get("provenance") or {}).get("options") or {}).get("secure")
-        return choose_mode(str(job["spec"].get("analysis", {}).get("type")), requested, job["sites"], beats)
+        return choose_mode(job["spec"], requested, job["sites"], beats)
 
     async def _run_stats(self, job: dict, mode: Mode | None = None):
         """Multi-round algorithm in a worker thread, asking the sites through the bus.

@@ -23,7 +23,7 @@ def network(tmp_path_factory):
 
 
 def test_count_pools_exactly_and_a_small_site_refuses_rather_than_reporting_zero(network):
-    job = network.run(COUNT)
+    job = network.run({**COUNT, "federation": {"secure": False}})  # plain: each site applies its own minimum
     per_site = {s["site"]: s for s in job["per_site"]}
     assert per_site["site-c"]["status"] == "refused" and per_site["site-c"]["code"] == "MIN_CELL"
     assert per_site["site-c"]["result"] is None                   # 3 persons: nothing released, never 0
@@ -32,6 +32,10 @@ def test_count_pools_exactly_and_a_small_site_refuses_rather_than_reporting_zero
     assert row["per_site"] == {"site-a": {"n": 40}, "site-b": {"n": 23}}
     assert row["pooled"] == {"n": 63, "complete": True, "suppressed_at": []}
     assert job["pooled"]["sites"] == ["site-a", "site-b"]
+    # by default (3 sites: secure) site-c's 3 persons count in the pooled sum, which passes the minimum
+    secure = network.run(COUNT)
+    assert secure["status"] == "done" and secure["pooled"]["aggregation"] == "secure"
+    assert secure["pooled"]["rows"][0]["pooled"]["n"] == 66 and secure["pooled"]["rows"][0]["per_site"] == {}
 
 
 def test_crosstab_and_summary_through_the_cli(network, tmp_path):

@@ -70,9 +70,12 @@ def spec(analysis: dict, variables: dict | None = None) -> dict:
 
 
 def test_stratified_cox_through_the_service(network, pooled):
-    job = network.run(spec({"type": "cox", "time": TIME, "covariates": ["age"], "mode": "stratified"}))
+    # plain mode: the within-site concordance below needs each site's own pair counts (secure mode: none)
+    job = network.run({**spec({"type": "cox", "time": TIME, "covariates": ["age"], "mode": "stratified"}),
+                       "federation": {"secure": False}})
     assert job["status"] == "done", job["message"]
     result = job["pooled"]
+    assert result["aggregation"] == "plain" and job["provenance"]["mode"]["reason"] == "the spec asks for plain mode"
     ref = CoxPHFitter().fit(pooled[["time", "event", "age", "site"]], "time", "event", strata=["site"])
     assert result["coefficients"][0]["coef"] == pytest.approx(ref.params_["age"], rel=1e-6)
     assert result["coefficients"][0]["se"] == pytest.approx(ref.standard_errors_["age"], rel=1e-6)

@@ -1,0 +1,124 @@
+"""Algorithm-locked rounds (cdm/newton.py, node/secure.py) and the choice of secure or plain mode
+(coordinator/secure.py), without a network."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdm import newton
+from cdm.rounds import cox_stratified
+from coordinator.secure import SecureModeError, choose_mode
+from coordinator.stats import run_analysis
+from node.policy import Refusal
+from node.secure import check_lock
+
+
+def _data(seed=3, n=200):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    time = rng.exponential(np.exp(-X @ [0.5, -0.3])) * 100
+    return np.ceil(time), (rng.random(n) < 0.7).astype(int), X
+
+
+def test_every_round_of_a_fit_is_the_one_a_node_recomputes_from_the_lock():
+    stop, event, X = _data()
+    seen = []
+
+    def ask(analysis, extra):
+        beta = np.asarray(analysis["beta"])
+        assert newton.same_beta(beta, newton.expected_beta(2, extra.get("lock")))
+        seen.append(beta)
+        return [{**cox_stratified(None, stop, event, X, beta, "breslow"), "_site": "a"}]
+
+    ask.carries_extra = True
+    result = run_analysis({"type": "cox", "time": {"event": {"kind": "death"}}, "covariates": ["x1", "x2"],
+                           "mode": "stratified", "ties": "breslow"}, ask)
+    assert result["convergence"]["converged"] and len(seen) == result["rounds"] >= 4
+    assert seen[0].tolist() == [0.0, 0.0]
+
+
+def _request(beta, lock=None):
+    analysis = {"type": "cox_round", "time": {"event": {"kind": "death"}}, "covariates": ["a", "b"], "beta": beta}
+    return {"spec": {"analysis": analysis}, **({"lock": lock} if lock is not None else {})}
+
+
+def test_a_node_refuses_a_beta_it_would_not_have_proposed():
+    stop, event, X = _data()
+    check_lock(_request([0.0, 0.0]), None)  # the first round: the starting point
+    with pytest.raises(Refusal, match="Newton step") as refused:
+        check_lock(_request([0.0, 3.0]), None)
+    assert refused.value.code == "ROUND_LOCKED"
+    machine = newton.Newton(2)
+    fit = cox_stratified(None, stop, event, X, [0.0, 0.0], "breslow")
+    machine.observe(fit)
+    lock = machine.lock([fit])
+    honest = machine.propose().tolist()
+    check_lock(_request(honest, lock), None)
+    for tampered in ([honest[0] + 1e-3, honest[1]], [honest[0], 25.0]):
+        with pytest.raises(Refusal, match="Newton step"):
+            check_lock(_request(tampered, lock), None)
+    forged = {**lock, "fits": [{**lock["fits"][0], "gradient": [1e6, 0.0]}]}  # a lock is replayed, not trusted
+    assert not newton.same_beta(honest, newton.expected_beta(2, forged))
+    with pytest.raises(Refusal, match="not usable"):
+        check_lock(_request(honest, {**lock, "algorithm": "mine"}), None)
+    glm_gaussian = {"spec": {"analysis": {"type": "glm_round", "family": "gaussian", "beta": [5.0]}}}
+    check_lock(glm_gaussian, None)  # one round of sums: nothing to lock
+
+
+def test_replay_matches_the_coordinators_stopping_rules():
+    stop, event, X = _data(5, 60)
+    machine, fits, betas = newton.Newton(2, max_iter=2), [], []
+    while (beta := machine.propose()) is not None:
+        betas.append(beta)
+        fits.append(cox_stratified(None, stop, event, X, beta, "efron"))
+        machine.observe(fits[-1])
+    assert machine.iterations == 2 and not machine.converged  # stopped by max_iter, and the replay knows it
+    assert newton.expected_beta(2, machine.lock(fits)) is None  # the lock ends the fit: no round is due
+    for k in range(len(fits)):
+        assert newton.expected_beta(2, machine.lock(fits[:k])).tolist() == betas[k].tolist()
+
+
+BEAT = {"secagg": {"key": "k", "required": False}}
+COUNT = {"analysis": {"type": "count"}}
+
+
+def test_secure_by_default_from_three_sites_and_never_with_two():
+    assert choose_mode(COUNT, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    two = choose_mode(COUNT, None, ["a", "b"], {s: BEAT for s in "ab"})
+    assert not two.secure and "subtract" not in two.reason and "below 3" in two.reason
+    with pytest.raises(SecureModeError, match="each site could subtract its own share"):
+        choose_mode(COUNT, True, ["a", "b"], {s: BEAT for s in "ab"})
+    required = {"a": {"secagg": {"key": "k", "required": True}}, "b": BEAT}
+    with pytest.raises(SecureModeError, match="required by a"):
+        choose_mode(COUNT, None, ["a", "b"], required)
+    with pytest.raises(SecureModeError, match="require"):
+        choose_mode(COUNT, False, ["a", "b", "c"], {**required, "c": BEAT})
+    assert not choose_mode(COUNT, False, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    with pytest.raises(SecureModeError, match="announced no secure-aggregation key"):
+        choose_mode(COUNT, None, ["a", "b", "c"], {"a": BEAT, "b": BEAT})
+
+
+def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required():
+    crosstab = {"analysis": {"type": "crosstab", "by": ["sex"]}}
+    assert not choose_mode(crosstab, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    km_by_sex = {"variables": {"sex": {"kind": "sex"}}, "analysis": {"type": "km", "group": "sex"}}
+    mode = choose_mode(km_by_sex, None, ["a", "b", "c"], {s: BEAT for s in "abc"})
+    assert not mode.secure and "declared in the spec" in mode.reason
+    with pytest.raises(SecureModeError, match="declared in the spec"):
+        choose_mode(km_by_sex, True, ["a", "b", "c"], {s: BEAT for s in "abc"})
+    km_by_arm = {"variables": {"arm": {"kind": "condition", "codes": {"A": "X:1", "B": "X:2"}}},
+                 "analysis": {"type": "km", "group": "arm"}}
+    assert choose_mode(km_by_arm, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+
+
+def test_pooled_km_release_spans_keep_every_released_step_above_the_minimum():
+    from coordinator.stats.km import release_spans
+
+    at_risk = np.array([40, 38, 37, 30, 29, 20, 12, 6, 4, 2])
+    events = np.array([2, 1, 3, 0, 6, 1, 1, 2, 1, 1])
+    spans = release_spans(at_risk, events, 5)
+    assert spans[0] == (0, 2) and all(at_risk[a] >= 5 for a, _ in spans)
+    assert all(events[a:b + 1].sum() in (0,) or events[a:b + 1].sum() >= 5 for a, b in spans)
+    assert spans[-1][1] == len(at_risk) - 1 and release_spans(np.array([3]), np.array([1]), 5) is None
+    pd.testing.assert_series_equal(pd.Series([b for _, b in spans]).diff().dropna() > 0,
+                                   pd.Series([True] * (len(spans) - 1), index=range(1, len(spans))))
