@@ -49,6 +49,8 @@ def pooled_rows(job: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows, footnotes) of the pooled table."""
     pooled = job.get("pooled") or {}
     sites = pooled.get("sites") or [s["site"] for s in job.get("per_site", [])]
+    if pooled.get("aggregation") == "secure":
+        sites = []  # no site's own value exists at the coordinator
     fmt = _fmt_moments if pooled.get("type") == "summary" else _fmt_count
     key_headers = pooled.get("columns") or ["cell"]
     headers = key_headers + ["pooled"] + list(sites)
@@ -67,6 +69,11 @@ def pooled_rows(job: dict) -> tuple[list[str], list[list[str]], list[str]]:
 def render_job(job: dict) -> str:
     analysis = (job.get("spec") or {}).get("analysis", {}).get("type", "?")
     out = [f"job {job['job_id']}  {analysis}  {job['status']}: {job.get('message') or ''}"]
+    mode = (job.get("provenance") or {}).get("mode")
+    if mode:  # which mode this release used (coordinator/secure.py)
+        out.append(f"aggregation: {mode['mode']} ({mode['reason']})"
+                   + ("; the coordinator saw only sums over the sites, no site's own values" if mode["mode"] == "secure"
+                      else ""))
     site_rows = []
     for s in job.get("per_site", []):
         note = site_note(s)

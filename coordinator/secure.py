@@ -14,7 +14,8 @@ masks cancel: the coordinator adds the shares modulo 2**128 and decodes the pool
 holds, stores or logs a site's own values.  Before anything reaches the algorithm or the researcher,
 the pooled sums pass the strictest policy of the sites (:func:`pooled_policy`, :func:`check_pooled`).
 
-**A site that drops** after the masks were fixed (timeout, offline) leaves the other shares masked.
+**A site that drops** after the masks were fixed (timeout, offline, or a refusal) leaves the other
+shares masked.
 The round is then re-run *without it with fresh seeds* (a new attempt number in the session), and a
 multi-round analysis restarts from its first round (a fit over a changed set of sites is not the
 pooled fit).  Chosen over Shamir recovery of the dropped site's seeds (Bonawitz et al. 2017, 4.2):
@@ -42,11 +43,12 @@ class SecureModeError(ValueError):
 
 
 class SiteDropped(RuntimeError):
-    """A site did not answer a secure round after the masks were fixed: re-run without it."""
+    """Sites did not give their share of a secure round (dropped out, or refused): re-run without them."""
 
-    def __init__(self, sites: list[str], message: str):
+    def __init__(self, replies: list, message: str):
         super().__init__(message)
-        self.sites = sites
+        self.replies = replies  # their SiteReply of that round (status, code, reason)
+        self.sites = [r.site for r in replies]
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Mode:
     secure: bool
     reason: str
     keys: dict = field(default_factory=dict)  # site -> X25519 public key (secure mode)
+    required: bool = False  # asked for by the spec or a site's policy (not merely the default)
 
     def as_dict(self) -> dict:
         return {"mode": "secure" if self.secure else "plain", "reason": self.reason}
@@ -99,11 +102,15 @@ def choose_mode(spec: dict, requested, sites: list[str], heartbeats: dict[str, d
                            "another, so each site applies its own policy")
     else:
         why = f"default with {len(sites)} sites"
+    required = requested is True or bool(required_by)
     missing = sorted(s for s, i in info.items() if not i.get("key"))
-    if missing:
+    if missing and required:
         raise SecureModeError(f"secure aggregation ({why}): {', '.join(missing)} announced no secure-aggregation "
                               "key (no heartbeat yet, or a node without it)")
-    return Mode(True, why, {s: str(info[s]["key"]) for s in sites})
+    if missing:  # offline since before the coordinator knew it, or an older node: as a plain job
+        return Mode(False, f"{', '.join(missing)} announced no secure-aggregation key (no heartbeat yet, or a node "
+                           "without it); each site applies its own policy")
+    return Mode(True, why, {s: str(info[s]["key"]) for s in sites}, required=required)
 
 
 # -- one secure round ----------------------------------------------------------------------------
@@ -227,14 +234,13 @@ def secure_round(asker, analysis: dict, extra: dict) -> list[dict]:
         if horizon is not None:
             block["horizon"] = horizon
         replies = asker.send(analysis, {**extra, "secure": block}, mode="secure")
-        dropped = [r for r in replies if r.status in ("timeout", "offline")]
-        if dropped:
-            raise SiteDropped([r.site for r in dropped], f"secure round {number} ({analysis.get('type')}): "
-                                                         f"{describe_missing(dropped)} dropped out")
-        failed = [r for r in replies if r.status != "ok"]
-        if failed:
-            raise QuorumError(f"secure round {number} ({analysis.get('type')}) needs every site's share; "
-                              f"not answered: {describe_missing(failed)}", replies)
+        missing = [r for r in replies if r.status != "ok"]
+        if missing and len(missing) == len(replies):
+            raise QuorumError(f"secure round {number} ({analysis.get('type')}): no site gave its share: "
+                              f"{describe_missing(missing)}", replies)
+        if missing:  # the other shares stay masked: the caller re-runs without these sites
+            raise SiteDropped(missing, f"secure round {number} ({analysis.get('type')}): no share from "
+                                       f"{describe_missing(missing)}")
         try:
             pooled = combine({r.site: r.result or {} for r in replies}, session)
         except secagg.SecAggError as exc:

@@ -357,9 +357,11 @@ class Coordinator:
             "elapsed_ms": round(1000 * (time.perf_counter() - started), 2),
             "verified_with": {s: k[:12] for s, k in self.store.public_keys().items() if s in sites},
             "options": (job.get("provenance") or {}).get("options", {}),
-            "mode": mode.as_dict() if mode is not None else None,
+            "mode": (mode.as_dict() if not (isinstance(pooled, dict) and pooled.get("fallback"))
+                     else {"mode": "plain", "reason": pooled["fallback"], "chosen_first": mode.as_dict()})
+            if mode is not None else None,
         }
-        if isinstance(pooled, dict) and mode is not None:  # which mode this release used
+        if isinstance(pooled, dict) and mode is not None and "aggregation" not in pooled:  # which mode was used
             pooled = {**pooled, "aggregation": "secure" if mode.secure else "plain"}
         self.store.finish_job(job_id, status, message, pooled, provenance)
         self.log(f"job {job_id[:8]} by {researcher}: {message}")
@@ -425,16 +427,16 @@ class Coordinator:
 
         self.store.start_job(job["job_id"], {site: str(uuid.uuid4()) for site in job["sites"]})
         secure = mode if mode is not None and mode.secure else None
-        label = "secure" if secure else "plain"
+        current = {"label": "secure" if secure else "plain"}
 
         def progress(number: int, kind: str, reply: SiteReply) -> None:  # live: each site, each round
             note = reply.message or reply.status
-            if secure and reply.status == "ok":
+            if current["label"] == "secure" and reply.status == "ok":
                 note = "masked share"  # never a site's own value, not even in the job's progress
             self.store.record_site(job["job_id"], reply.site, reply.status, reply.code,
-                                   f"round {number} ({kind}, {label}): {note}", None, reply.elapsed_ms)
+                                   f"round {number} ({kind}, {current['label']}): {note}", None, reply.elapsed_ms)
 
-        sites, attempt, history, dropped_all = list(job["sites"]), 1, [], []
+        sites, attempt, history, dropped, fallback = list(job["sites"]), 1, [], [], None
         analysis = job["spec"]["analysis"]
         while True:
             ask = self.federation.asker(asyncio.get_running_loop(), sites, job["spec"], job["researcher"],
@@ -447,29 +449,40 @@ class Coordinator:
                 break
             except SiteDropped as exc:
                 history += ask.rounds
-                dropped_all += exc.sites
-                for site in exc.sites:
-                    reply = ask.last.get(site)
-                    self.store.record_site(job["job_id"], site, reply.status if reply else "timeout", None,
-                                           f"dropped out of secure round {len(ask.rounds)}; the analysis was "
-                                           "re-run without it with fresh masks", None, None)
+                for reply in exc.replies:
+                    why = f"{reply.code}: {reply.message}" if reply.code else reply.message or reply.status
+                    reply = SiteReply(reply.site, reply.request_id, reply.status, reply.code,
+                                      f"no share for secure round {len(ask.rounds)} ({why}); the analysis was re-run "
+                                      "without this site, with fresh masks", None, reply.elapsed_ms)
+                    dropped.append(reply)
+                    self.store.record_site(job["job_id"], reply.site, reply.status, reply.code, reply.message,
+                                           None, reply.elapsed_ms)
                 sites = [s for s in sites if s not in exc.sites]
-                if len(sites) < max(job["quorum"], secagg.MIN_SITES):
+                if len(sites) < max(job["quorum"], 1) or (secure.required and len(sites) < secagg.MIN_SITES):
                     raise stats.StatsError(f"{exc}; {len(sites)} site(s) remain, below the quorum or the "
                                            f"{secagg.MIN_SITES} a secure sum needs") from None
+                if len(sites) < secagg.MIN_SITES:  # secure only by default: two sites go on as a plain job would
+                    fallback = (f"plain: only {len(sites)} site(s) remained after {', '.join(exc.sites)} gave no "
+                                "share, and a sum cannot hide one of two sites from the other")
+                    secure, current["label"] = None, "plain"
+                else:
+                    secure = Mode(True, secure.reason, {s: k for s, k in secure.keys.items() if s in sites})
                 self.log(f"job {job['job_id'][:8]}: {exc}; re-running without {', '.join(exc.sites)}")
-                secure = Mode(True, secure.reason, {s: k for s, k in secure.keys.items() if s in sites})
                 attempt += 1
             finally:
                 for site in sites:
                     reply = ask.last.get(site) or SiteReply(site, "", "error", None, "never asked")
                     self.store.record_site(job["job_id"], site, reply.status, reply.code,
-                                           (f"{label}: {len(ask.rounds)} round(s)" if reply.status == "ok"
+                                           (f"{current['label']}: {len(ask.rounds)} round(s)" if reply.status == "ok"
                                             else reply.message or reply.status), None, reply.elapsed_ms)
         replies = [ask.last.get(site) or SiteReply(site, "", "error", None, "never asked") for site in sites]
-        replies += [SiteReply(site, "", "timeout", None, "dropped out of a secure round") for site in dropped_all]
+        replies += dropped
+        if isinstance(pooled, dict):
+            pooled = {**pooled, "aggregation": current["label"]}
         if secure and isinstance(pooled, dict):
             pooled = {**pooled, "sites": sites,
                       "secure": {"protocol": secagg.PROTOCOL, "sites": sites, "attempts": attempt,
-                                 "dropped": dropped_all, "reason": secure.reason}}
+                                 "dropped": [r.site for r in dropped], "reason": secure.reason}}
+        elif fallback and isinstance(pooled, dict):
+            pooled["fallback"] = fallback
         return pooled, replies, history + ask.rounds

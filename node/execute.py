@@ -79,7 +79,7 @@ def run_request(engine, config, request: dict, locked: bool = False) -> dict:
                     _differencing(config, request, spec, ids, policy)
             response["result"] = node_secure.share(config, request, _site(config), public, summed, policy)
             response["message"] = "released (masked share)"
-            _audit(config, request, response, spec, len(rows))
+            _audit(config, request, {**response, "result": node_secure.audit_view(response["result"])}, spec, len(rows))
             return response
         result = analyse(spec, len(ids), values, policy, engine, _site(config), ids)
         attrition_sets = []  # person sets of an ATLAS count's released attrition (differencing too)

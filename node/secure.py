@@ -284,3 +284,12 @@ def share(config, request: dict, site: str, public: dict, summed: dict, policy: 
                                  "policy": {"min_cell_count": policy.min_cell_count,
                                             "min_rows_model": policy.min_rows_model,
                                             "rows_per_parameter": policy.rows_per_parameter}}}
+
+
+def audit_view(result: dict) -> dict:
+    """What the audit line keeps of a released share: everything but the share itself, which is
+    replaced by its SHA-256 (a Cox share is megabytes of random-looking bytes)."""
+    secure = dict(result.get("secure") or {})
+    share = str(secure.pop("share", ""))
+    secure["share_sha256"] = hashlib.sha256(share.encode("ascii")).hexdigest()
+    return {**{k: v for k, v in result.items() if k not in ("secure", "times")}, "secure": secure}

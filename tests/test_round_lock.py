@@ -94,8 +94,10 @@ def test_secure_by_default_from_three_sites_and_never_with_two():
     with pytest.raises(SecureModeError, match="require"):
         choose_mode(COUNT, False, ["a", "b", "c"], {**required, "c": BEAT})
     assert not choose_mode(COUNT, False, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    unknown = choose_mode(COUNT, None, ["a", "b", "c"], {"a": BEAT, "b": BEAT})
+    assert not unknown.secure and "c announced no secure-aggregation key" in unknown.reason
     with pytest.raises(SecureModeError, match="announced no secure-aggregation key"):
-        choose_mode(COUNT, None, ["a", "b", "c"], {"a": BEAT, "b": BEAT})
+        choose_mode(COUNT, True, ["a", "b", "c"], {"a": BEAT, "b": BEAT})
 
 
 def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required():
@@ -122,3 +124,53 @@ def test_pooled_km_release_spans_keep_every_released_step_above_the_minimum():
     assert spans[-1][1] == len(at_risk) - 1 and release_spans(np.array([3]), np.array([1]), 5) is None
     pd.testing.assert_series_equal(pd.Series([b for _, b in spans]).diff().dropna() > 0,
                                    pd.Series([True] * (len(spans) - 1), index=range(1, len(spans))))
+
+
+def _node(tmp_path, extra=""):
+    from cdm.wire import generate_key, private_key_pem
+    from node.config import load_config
+
+    (tmp_path / "site.key").write_bytes(private_key_pem(generate_key()))
+    path = tmp_path / "node.toml"
+    path.write_text(f'[site]\nname = "site-a"\ndata_dir = "{tmp_path / "data"}"\n'
+                    f'[bus]\nurl = "nats://127.0.0.1:4222"\nsigning_key = "{tmp_path / "site.key"}"\n{extra}\n')
+    return load_config(path)
+
+
+def test_a_node_masks_its_share_and_refuses_what_would_unmask_it(sqlite_cdm, tmp_path):
+    import json
+
+    from cdm import secagg
+    from node.execute import run_request
+    from node.secure import describe
+    from survival_sites import write_persons
+
+    config = _node(tmp_path, "[secure]\nrequired = true")
+    own = describe(config)["secagg"]
+    assert own["required"] and own["key"]
+    spec = {"cohort": {"index": {"kind": "condition", "codes": ["SNOMED:443487006"]}}, "analysis": {"type": "count"}}
+    others = {s: secagg.public_text(secagg.generate_key()) for s in ("site-b", "site-c")}
+
+    def ask(peers, session="job/round-1/attempt-1"):
+        secure = {"protocol": secagg.PROTOCOL, "session": session, "peers": peers} if peers is not None else None
+        return run_request(sqlite_cdm, config, {"request_id": session, "requester": "r", "spec": spec,
+                                                **({"secure": secure} if secure else {})})
+
+    write_persons(sqlite_cdm, pd.DataFrame({"person_id": [1, 2], "yob": [1950, 1960], "time": [30.0, 40], "event": [1, 0]}))
+    assert ask(None)["code"] == "SECURE_REQUIRED"  # this site answers a count only as a masked share
+    assert ask({"site-a": own["key"], "site-b": others["site-b"]})["code"] == "SECURE_PEERS"  # two: subtractable
+    assert ask({"site-a": others["site-b"], **others})["code"] == "SECURE_PEERS"  # not this node's key
+    answer = ask({"site-a": own["key"], **others})
+    assert answer["status"] == "ok", answer
+    share = answer["result"]["secure"]
+    assert share["layout"] == [["n", []]] and share["size"] == 1
+    assert secagg.decode(secagg.from_text(share["share"], 1))[0] != 2.0  # masked: not the count of 2
+    assert ask({"site-a": own["key"], **others})["status"] == "ok"  # the same share again is harmless
+    later = pd.DataFrame({"person_id": range(3, 23), "yob": 1970, "time": 50.0, "event": 1})  # past differencing_k
+    write_persons(sqlite_cdm, later)
+    again = ask({"site-a": own["key"], **others})  # same masks, other value: would reveal the difference
+    assert again["code"] == "SECURE_REPLAY"
+    assert ask({"site-a": own["key"], **others}, session="job/round-1/attempt-2")["status"] == "ok"
+    audit = (tmp_path / "data" / "audit.jsonl").read_text()
+    assert share["share"] not in audit and "share_sha256" in audit
+    assert json.loads(audit.splitlines()[-1])

@@ -77,3 +77,25 @@ def test_a_group_a_site_suppressed_is_named_not_zeroed():
     result = run_analysis({"type": "km", "time": TIME, "group": "g", "bin_days": 1}, with_suppression)
     assert result["groups"]["0"]["suppressed_at"] == ["small"] and not result["groups"]["0"]["complete"]
     assert result["groups"]["0"]["n"] == 4 and result["groups"]["1"]["n"] == 8 and result["groups"]["1"]["complete"]
+
+
+def test_a_site_that_merged_bins_makes_the_pooled_curve_say_where_it_is_approximate():
+    """Plain mode: a node coarsens its own small bins (node/rounds_exec.coarsen_km); the pooled curve
+    is then not exact from the first merged bin on, and the result says so per time point."""
+    from coordinator.stats.text import render
+
+    exact = {"times": [10, 20, 30, 40], "at_risk": [20, 18, 15, 9], "events": [2, 3, 5, 1], "censored": [0, 0, 1, 8]}
+    merged = {"times": [20, 30, 40], "at_risk": [20, 15, 9], "events": [5, 5, 1], "censored": [0, 1, 8],
+              "merged": [[10, 20]], "bin_days_effective": 20}
+
+    def ask(analysis):
+        return [{"groups": {"all": exact}, "_site": "a"}, {"groups": {"all": merged}, "_site": "b"}]
+
+    result = run_analysis({"type": "km", "time": TIME, "bin_days": 10}, ask)
+    curve = result["groups"]["all"]
+    assert curve["times"] == [10, 20, 30, 40] and curve["coarsened"] == [True, True, True, True]
+    assert curve["merged_by"] == ["b"] and "approximate" in result["coarsening"]
+    assert "approximate from t = 10" in render(result)
+    unmerged = run_analysis({"type": "km", "time": TIME, "bin_days": 10},
+                            lambda a: [{"groups": {"all": exact}, "_site": "a"}])
+    assert not any(unmerged["groups"]["all"]["coarsened"]) and "coarsening" not in unmerged

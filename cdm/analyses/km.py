@@ -63,7 +63,8 @@ def _site_groups(result: dict, site: str) -> dict[str, dict]:
         m = times.shape[0]
         if np.any(np.diff(times) <= 0):
             raise StatsError(f"{site}: km_round times of group {label!r} are not strictly increasing")
-        out[str(label)] = {"times": times, **{k: array(g, k, site, f"km_round group {label!r}", (m,)) for k in KEYS}}
+        out[str(label)] = {"times": times, **{k: array(g, k, site, f"km_round group {label!r}", (m,)) for k in KEYS},
+                           "merged": [list(span) for span in g.get("merged") or []]}
     return out
 
 
@@ -79,6 +80,12 @@ def pool_groups(results: dict[str, dict]) -> dict[str, dict]:
         suppressed_at = sorted(site for site, groups in per_site.items() if label in groups and groups[label] is None)
         times = np.unique(np.concatenate([p["times"] for p in parts]))
         out = {"times": times, **{k: np.zeros(times.shape[0]) for k in KEYS}, "suppressed_at": suppressed_at}
+        # a site that merged bins (plain mode) put events at a later time than they happened: from
+        # the first merged bin on, the pooled product-limit curve is not exact (said per time point)
+        starts = [span[0] for p in parts for span in p.get("merged", [])]
+        out["merged_by"] = sorted(site for site, groups in per_site.items()
+                                  if (groups.get(label) or {}).get("merged"))
+        out["coarsened"] = times >= min(starts) if starts else np.zeros(times.shape[0], dtype=bool)
         for part in parts:
             out["at_risk"] += step_at(part["times"], part["at_risk"], times)
             exact = np.isin(times, part["times"])
@@ -208,12 +215,24 @@ def run(analysis, session: Session) -> dict:
                          **{k: v.tolist() for k, v in curve.items()},
                          "median": median_survival(g["times"], curve["survival"]),
                          "n": int(g["at_risk"][0]) if g["at_risk"].size else 0,
-                         "complete": not g["suppressed_at"], "suppressed_at": g["suppressed_at"]}
+                         "complete": not g["suppressed_at"], "suppressed_at": g["suppressed_at"],
+                         "coarsened": g["coarsened"].tolist(), "merged_by": g["merged_by"]}
     test = logrank(pooled)
     if test is not None and test["statistic"] is not None and not math.isfinite(test["statistic"]):
         test["statistic"], test["p"] = None, None
-    return {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
-            "groups": groups, "logrank": test, "rounds": session.rounds}
+    out = {"type": "km", "group": analysis.group, "bin_days": analysis.bin_days, "sites": list(session.sites or []),
+           "groups": groups, "logrank": test, "rounds": session.rounds}
+    merged = sorted({site for g in groups.values() for site in g["merged_by"]})
+    if merged:
+        out["coarsening"] = PLAIN_NOTE.format(sites=", ".join(merged))
+        if test is not None:
+            test["note"] = "approximate: " + out["coarsening"]
+    return out
+
+
+PLAIN_NOTE = ("plain mode: {sites} merged time bins to pass their minimum cell count, so the pooled curve is "
+              "approximate from the first merged bin on (times marked coarsened) and so is the log-rank test; "
+              "secure mode (3 or more sites) pools exactly")
 
 
 def _run_secure(analysis, session: Session, result: dict) -> dict:

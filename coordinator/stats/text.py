@@ -59,11 +59,16 @@ def _km(result: dict) -> list[str]:
     test = result.get("logrank")
     if test and test.get("statistic") is not None:
         out.append(f"log-rank chi2 {test['statistic']:.4g} on {test['df']} df, p={_num(test['p'], 3)}")
-    for label, c in result["groups"].items():  # secure mode: say where a released step stands for several
+    for label, c in result["groups"].items():  # say, per time, where the curve is coarsened
         moved = [t for t, flag in zip(c["times"], c.get("coarsened") or []) if flag]
-        if moved:
+        if moved and c.get("merged_by"):
+            out.append(f"group {label}: approximate from t = {_num(moved[0])} on ({len(moved)} time(s)): "
+                       f"{', '.join(c['merged_by'])} merged bins (plain mode)")
+        elif moved:
             out.append(f"group {label}: coarsened at t = {', '.join(_num(t) for t in moved)} (each released value is "
                        "exact at its time; earlier event times in its span are not shown separately)")
+    if result.get("coarsening") and any(c.get("merged_by") for c in result["groups"].values()):
+        out.append(result["coarsening"])
     if result.get("suppressed"):
         out.append(f"withheld (below the minimum on the pooled data): {', '.join(result['suppressed'])}")
     return out
