@@ -366,6 +366,18 @@ class Coordinator:
         self.store.finish_job(job_id, status, message, pooled, provenance)
         self.log(f"job {job_id[:8]} by {researcher}: {message}")
 
+    async def _plain_round(self, job: dict, sites: list[str]) -> tuple[dict | None, list[SiteReply]]:
+        """A one-round analysis over ``sites`` in plain mode (after a secure attempt lost sites)."""
+        def record(reply: SiteReply) -> None:
+            self.store.record_site(job["job_id"], reply.site, reply.status, reply.code, reply.message,
+                                   reply.result, reply.elapsed_ms)
+
+        replies = await self.federation.round(sites, job["spec"], job["researcher"], job["job_id"], job["timeout"],
+                                              on_reply=record)
+        ok = {r.site: r.result or {} for r in replies if r.status == "ok"}
+        analysis = job["spec"].get("analysis", {})
+        return (aggregate.pool(analysis, ok) if len(ok) >= job["quorum"] else None), replies
+
     async def _run_one_round(self, job: dict) -> list[SiteReply]:
         import uuid
 
@@ -444,8 +456,13 @@ class Coordinator:
             try:
                 if analysis.get("type") in stats.ANALYSES:
                     pooled = await asyncio.to_thread(stats.run_analysis, analysis, ask)
-                else:  # a one-round count in secure mode
+                elif secure:  # a one-round count in secure mode
                     pooled = await asyncio.to_thread(secure_count, ask)
+                else:  # a one-round analysis gone plain: each remaining site's own answer, as _run_one_round
+                    pooled, plain = await self._plain_round(job, sites)
+                    ask.last.update({r.site: r for r in plain})
+                    ask.rounds.append({"analysis": analysis.get("type"), "mode": "plain",
+                                       "sites": {r.site: r.status for r in plain}})
                 break
             except SiteDropped as exc:
                 history += ask.rounds
@@ -459,8 +476,9 @@ class Coordinator:
                                            None, reply.elapsed_ms)
                 sites = [s for s in sites if s not in exc.sites]
                 if len(sites) < max(job["quorum"], 1) or (secure.required and len(sites) < secagg.MIN_SITES):
-                    raise stats.StatsError(f"{exc}; {len(sites)} site(s) remain, below the quorum or the "
-                                           f"{secagg.MIN_SITES} a secure sum needs") from None
+                    raise stats.StatsError(f"{exc}; {len(sites)} of {len(job['sites'])} sites remain, quorum is "
+                                           f"{job['quorum']}" + (f", and secure mode ({secure.reason}) needs "
+                                                                 f"{secagg.MIN_SITES}" if secure.required else "")) from None
                 if len(sites) < secagg.MIN_SITES:  # secure only by default: two sites go on as a plain job would
                     fallback = (f"plain: only {len(sites)} site(s) remained after {', '.join(exc.sites)} gave no "
                                 "share, and a sum cannot hide one of two sites from the other")
@@ -470,7 +488,7 @@ class Coordinator:
                 self.log(f"job {job['job_id'][:8]}: {exc}; re-running without {', '.join(exc.sites)}")
                 attempt += 1
             finally:
-                for site in sites:
+                for site in sites if analysis.get("type") in stats.ANALYSES or secure else []:
                     reply = ask.last.get(site) or SiteReply(site, "", "error", None, "never asked")
                     self.store.record_site(job["job_id"], site, reply.status, reply.code,
                                            (f"{current['label']}: {len(ask.rounds)} round(s)" if reply.status == "ok"
