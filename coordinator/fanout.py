@@ -145,10 +145,8 @@ class Asker:
         self.last: dict[str, SiteReply] = {}
 
     def __call__(self, analysis: dict, extra: dict | None = None) -> list[dict]:
-        if self.secure:
-            from coordinator.secure import secure_round
-
-            return secure_round(self, analysis, extra or {})
+        if self.secure:  # a coordinator.secure.Mode: its round driver (coordinator/secure.py)
+            return self.secure.round(self, analysis, extra or {})
         replies = self.send(analysis, extra or {})
         return self.answers(replies)
 

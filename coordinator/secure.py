@@ -33,6 +33,7 @@ import numpy as np
 
 from cdm import secagg
 from cdm.analyses.session import StatsError
+from coordinator.fanout import QuorumError, describe_missing
 
 #: researcher-level analyses with a secure form, and the node analyses they send
 SECURE_ANALYSES = ("count", "km", "cox", "glm", "quantile")
@@ -60,6 +61,10 @@ class Mode:
 
     def as_dict(self) -> dict:
         return {"mode": "secure" if self.secure else "plain", "reason": self.reason}
+
+    def round(self, asker, analysis: dict, extra: dict) -> list[dict]:
+        """What :class:`coordinator.fanout.Asker` calls for each round of a secure job."""
+        return secure_round(asker, analysis, extra)
 
 
 def without_secure_form(spec: dict) -> str | None:
@@ -223,8 +228,6 @@ def secure_round(asker, analysis: dict, extra: dict) -> list[dict]:
     """One secure sum over ``asker.sites`` (a :class:`coordinator.fanout.Asker` with ``secure``); a
     ``km_round`` whose pooled events reach past the horizon is asked again on a longer one."""
     from cdm.spec import MAX_DAYS
-    from coordinator.fanout import QuorumError, describe_missing
-    from cdm.analyses.session import StatsError
 
     horizon = None
     while True:

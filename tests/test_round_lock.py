@@ -114,7 +114,7 @@ def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required
 
 
 def test_pooled_km_release_spans_keep_every_released_step_above_the_minimum():
-    from coordinator.stats.km import release_spans
+    from cdm.analyses.km import release_spans
 
     at_risk = np.array([40, 38, 37, 30, 29, 20, 12, 6, 4, 2])
     events = np.array([2, 1, 3, 0, 6, 1, 1, 2, 1, 1])

@@ -80,7 +80,7 @@ def test_a_group_a_site_suppressed_is_named_not_zeroed():
 
 
 def test_a_site_that_merged_bins_makes_the_pooled_curve_say_where_it_is_approximate():
-    """Plain mode: a node coarsens its own small bins (node/rounds_exec.coarsen_km); the pooled curve
+    """Plain mode: a node coarsens its own small bins (cdm.analyses.km.coarsen_km); the pooled curve
     is then not exact from the first merged bin on, and the result says so per time point."""
     from coordinator.stats.text import render
 
