@@ -68,3 +68,7 @@ class RefusalCode(StrEnum):
     INTERNAL = "INTERNAL"                  #: the site failed (status error)
     NOT_ENROLLED = "NOT_ENROLLED"          #: the coordinator does not know the site (status offline)
     BAD_SIGNATURE = "BAD_SIGNATURE"        #: the reply did not verify (status bad_signature)
+    ROUND_LOCKED = "ROUND_LOCKED"          #: beta is not the algorithm's next step from the pooled fits (node/secure.py)
+    SECURE_REQUIRED = "SECURE_REQUIRED"    #: the site answers this analysis only as a masked share of a sum
+    SECURE_PEERS = "SECURE_PEERS"          #: a secure sum with < 3 sites, or naming another key for this site
+    SECURE_REPLAY = "SECURE_REPLAY"        #: a second, different share under masks already used
