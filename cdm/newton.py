@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cdm.errors import RadfedError
+
 #: A coefficient past this (a ratio beyond e^25 ~ 7e10) is diverging, not converging: (quasi-)complete
 #: separation in a logistic model, a monotone likelihood in a Cox model (Heinze & Schemper 2001/2002).
 DIVERGENCE = 25.0
@@ -26,7 +28,7 @@ MAX_HALVINGS = 30
 LOCK = "newton/1"
 
 
-class SingularInformation(ValueError):
+class SingularInformation(RadfedError, ValueError):
     """The information matrix cannot be inverted (collinear or constant covariates, no events)."""
 
 

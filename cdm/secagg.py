@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cdm.errors import RadfedError
 from cdm.wire import canonical
 
 PROTOCOL = "radfed-secagg/1"
@@ -54,7 +55,7 @@ SUM_BOUND = float(2 ** (127 - SCALE_BITS))
 MIN_SITES = 3
 
 
-class SecAggError(ValueError):
+class SecAggError(RadfedError, ValueError):
     """A secure-summation input or message is unusable (bad key, out of range, wrong length)."""
 
 

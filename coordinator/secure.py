@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cdm import secagg
+from cdm.errors import RadfedError
 from cdm.analyses.session import StatsError
 from coordinator.fanout import QuorumError, describe_missing
 
@@ -39,11 +40,11 @@ from coordinator.fanout import QuorumError, describe_missing
 SECURE_ANALYSES = ("count", "km", "cox", "glm", "quantile")
 
 
-class SecureModeError(ValueError):
+class SecureModeError(RadfedError, ValueError):
     """The job cannot run in the mode it needs (too few sites, no key, analysis without a secure form)."""
 
 
-class SiteDropped(RuntimeError):
+class SiteDropped(RadfedError, RuntimeError):
     """Sites did not give their share of a secure round (dropped out, or refused): re-run without them."""
 
     def __init__(self, replies: list, message: str):
