@@ -158,13 +158,13 @@ def test_km_text_shows_the_survival_table_and_every_site():
     assert "c     refused" in shown and "NOT_ALLOWED analysis 'km_round' is not allowed" in shown
     table = shown[shown.index("Kaplan-Meier survival table"):].splitlines()
     assert table[1].split() == ["source", "group", "time", "at_risk", "events", "censored", "survival",
-                                "ci_lower_95", "ci_upper_95"]
-    assert table[3].split() == ["pooled", "all", "30", "20", "10", "0", "0.5", "0.27", "0.69"]
+                                "ci_lower_95", "ci_upper_95", "coarsened"]
+    assert table[3].split() == ["pooled", "all", "30", "20", "10", "0", "0.5", "0.27", "0.69", "-"]
     assert table[4].split()[2] == "12,030"  # a time is printed whole, never as 1.203e+04
     lines = job_csv(KM_JOB).splitlines()
-    assert lines[0] == "source,group,time,at_risk,events,censored,survival,ci_lower_95,ci_upper_95,status,note"
-    assert lines[1] == "pooled,all,30.0,20,10,0,0.5,0.27,0.69,ok,"
-    assert lines[-1] == "c,,,,,,,,,refused,NOT_ALLOWED analysis 'km_round' is not allowed"
+    assert lines[0] == "source,group,time,at_risk,events,censored,survival,ci_lower_95,ci_upper_95,coarsened,status,note"
+    assert lines[1] == "pooled,all,30.0,20,10,0,0.5,0.27,0.69,,ok,"
+    assert lines[-1] == "c,,,,,,,,,,refused,NOT_ALLOWED analysis 'km_round' is not allowed"
     assert [t.name for t in result_tables(KM_JOB)] == ["survival", "groups"]
 
 
