@@ -269,38 +269,16 @@ def _run_secure(analysis, session: Session, result: dict) -> dict:
 
 
 def coarsen_km(counts: dict, min_cell: int, bin_days: int) -> dict | None:
-    """Merge one group's bins until every released bin passes (module doc); None if it never can."""
-    times, at_risk, events, censored = (counts[k] for k in ("times", "at_risk", "events", "censored"))
-    k = len(times)
-    spans: list[list[int]] = []
-    i = 0
-    while i < k:
-        if at_risk[i] < min_cell:  # at-risk only falls: the rest cannot stand alone
-            if not spans:
-                return None
-            spans[-1][1] = k - 1
-            break
-        j, d = i, events[i]
-        while 0 < d < min_cell and j + 1 < k:
-            j += 1
-            d += events[j]
-        spans.append([i, j])
-        i = j + 1
-
-    def small(span):
-        return 0 < sum(events[span[0]:span[1] + 1]) < min_cell
-
-    while spans and small(spans[-1]):
-        if len(spans) == 1:
-            return None
-        last = spans.pop()
-        spans[-1][1] = last[1]
-    if not spans:
+    """Merge one group's bins until every released bin passes (module doc); None if it never can.
+    The spans are the pooled release's (:func:`release_spans`): one rule for a site and for the pool."""
+    times, at_risk, events, censored = (np.asarray(counts[k]) for k in ("times", "at_risk", "events", "censored"))
+    spans = release_spans(at_risk, events, min_cell)
+    if spans is None:
         return None
-    merged = [[times[a], times[b]] for a, b in spans if b > a]
-    return {"times": [times[b] for _, b in spans], "at_risk": [at_risk[a] for a, _ in spans],
-            "events": [int(sum(events[a:b + 1])) for a, b in spans],
-            "censored": [int(sum(censored[a:b + 1])) for a, b in spans],
+    merged = [[times[a].item(), times[b].item()] for a, b in spans if b > a]
+    return {"times": [times[b].item() for _, b in spans], "at_risk": [at_risk[a].item() for a, _ in spans],
+            "events": [int(events[a:b + 1].sum()) for a, b in spans],
+            "censored": [int(censored[a:b + 1].sum()) for a, b in spans],
             "merged": merged,
             "bin_days_effective": max([bin_days] + [t1 - t0 + bin_days for t0, t1 in merged])}
 
