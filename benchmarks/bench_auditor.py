@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from node.disclosure.auditor import ReleaseAuditor
-from node.policy import Refusal  # noqa: E402
+from node.disclosure.policy import Refusal  # noqa: E402
 
 
 def cohorts(n: int, rng, kind: str = "ranges"):

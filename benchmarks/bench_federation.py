@@ -12,7 +12,7 @@ runs twice (``--cache both``, the default): with the nodes' frame cache off (eve
 CDM: ``three_nodes_cold``) and on (a repeat over the unchanged CDM reuses the cohort frame:
 ``three_nodes``).
 
-Part 2 enrolls ``--agents`` sites and runs that many real bus agents (:class:`node.agent.Agent`: own
+Part 2 enrolls ``--agents`` sites and runs that many real bus agents (:class:`node.bus_handler.Agent`: own
 NATS credentials, signature checks, signed replies) in a few worker processes; their execution layer
 is a constant answer so that the measurement is the fan-out itself (transport, signing, verification,
 job store, aggregation), not 100 copies of SQLite competing for 2 cores.
@@ -149,8 +149,8 @@ def part_three_nodes(root: Path, persons: int, runs: int, spec: dict, frame_cach
 
 def swarm_worker(bundle_dirs: list[str]) -> None:
     """Run one Agent per bundle in this process until stdin closes."""
-    from node.agent import Agent
-    from node.bus import bus_settings
+    from node.bus_handler import Agent
+    from node.bus_connection import bus_settings
     from node.config import load_config
 
     async def main():

@@ -6,7 +6,7 @@ One SQLite CDM (bench_query.populate), a real node.toml per configuration in a t
 the same crosstab through node.execute.run_request ``--runs`` times each; p50/p95 in ms. The hooks
 alone (approvals.check on an approved request, noise.check_budget + noise.charge, noise.privatize)
 are timed separately on the same state database, and the linked-release audit's solver
-(node.policy.recoverable_cells) on growing synthetic histories.  BLAS runs single-threaded (set
+(node.disclosure.policy.recoverable_cells) on growing synthetic histories.  BLAS runs single-threaded (set
 OPENBLAS_NUM_THREADS to override): on a loaded 2-core machine its threads made the solver 10-100x
 slower.
 """
@@ -28,10 +28,11 @@ from bench_query import SPECS, populate
 
 from cdm.db import create_cdm, open_engine
 from cdm.spec import parse_spec
-from node import approvals, noise, state
+from node import state
+from node.disclosure import approvals, noise
 from node.config import load_config
 from node.execute import run_request
-from node.policy import Policy, Refusal, recoverable_cells
+from node.disclosure.policy import Policy, Refusal, recoverable_cells
 
 CONFIGS = {
     "defaults (suppression, linked-release audit, differencing, rate limit, audit log)": "",
@@ -108,7 +109,7 @@ def main() -> None:
 
 
 def _audit_scaling() -> None:
-    """node.policy.recoverable_cells alone, worst case: every earlier release is a crosstab of 20 cells
+    """node.disclosure.policy.recoverable_cells alone, worst case: every earlier release is a crosstab of 20 cells
     over a *different random half* of the persons (so atoms approach persons), two cells small and
     suppressed.  Realistic histories (a few cohorts cross-classified by categorical variables) have
     few atoms and stay in the first rows."""

@@ -15,8 +15,8 @@ import click
 from cdm.db import create_cdm, layout_of, open_engine, require_cdm, require_writable_cdm, table_counts
 from cdm.errors import RadfedError, exit_code_of
 from cdm.vocabulary import Vocabulary, load_athena, load_source_to_concept_map
-from node.agent import serve_command
-from node.approvals import approvals_group
+from node.bus_handler import serve_command
+from node.disclosure.approvals import approvals_group
 from node.config import NodeConfig, load_config
 from node.config_cli import config_group
 from node.dicom.cli import dicom_group, features_command, ingest_dicom_command

@@ -19,7 +19,7 @@ def check(config: NodeConfig) -> list[str]:
     """Every problem with ``config``; empty when a node can start on it."""
     problems = validate(config)
     if "bus" in config.raw:
-        from node.bus import bus_settings
+        from node.bus_connection import bus_settings
 
         try:
             settings = bus_settings(config)
@@ -32,7 +32,7 @@ def check(config: NodeConfig) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
     if "policy" in config.raw:
-        from node.policy import Policy
+        from node.disclosure.policy import Policy
 
         try:
             Policy.from_config(config)

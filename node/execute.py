@@ -21,12 +21,12 @@ from cdm.compiler import Resolver, fetch_rows, resolve_variables, tune_for_queri
 from cdm.compiler import frame as cohort_frame
 from cdm.messages import RefusalCode, ReplyStatus
 from cdm.vocabulary import UnknownCode
-from node import approvals, noise, state
 from node import secure as node_secure
+from node import state
 from node.audit import AuditLog
-from node.disclosure import release_history
 from node.config import ConfigError
-from node.policy import Policy, Refusal, recoverable_cells
+from node.disclosure import approvals, noise, release_history
+from node.disclosure.policy import Policy, Refusal, recoverable_cells
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ def _site(config) -> str:
 
 
 def run_request(engine, config, request: dict, locked: bool = False) -> dict:
-    """Order: parse -> rate limit -> allowlist (and what noise cannot cover) -> approval -> budget ->
-    compile (unknown codes) -> run (or reuse the same frame while the CDM is unchanged: FrameCache)
-    -> analyse -> linked-release audit + differencing -> noise + budget charge -> release
-    (docs/node-policy.md).  ``locked``: a round's ``beta`` must be the algorithm's (node/secure.py;
+    """Steps 3-12 of the disclosure order declared in node/disclosure/__init__.py: parse -> rate
+    limit -> allowlist (and what noise cannot cover) -> approval -> budget -> compile (unknown codes)
+    -> run (or reuse the same frame while the CDM is unchanged: FrameCache) -> analyse -> linked-release
+    audit + differencing + site-wide auditor -> noise + budget charge -> release (docs/node-policy.md).  ``locked``: a round's ``beta`` must be the algorithm's (node/secure.py;
     the agent sets it for every request from the bus)."""
     request = request if isinstance(request, dict) else {}
     response = {"request_id": request.get("request_id"), "site": _site(config), "status": ReplyStatus.OK,
@@ -206,7 +206,7 @@ def _audited_sets(spec, ids, values, result) -> tuple[list, list] | None:
 
 
 def _charge_refusal(config, requester, settings) -> dict | None:
-    """A data-dependent refusal costs what a release costs (node/noise.py); over budget it still
+    """A data-dependent refusal costs what a release costs (node/disclosure/noise.py); over budget it still
     refuses, with nothing more to charge."""
     try:
         return noise.charge(state.state_engine(config), requester, settings)
@@ -225,7 +225,7 @@ def _note_refused_cohort(config, requester, request_id, spec, ids, policy) -> No
 
 def _linked_check(config, requester, spec, ids, values, result, policy, noise_settings):
     """Refuse a result that, with everything already released to this requester, would disclose a
-    suppressed cell exactly (node.policy.recoverable_cells); the cell sets to record, or None."""
+    suppressed cell exactly (node.disclosure.policy.recoverable_cells); the cell sets to record, or None."""
     if config is None or not policy.audit_linked_releases or noise_settings.on:
         return None  # noisy counts are not exact equations: the privacy budget bounds what they reveal
     cells = _cell_sets(spec, ids, values, result)

@@ -19,10 +19,10 @@ from cdm import spec as S
 from cdm.compiler import compile_spec
 from cdm.messages import RefusalCode, ReplyStatus
 from cdm.wire import make_response
-from node import noise
 from node.audit import AuditLog
 from node.config import ConfigError
-from node.policy import Policy, Refusal
+from node.disclosure import noise
+from node.disclosure.policy import Policy, Refusal
 
 log = logging.getLogger(__name__)
 

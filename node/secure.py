@@ -52,7 +52,7 @@ from cdm import newton, rounds, secagg
 from cdm import spec as S
 from cdm.round_frames import compile_intervals, compile_survival
 from cdm.wire import public_key_text
-from node.policy import Policy, Refusal
+from node.disclosure.policy import Policy, Refusal
 
 SECURE_TYPES = ("count", "quantile_round", "km_round", "cox_round", "glm_round")
 LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round")
@@ -66,7 +66,7 @@ def settings(config) -> dict:
 
 def own_key(config):
     """This site's X25519 key, bound to its current Ed25519 signing key (rotates with it)."""
-    from node.bus import bus_settings
+    from node.bus_connection import bus_settings
 
     signing = bus_settings(config).signer_key()
     return secagg.load_or_create(secagg.site_key_path(config.data_dir, public_key_text(signing)))

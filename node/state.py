@@ -1,6 +1,6 @@
 """The node's private bookkeeping (never in the CDM, never released): which patient sets were released
-to whom, for the differencing defence; requests awaiting the site's approval (node/approvals.py);
-the privacy budget each requester has spent (node/noise.py).
+to whom, for the differencing defence; requests awaiting the site's approval (node/disclosure/approvals.py);
+the privacy budget each requester has spent (node/disclosure/noise.py).
 
 Lives in ``[state] url`` of node.toml, else ``<data_dir>/node-state.sqlite``.  A released set is kept
 as its sorted person ids (site-private, like the CDM itself), delta-encoded in the narrowest unsigned
@@ -65,7 +65,7 @@ approval_requests = Table(
     UniqueConstraint("approval_key", "requester", name="uq_approval_key_requester"),
 )
 
-released_cells = Table(  # node.policy.recoverable_cells: every count cell released (or suppressed) to a requester
+released_cells = Table(  # node.disclosure.policy.recoverable_cells: every count cell released (or suppressed) to a requester
     "released_cell", state_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("requester", String(255), nullable=False, index=True),

@@ -16,9 +16,9 @@ from cdm import wire
 from coordinator.home import CoordinatorHome
 from coordinator.natsconf import COORDINATOR_USER
 from coordinator.natsproc import NatsServer, free_coordinator_ports
-from node.agent import Agent
+from node.bus_handler import Agent
 from node.audit import AuditLog
-from node.bus import bus_settings
+from node.bus_connection import bus_settings
 from node.config import load_config
 from node.disclosure.requests import RequestGate, gate_for_config
 from node.state import state_engine

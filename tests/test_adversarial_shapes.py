@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node import approvals
+from node.disclosure import approvals
 from node.state import state_engine
 from tests.adversarial import (
     ADC, AGE, IDS, MALE, POLICIES, RESPONSE, SUBTYPE, TARGET, age_range, ask, determined, load_site, members,

@@ -173,7 +173,7 @@ def test_no_subscriber_means_offline_at_once(bus):
 
 def test_tls_bus_with_the_bundles_ca(tmp_path):
     from coordinator.tlsinit import make_tls
-    from node.bus import connect, tls_context
+    from node.bus_connection import connect, tls_context
 
     home = CoordinatorHome(tmp_path / "coord").init(**free_coordinator_ports())
     make_tls(home.path / "tls", ["127.0.0.1", "localhost"])

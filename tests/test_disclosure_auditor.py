@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from node.disclosure.auditor import ReleaseAuditor
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 
 
 def _rank(rows) -> int:

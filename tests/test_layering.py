@@ -45,6 +45,6 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     for package in ("cdm", "coordinator"):
         (tmp_path / package).mkdir()
     (tmp_path / "node" / "bad.py").write_text("def f():\n    from coordinator.stats import cox\n")
-    (tmp_path / "cdm" / "bad.py").write_text("import importlib\nimportlib.import_module('node.policy')\n")
+    (tmp_path / "cdm" / "bad.py").write_text("import importlib\nimportlib.import_module('node.disclosure.policy')\n")
     (tmp_path / "coordinator" / "fine.py").write_text("TEXT = 'from node.learn import clientapp'\nimport cdm.spec\n")
     assert violations(tmp_path) == ["cdm/bad.py:2 imports node", "node/bad.py:2 imports coordinator"]

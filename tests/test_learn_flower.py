@@ -235,7 +235,7 @@ def test_process_command_lines(tmp_path):
     ported = supernode_command(load_config(pinned))
     assert ported[ported.index("--port") + 1] == "9555"                       # [learning] runtime_port
     from node.learn.fabpin import allowed_hashes, require_verified
-    from node.policy import Refusal
+    from node.disclosure.policy import Refusal
 
     assert allowed_hashes(load_config(pinned)) == {installed_fab_hash(): "this site's radfed install",
                                                     extra: "node.toml [learning] allowed_fab_hashes"}

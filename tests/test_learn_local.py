@@ -31,7 +31,7 @@ from node.audit import AuditLog  # noqa: E402
 from node.config import load_config  # noqa: E402
 from node.learn.clientapp import app as client_app  # noqa: E402
 from node.learn.data import training_rows, variable_key  # noqa: E402
-from node.policy import Refusal  # noqa: E402
+from node.disclosure.policy import Refusal  # noqa: E402
 
 
 @pytest.fixture(scope="module")

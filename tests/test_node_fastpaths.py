@@ -27,7 +27,7 @@ from node import execute, state
 from node.audit import AuditLog
 from node.config import load_config
 from node.execute import FRAMES, run_request
-from node.policy import Policy
+from node.disclosure.policy import Policy
 
 D = dt.date
 INDEX = {"index": {"kind": "condition", "codes": ["RADFED:progression"]}}

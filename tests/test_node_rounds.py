@@ -25,7 +25,7 @@ from cdm.spec import SpecError, parse_spec
 from node.audit import AuditLog
 from node.config import NodeConfig, load_config
 from node.execute import run_request
-from node.policy import Policy, Refusal
+from node.disclosure.policy import Policy, Refusal
 from cdm.analyses import SiteData, site_kind
 from cdm.analyses.km import coarsen_km, hide_groups
 

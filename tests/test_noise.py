@@ -1,4 +1,4 @@
-"""Differentially private noise and the per-requester privacy budget (node/noise.py), through the real
+"""Differentially private noise and the per-requester privacy budget (node/disclosure/noise.py), through the real
 request path on a SQLite CDM.  Noise is checked by its distribution over many draws, never exact values."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from cdm.spec import parse_spec
-from node import noise, state
+from node import state
+from node.disclosure import noise
 from node.audit import AuditLog
-from node.noise import NoiseSettings, noise_scale, privatize
-from node.policy import Refusal
+from node.disclosure.noise import NoiseSettings, noise_scale, privatize
+from node.disclosure.policy import Refusal
 from node.state import state_engine
 from test_policy_attacks import INDEX, N_PERSONS, TF_EDGES, VARIABLES, ask, load_persons, write_config
 

@@ -28,7 +28,7 @@ from node.audit import AuditLog
 from node.cli import main
 from node.config import load_config
 from node.execute import run_request
-from node.policy import Refusal, recoverable_cells
+from node.disclosure.policy import Refusal, recoverable_cells
 
 D = dt.date
 N_PERSONS = 40
@@ -194,10 +194,10 @@ def test_suppressed_cells_cannot_be_recovered_from_all_margins(sqlite_cdm, tmp_p
 def test_the_attack_is_real_against_primary_suppression_alone(sqlite_cdm, tmp_path, monkeypatch):
     """Without secondary suppression and without the linked-release audit the attacker wins; the audit
     alone already stops it (it refuses the releases that would complete a disclosure)."""
-    import node.policy
+    import node.disclosure.policy
 
     load_persons(sqlite_cdm)
-    monkeypatch.setattr(node.policy, "suppress_cells", primary_only)  # what Policy.suppress calls
+    monkeypatch.setattr(node.disclosure.policy, "suppress_cells", primary_only)  # what Policy.suppress calls
     with monkeypatch.context() as patch:  # the site-wide auditor off too, for this half only
         _site_auditor_off(patch)
         config = write_config(tmp_path / "off", "[policy]\nmin_cell_count = 5\naudit_linked_releases = false\n")
@@ -246,9 +246,9 @@ def test_recoverable_cells_is_a_span_test_over_atoms():
 
 
 def test_an_audit_too_large_to_solve_fails_closed(monkeypatch):
-    import node.policy
+    import node.disclosure.policy
 
-    monkeypatch.setattr(node.policy, "MAX_AUDIT_ENTRIES", 3)
+    monkeypatch.setattr(node.disclosure.policy, "MAX_AUDIT_ENTRIES", 3)
     with pytest.raises(Refusal) as refused:
         recoverable_cells([np.arange(40), np.arange(20), np.arange(10)], [np.arange(2)], 5)
     assert refused.value.code == "DIFFERENCING" and "cannot be audited" in refused.value.message

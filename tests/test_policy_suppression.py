@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from node.policy import Policy, suppress_cells
+from node.disclosure.policy import Policy, suppress_cells
 
 
 def _recoverable(keys, counts, hidden, k):

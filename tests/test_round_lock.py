@@ -9,7 +9,7 @@ from cdm import newton
 from cdm.rounds import cox_stratified
 from coordinator.secure import SecureModeError, choose_mode
 from coordinator.stats import run_analysis
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 from node.secure import check_lock
 
 

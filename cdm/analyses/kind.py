@@ -7,7 +7,7 @@ coordinator: ``pool`` for a one-round analysis, ``run`` for one driven over roun
 vantage6's ``partial`` / ``central``; node and coordinator each call only their own half.
 
 The site half gets the site's disclosure policy as a duck-typed object (the node's
-``node.policy.Policy``): ``small(n)`` (zero included), ``suppress(keys, counts)`` (primary and
+``node.disclosure.policy.Policy``): ``small(n)`` (zero included), ``suppress(keys, counts)`` (primary and
 secondary cell suppression), ``categories(spec, analysis, site)`` (a crosstab's categories from the
 spec, never from the data), ``check_columns(rows, names, what)`` (a model column needs
 ``min_cell_count`` rows on each side), ``min_cell_count``, ``min_rows_model``,

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 
 P = 2_147_483_647  # the Mersenne prime 2**31 - 1: products of two residues fit in int64
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select
 
 from node import state
 from node.disclosure.auditor import ReleaseAuditor
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 
 T = state.audited_releases
 PERIODS = state.release_periods

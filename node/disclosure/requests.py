@@ -44,7 +44,7 @@ def remember_nonce(engine, request: dict, now: float | None = None) -> None:
 
 
 class RequestGate:
-    """Callable for node/agent.py: ``None`` when the verified ``request`` may run, else the refusal
+    """Callable for node/bus_handler.py: ``None`` when the verified ``request`` may run, else the refusal
     response (written to the site's audit log too)."""
 
     def __init__(self, site: str, engine, audit=None):

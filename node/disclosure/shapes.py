@@ -5,7 +5,7 @@ get an answer -- must follow from the spec and the site's policy, never from whi
 occur (attack families 2, 3, 7 of issue 16):
 
 * **Small means 0 .. k-1.**  A count, a cell, a quantile side of zero persons is hidden exactly like
-  one of 1..k-1 persons (:meth:`node.policy.Policy.small`), so "refused" no longer tells "someone".
+  one of 1..k-1 persons (:meth:`node.disclosure.policy.Policy.small`), so "refused" no longer tells "someone".
 * **Categories from the spec.**  A crosstab lists every combination of its variables' categories as
   the spec or the vocabulary defines them (:func:`category_domain`): sex F/M/O, a groups variable's
   labels, a categorical condition's labels, the bins of a binned variable, 0/1 of a presence

@@ -22,7 +22,7 @@ from cdm.learn.modelspec import ModelSpec, ModelSpecError, parse_model_spec
 from node.config import ConfigError
 from node.learn.data import audit_round, suppress_small_groups, training_rows
 from node.learn.fabpin import require_verified
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 
 log = logging.getLogger(__name__)
 app = ClientApp()

@@ -26,7 +26,7 @@ from cdm import spec as S
 from cdm.compiler import Resolver, frame
 from cdm.learn.modelspec import ModelSpec, frame_specs
 from node.audit import AuditLog
-from node.policy import Policy, Refusal
+from node.disclosure.policy import Policy, Refusal
 
 log = logging.getLogger(__name__)
 

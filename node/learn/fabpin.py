@@ -67,7 +67,7 @@ def write_shim(folder: Path) -> Path:
 
 def require_verified(context) -> None:
     """Refuse (``NOT_ALLOWED``) unless this process's FAB passed the pin, or the grid runs no FAB."""
-    from node.policy import Refusal
+    from node.disclosure.policy import Refusal
 
     if os.environ.get(VERIFIED_ENV) or context.node_config.get("radfed-grid") == "in-process":
         return

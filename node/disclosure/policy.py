@@ -32,7 +32,7 @@ class Policy:
     differencing_k: int = 5
     max_requests_per_hour: int = 1000
     allowed_analyses: tuple = SITE_TYPES  # every analysis a site answers (cdm.analyses)
-    # "none", "all", or the analysis types a site administrator approves by hand (node/approvals.py)
+    # "none", "all", or the analysis types a site administrator approves by hand (node/disclosure/approvals.py)
     approval: str | tuple = "none"
     # audit each release against everything released to the same requester (recoverable_cells)
     audit_linked_releases: bool = True

@@ -1,4 +1,4 @@
-"""``radfed-node serve``: the site's bus agent.
+"""``radfed-node serve``: the site's NATS bus handler (the "bus agent" of older docs).
 
 Connects out to NATS with the site's credentials, listens on ``radfed.site.<name>.request``, and for
 each request: checks the coordinator's signature, runs it through the node's own execution path
@@ -34,7 +34,7 @@ from cdm.wire import (
     site_inbox,
     verify,
 )
-from node.bus import BusSettings, bus_settings, connect
+from node.bus_connection import BusSettings, bus_settings, connect
 from node.config import NodeConfig
 
 Execute = Callable[[dict], dict]

@@ -24,7 +24,7 @@ from cdm import spec as S
 from cdm.errors import EXIT_USAGE, RadfedError
 from node import state
 from node.audit import AuditLog
-from node.policy import Policy, Refusal
+from node.disclosure.policy import Policy, Refusal
 
 T = state.approval_requests
 STATUSES = ("pending", "approved", "denied")

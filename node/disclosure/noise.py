@@ -54,7 +54,7 @@ from sqlalchemy.exc import IntegrityError
 from cdm import spec as S
 from node import state
 from node.config import ConfigError
-from node.policy import Refusal
+from node.disclosure.policy import Refusal
 
 MECHANISMS = ("none", "laplace", "gaussian")
 NOISY_ANALYSES = ("count", "crosstab", "histogram", "quantile_round", "summary")
