@@ -53,6 +53,7 @@ from pydantic import (
 
 from cdm.atlas.model import AtlasCohort
 from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.messages import RefusalCode, ReplyStatus
 from cdm.vocabulary import SYSTEM_ALIASES, UnknownCode, is_system_uri, parse_reference
 
 SPEC_VERSION = 1
@@ -70,10 +71,15 @@ class SpecError(RadfedError, ValueError):
 
     exit_code = EXIT_USAGE
     http_status = 400
+    reply_status = ReplyStatus.REFUSED  # a node refuses a spec it cannot read (cdm.errors.reply_of)
+    reply_code = RefusalCode.BAD_SPEC
 
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("; ".join(f"{where}: {why}" if where else why for where, why in problems))
+
+    def reply_message(self) -> str:
+        return str(self)[:2000]
 
 
 # -- small value types -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cdm.errors import RadfedError
-from cdm.messages import ReplyStatus
+from cdm.messages import RefusalCode, ReplyStatus
 
 SUBJECT_PREFIX = "radfed.site"
 OFFLINE_PREFIX = "radfed.offline"     # JetStream: durable queue of requests for sites that are offline
@@ -39,6 +39,16 @@ class WireError(RadfedError, ValueError):
     """A message is malformed, unsigned, or its signature does not verify."""
 
     http_status = 400
+
+
+class EnvelopeError(WireError):
+    """Bytes that are not a signed radfed envelope, or whose signature does not verify; a node
+    answers such a request BAD_SIGNATURE without running it (node/bus_handler.py, cdm.errors.reply_of)."""
+
+    reply_code = RefusalCode.BAD_SIGNATURE
+
+    def reply_message(self) -> str:
+        return f"request rejected: {self}"
 
 
 # --------------------------------------------------------------------------- subjects
@@ -89,7 +99,7 @@ def loads(data: bytes):
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise WireError(f"not JSON: {exc}") from None
+        raise EnvelopeError(f"not JSON: {exc}") from None
 
 
 # --------------------------------------------------------------------------- records
@@ -127,9 +137,14 @@ def make_request(spec: dict, requester: str, job_id: str | None = None, request_
 class StaleRequest(WireError):
     """A verified request that must still not run here: ``code`` is MISDIRECTED, STALE or REPLAYED."""
 
+    reply_status = ReplyStatus.REFUSED
+
     def __init__(self, code: str, message: str):
-        self.code = code
+        self.code = self.reply_code = RefusalCode(code)
         super().__init__(message)
+
+    def reply_message(self) -> str:
+        return f"request not run: {self}"
 
 
 def check_fresh(request: dict, site: str, now: float | None = None) -> None:
@@ -247,14 +262,14 @@ def open_envelope(data: bytes) -> tuple[dict, str, bytes]:
     """(record, signer, signature) from wire bytes, without verifying; malformed -> WireError."""
     envelope = loads(data)
     if not isinstance(envelope, dict) or not isinstance(envelope.get("record"), dict):
-        raise WireError("message is not a radfed envelope (no 'record' object)")
+        raise EnvelopeError("message is not a radfed envelope (no 'record' object)")
     signer, signature = envelope.get("signer"), envelope.get("signature")
     if not isinstance(signer, str) or not isinstance(signature, str):
-        raise WireError("message is not signed")
+        raise EnvelopeError("message is not signed")
     try:
         raw = base64.b64decode(signature, validate=True)
     except ValueError:
-        raise WireError("signature is not base64") from None
+        raise EnvelopeError("signature is not base64") from None
     return envelope["record"], signer, raw
 
 
@@ -262,10 +277,10 @@ def verify(data: bytes, expected_signer: str, public_key: Ed25519PublicKey | str
     """The record in ``data`` if it is signed by ``expected_signer`` with ``public_key``; else WireError."""
     record, signer, signature = open_envelope(data)
     if signer != expected_signer:
-        raise WireError(f"signed by {signer!r}, expected {expected_signer!r}")
+        raise EnvelopeError(f"signed by {signer!r}, expected {expected_signer!r}")
     key = load_public_key(public_key) if isinstance(public_key, str) else public_key
     try:
         key.verify(signature, canonical(record))
     except InvalidSignature:
-        raise WireError(f"bad signature: the message does not verify against the key enrolled for {expected_signer!r}") from None
+        raise EnvelopeError(f"bad signature: the message does not verify against the key enrolled for {expected_signer!r}") from None
     return record

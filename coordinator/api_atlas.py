@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from cdm.atlas.refusals import Untranslatable
 from cdm.atlas.translate import atlas_spec
+from cdm.errors import http_status_of
 from coordinator.service import SubmitError
 
 
@@ -55,7 +56,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
             job_id = coordinator.submit(who["name"], out["spec"], body.sites, body.quorum, body.timeout, None)
         except SubmitError as exc:
             coordinator.store.audit(who["name"], "job.submit", "refused", None, str(exc))
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         coordinator.store.audit(who["name"], "job.submit", "ok", job_id, "atlas " + out["spec"]["analysis"]["type"])
         await coordinator.wait(job_id, body.wait)
         job = visible_job(job_id, who)

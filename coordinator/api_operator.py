@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from cdm.errors import http_status_of
 from coordinator.home import HomeError
 from coordinator.store import StoreError, utcnow
 
@@ -61,7 +62,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
             token = store.add_researcher(body.name, body.role, expires)
         except StoreError as exc:
             store.audit(who["name"], "researcher.add", "refused", body.name, str(exc))
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         store.audit(who["name"], "researcher.add", "ok", body.name.strip(),
                     f"role {body.role}, expires {_iso(expires) or 'never'}")
         return {"name": body.name.strip(), "role": body.role, "expires_at": _iso(expires), "token": token}
@@ -72,7 +73,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
             store.revoke_researcher(name)
         except StoreError as exc:
             store.audit(who["name"], "researcher.revoke", "refused", name, str(exc))
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         store.audit(who["name"], "researcher.revoke", "ok", name)
         return {"name": name, "state": "revoked"}
 
@@ -83,7 +84,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
                 bundle = coordinator.home.enroll_site(body.name, tmp)
             except HomeError as exc:
                 store.audit(who["name"], "site.enrol", "refused", body.name, str(exc))
-                raise HTTPException(400, str(exc)) from None
+                raise HTTPException(http_status_of(exc), str(exc)) from None
             data = bundle_zip(bundle.folder)
         store.audit(who["name"], "site.enrol", "ok", body.name, "bundle sent to the operator's browser")
         return Response(data, media_type="application/zip", headers={
@@ -93,9 +94,9 @@ def router(coordinator, access, visible_job) -> APIRouter:
     async def revoke_site(name: str, who: dict = Depends(access.admin)):
         try:
             coordinator.home.revoke_site(name)
-        except HomeError as exc:
+        except (HomeError, StoreError) as exc:
             store.audit(who["name"], "site.revoke", "refused", name, str(exc))
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         store.audit(who["name"], "site.revoke", "ok", name)
         return {"site": name, "state": "revoked"}
 

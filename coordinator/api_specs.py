@@ -23,6 +23,7 @@ import yaml
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
+from cdm.errors import http_status_of
 from cdm.spec import MAX_SPEC_BYTES, SpecError, parse_spec, spec_json_schema
 from cdm.wire import spec_hash
 from coordinator.service import SubmitError, split_spec
@@ -174,7 +175,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
         try:
             result = await dry_run(coordinator, who["name"], checked["spec"], body.sites, body.timeout)
         except SubmitError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(http_status_of(exc), str(exc)) from None
         coordinator.store.audit(who["name"], "spec.plan", "ok", checked["spec_hash"][:16], checked["analysis"])
         return result
 

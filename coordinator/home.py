@@ -219,9 +219,6 @@ class CoordinatorHome:
         return Bundle(name, folder, folder / "node.toml")
 
     def revoke_site(self, name: str) -> None:
-        try:
-            self.store.revoke_site(name)
-        except StoreError as exc:
-            raise HomeError(str(exc)) from None
+        self.store.revoke_site(name)  # an unknown site: store.NotFound (404, exit 2)
         self.write_nats_conf()
         self.reload_nats()

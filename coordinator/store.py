@@ -145,6 +145,12 @@ class StoreError(RadfedError, ValueError):
     http_status = 400
 
 
+class NotFound(StoreError):
+    """The store has no such site or researcher (the API answers 404)."""
+
+    http_status = 404
+
+
 class AuthError(StoreError):
     """A token or console session that does not (or no longer) open the API; the message says why."""
 
@@ -189,7 +195,7 @@ class Store:
     def revoke_site(self, name: str) -> None:
         with self.engine.begin() as conn:
             if conn.execute(delete(sites).where(sites.c.name == name)).rowcount == 0:
-                raise StoreError(f"no site {name!r}")
+                raise NotFound(f"no site {name!r}")
 
     def site(self, name: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -256,7 +262,7 @@ class Store:
         with self.engine.begin() as conn:
             if conn.execute(update(researchers).where(researchers.c.name == name, researchers.c.state == "active")
                             .values(state="revoked")).rowcount == 0:
-                raise StoreError(f"no active researcher {name!r}")
+                raise NotFound(f"no active researcher {name!r}")
             conn.execute(delete(console_sessions).where(console_sessions.c.researcher == name))
 
     def researchers(self) -> list[dict]:

@@ -22,10 +22,11 @@ from collections.abc import Callable
 import click
 
 from cdm import __version__
+from cdm.errors import reply_of
 from cdm.wire import (
     OFFLINE_STREAM,
     Signer,
-    WireError,
+    EnvelopeError,
     heartbeat_subject,
     make_response,
     open_envelope,
@@ -106,14 +107,13 @@ class Agent:
                 request = verify(data, "coordinator", self.coordinator_key)
             else:
                 request, _, _ = open_envelope(data)
-        except WireError as exc:
+        except EnvelopeError as exc:
             stub = {}
             try:
                 stub, _, _ = open_envelope(data)
-            except WireError:
+            except EnvelopeError:
                 pass
-            return None, make_response(stub if isinstance(stub, dict) else {}, self.site, "error", "BAD_SIGNATURE",
-                                       f"request rejected: {exc}")
+            return None, make_response(stub if isinstance(stub, dict) else {}, self.site, *reply_of(exc))
         if not isinstance(request.get("request_id"), str) or not isinstance(request.get("spec", request.get("plan")), dict):
             return None, make_response(request, self.site, "error", "BAD_SPEC",
                                        "request has no request_id or no spec object")
@@ -146,10 +146,9 @@ class Agent:
                 return {**refusal, "request_id": request["request_id"], "site": self.site}
         try:
             response = await asyncio.to_thread(self.execute, request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the executor's own failure; cdm.errors.reply_of says what to answer
             self._log(f"request {request['request_id']} failed: {type(exc).__name__}: {exc}")
-            response = make_response(request, self.site, "error", "INTERNAL",
-                                     "the node could not run this request; the site's log has details")
+            response = make_response(request, self.site, *reply_of(exc))
         return {**response, "request_id": request["request_id"], "site": self.site}
 
     async def _pull_queued(self) -> None:

@@ -26,6 +26,9 @@ class ConfigError(RadfedError, ValueError):
 
     exit_code = EXIT_USAGE
 
+    def reply_message(self) -> str:  # the site's node.toml, not the request, is wrong: say so
+        return f"this node's configuration is invalid: {self}"
+
 
 @dataclass
 class NodeConfig:

@@ -19,7 +19,8 @@ from cdm.analyses import SiteData, site_kind
 from cdm.analyses.kind import numeric
 from cdm.compiler import Resolver, fetch_rows, resolve_variables, tune_for_queries
 from cdm.compiler import frame as cohort_frame
-from cdm.messages import RefusalCode, ReplyStatus
+from cdm.errors import reply_of, unexpected
+from cdm.messages import ReplyStatus
 from cdm.vocabulary import UnknownCode
 from node import secure as node_secure
 from node import state
@@ -108,19 +109,16 @@ def run_request(engine, config, request: dict, locked: bool = False) -> dict:
             response["privacy"] = noise.charge(state.state_engine(config), requester, noise_settings)
         response["result"] = result
         response["message"] = "released"
-    except S.SpecError as exc:
-        response.update(status=ReplyStatus.REFUSED, code=RefusalCode.BAD_SPEC, message=str(exc)[:2000])
-    except Refusal as exc:
-        response.update(status=ReplyStatus.REFUSED, code=exc.code, message=exc.message)
-        if exc.code in noise.CHARGED_REFUSALS and noise_settings is not None and noise_settings.on and config is not None:
-            response["privacy"] = _charge_refusal(config, requester, noise_settings)
-        if exc.code == "MIN_CELL" and config is not None and spec is not None and len(rows):
-            _note_refused_cohort(config, requester, request.get("request_id"), spec, rows, policy)
-    except ConfigError as exc:  # the site's node.toml, not the request, is wrong: say so, release nothing
-        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message=f"this node's configuration is invalid: {exc}")
-    except Exception:  # noqa: BLE001 - a node never leaks a traceback
-        log.exception("request %s failed", response["request_id"])
-        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message="internal error at the node (see the site log)")
+    except Exception as exc:  # noqa: BLE001 - a node never leaks a traceback: cdm.errors.reply_of says what it may say
+        if unexpected(exc):
+            log.exception("request %s failed", response["request_id"])
+        status, code, message = reply_of(exc)
+        response.update(status=status, code=code, message=message)
+        if isinstance(exc, Refusal):  # data-dependent refusals cost budget and are hidden cells
+            if code in noise.CHARGED_REFUSALS and noise_settings is not None and noise_settings.on and config is not None:
+                response["privacy"] = _charge_refusal(config, requester, noise_settings)
+            if code == "MIN_CELL" and config is not None and spec is not None and len(rows):
+                _note_refused_cohort(config, requester, request.get("request_id"), spec, rows, policy)
     _audit(config, request, response, spec, len(rows))
     return response
 

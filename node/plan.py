@@ -17,7 +17,8 @@ import logging
 
 from cdm import spec as S
 from cdm.compiler import compile_spec
-from cdm.messages import RefusalCode, ReplyStatus
+from cdm.errors import reply_of, unexpected
+from cdm.messages import ReplyStatus
 from cdm.wire import make_response
 from node.audit import AuditLog
 from node.config import ConfigError
@@ -76,13 +77,11 @@ def plan_request(engine, config, request: dict) -> dict:
         }
         if refusal is not None:
             response["message"] = f"dry run: this site would refuse ({refusal['code']}: {refusal['message']})"
-    except S.SpecError as exc:
-        response.update(status=ReplyStatus.REFUSED, code=RefusalCode.BAD_SPEC, message=str(exc)[:2000])
-    except ConfigError as exc:
-        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message=f"this node's configuration is invalid: {exc}")
-    except Exception:  # noqa: BLE001 - a node never leaks a traceback
-        log.exception("dry run %s failed", response["request_id"])
-        response.update(status=ReplyStatus.ERROR, code=RefusalCode.INTERNAL, message="internal error at the node (see the site log)")
+    except Exception as exc:  # noqa: BLE001 - a node never leaks a traceback: cdm.errors.reply_of says what it may say
+        if unexpected(exc):
+            log.exception("dry run %s failed", response["request_id"])
+        status, code, message = reply_of(exc)
+        response.update(status=status, code=code, message=message)
     if config is not None:
         try:
             AuditLog.for_config(config).append(

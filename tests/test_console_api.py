@@ -186,3 +186,16 @@ def test_a_crosstab_is_a_heat_map_with_suppressed_and_lower_bound_cells():
     one_way = pool_table({"a": {"cells": [{"key": ["F"], "n": None}, {"key": ["M"], "n": 9}]}}, ["sex"])
     bars = json.loads(figure_for({"job_id": "0123456789ab", "pooled": one_way}))["data"]
     assert [b["type"] for b in bars] == ["bar", "bar"] and bars[1]["text"] == ["suppressed", "9"]
+
+
+def test_operator_api_statuses_come_from_the_errors(home, app):
+    """The operator API answers with the status declared on the error (cdm.errors.http_status_of): a
+    name that is not there is 404 (coordinator.store.NotFound), a name that exists already is 400."""
+    admin = home.store.add_researcher("root", "admin")
+    auth = {"Authorization": f"Bearer {admin}"}
+    assert app.delete("/v1/sites/nowhere", headers=auth).status_code == 404
+    assert app.delete("/v1/researchers/nobody", headers=auth).status_code == 404
+    assert app.post("/v1/researchers", json={"name": "root"}, headers=auth).status_code == 400
+    assert app.post("/v1/researchers", json={"name": "bob"}, headers=auth).status_code == 200
+    assert app.delete("/v1/researchers/bob", headers=auth).status_code == 200
+    assert app.delete("/v1/researchers/bob", headers=auth).status_code == 404  # revoked: no longer active

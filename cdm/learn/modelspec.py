@@ -40,6 +40,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from cdm import spec as S
 from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.messages import RefusalCode, ReplyStatus
 
 MAX_FEATURES = 200
 #: Variables per compiled query chunk (below the spec language's 60-variable cap).
@@ -170,6 +171,11 @@ class ModelSpecError(RadfedError, ValueError):
 
     exit_code = EXIT_USAGE
     http_status = 400
+    reply_status = ReplyStatus.REFUSED  # a site refuses a training round it cannot read (node/learn)
+    reply_code = RefusalCode.BAD_SPEC
+
+    def reply_message(self) -> str:
+        return str(self)
 
 
 def parse_model_spec(data) -> ModelSpec:

@@ -22,6 +22,7 @@ import time
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
+from cdm.errors import reply_of
 from cdm.wire import CLOCK_SKEW_SECONDS, StaleRequest, check_fresh, make_response
 from node import state
 
@@ -56,7 +57,7 @@ class RequestGate:
             remember_nonce(self.engine, request, now)
             return None
         except StaleRequest as exc:
-            response = make_response(request, self.site, "refused", exc.code, f"request not run: {exc}")
+            response = make_response(request, self.site, *reply_of(exc))
             if self.audit is not None:
                 self.audit.append(request_id=response["request_id"], requester=str(request.get("requester")),
                                   spec_hash=None, decision="refused", code=exc.code, rows_touched=0,

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from cdm.errors import reply_of
 from cdm.learn import models as M
 from cdm.learn.modelspec import ModelSpec, ModelSpecError, parse_model_spec
 from node.config import ConfigError
@@ -132,10 +133,9 @@ def _handle(msg: Message, context: Context, stage: str) -> Message:
                                   "site": ConfigRecord({"site": config.site_name})})
         audit_round(config, run_id, server_round, stage, model, "ok", None, rows, metrics)
         return Message(content, reply_to=msg)
-    except (Refusal, ModelSpecError, ConfigError) as exc:
-        code, reason = (exc.code, exc.message) if isinstance(exc, Refusal) else \
-            ("BAD_SPEC" if isinstance(exc, ModelSpecError) else "BAD_CONFIG", str(exc))
-        audit_round(config, run_id, server_round, stage, model, "refused", code, rows, None)
+    except (Refusal, ModelSpecError, ConfigError) as exc:  # what the reply says: cdm.errors.reply_of
+        status, code, reason = reply_of(exc)
+        audit_round(config, run_id, server_round, stage, model, status, code, rows, None)
         return Message(Error(code=1, reason=f"{code}: {reason}"), reply_to=msg)
 
 
