@@ -4,7 +4,9 @@
 2020-01-01 + i days, is male when ``i`` is odd, has age ``AGE[i]`` (distinct ages), an ADC value
 ``ADC[i]`` and an SUVmax ``SUV[i]`` (both distinct), a PFA ependymoma when 3 | i, a PFB one when
 i % 3 == 1, a response (0/1 outcome) when i % 4 < 2; patient ``TARGET`` alone has a malignant
-transformation (the rare code).
+transformation (the rare code).  For survival analyses (:func:`load_survival`) everyone is observed
+until 2023-01-01 and patient ``i`` with ``i % 5 < 3`` dies ``DEATH_DAY[i]`` days after the index
+date (distinct days).
 
 The attacker is an ordinary researcher (or several, colluding) who sends requests through the
 node's own execution path, :func:`node.execute.run_request`, on a real CDM.  The tests assert that a
@@ -24,7 +26,10 @@ import numpy as np
 from sqlalchemy import insert
 
 from cdm.schema import tables
+from node.audit import AuditLog
+from node.disclosure import approvals
 from node.execute import run_request
+from node.state import state_engine
 from tests.test_policy_attacks import write_config
 
 D = dt.date
@@ -37,6 +42,8 @@ MALE = {i: bool(i % 2) for i in range(1, N + 1)}
 SUBTYPE = {i: "PFA" if i % 3 == 0 else "PFB" if i % 3 == 1 else None for i in range(1, N + 1)}
 RESPONSE = {i: 1.0 if i % 4 < 2 else 0.0 for i in range(1, N + 1)}
 TARGET = 17
+DEATH_DAY = {i: 40 + 9 * ((i * 11) % 61) for i in range(1, N + 1) if i % 5 < 3}  # distinct; TARGET dies
+SURVIVAL = {"event": {"kind": "death"}}
 
 INDEX = {"index": {"kind": "condition", "codes": ["RADFED:progression"]}}
 VARIABLES = {
@@ -81,6 +88,19 @@ def load_site(engine) -> None:
             c.execute(insert(tables[t]), rows)
 
 
+def load_survival(engine, death_day: dict | None = None) -> None:
+    """Observation periods for everyone and the deaths of :data:`DEATH_DAY` (``death_day`` overrides
+    some: a second world that differs only in a protected value)."""
+    days = {**DEATH_DAY, **(death_day or {})}
+    with engine.begin() as c:
+        c.execute(insert(tables["observation_period"]), [
+            dict(observation_period_id=int(i), person_id=int(i), observation_period_start_date=D(2010, 1, 1),
+                 observation_period_end_date=D(2023, 1, 1), period_type_concept_id=0) for i in IDS])
+        c.execute(insert(tables["death"]), [
+            dict(person_id=i, death_date=D(2020, 1, 1) + dt.timedelta(days=i + day), death_type_concept_id=0)
+            for i, day in days.items()])
+
+
 def example_policy() -> str:
     """The [policy] and [policy.noise] tables of deploy/examples/node.toml, as written there."""
     text = (Path(__file__).resolve().parents[1] / "deploy" / "examples" / "node.toml").read_text()
@@ -96,10 +116,30 @@ def site_config(tmp_path, policy: str = "", name: str = "site-a"):
     return write_config(tmp_path, policy, name)
 
 
-def ask(engine, config, analysis, cohort=None, requester="mallory", variables=None, request_id="r") -> dict:
-    return run_request(engine, config, {"request_id": request_id, "requester": requester,
+def ask(engine, config, analysis, cohort=None, requester="mallory", variables=None, request_id="r",
+        locked: bool = False, **fields) -> dict:
+    """One request through the node's own path; ``locked`` as the bus handler sets it (rounds are
+    algorithm-locked), ``fields``: request fields besides the spec (``lock``)."""
+    return run_request(engine, config, {"request_id": request_id, "requester": requester, **fields,
                                         "spec": {"cohort": {**INDEX, **(cohort or {})},
-                                                 "variables": variables or VARIABLES, "analysis": analysis}})
+                                                 "variables": variables or VARIABLES, "analysis": analysis}},
+                       locked=locked)
+
+
+def ask_approved(engine, config, analysis, *args, **kwargs) -> dict:
+    """:func:`ask`, and where the site holds the request for a person (deploy/examples/node.toml
+    approves model rounds by hand) the administrator approves it and the request is sent again."""
+    r = ask(engine, config, analysis, *args, **kwargs)
+    if r["code"] == "PENDING_APPROVAL":
+        state_db = state_engine(config)
+        approvals.decide(state_db, approvals.list_requests(state_db, "pending")[-1]["id"], "approved", None, "admin")
+        r = ask(engine, config, analysis, *args, **kwargs)
+    return r
+
+
+def audit_entry(config, request_id: str) -> dict:
+    """The site's last audit-log entry for ``request_id`` (what the node did, rows it read)."""
+    return [e for e in AuditLog.for_config(config).entries() if e.get("request_id") == request_id][-1]
 
 
 def age_range(lo=None, hi=None) -> dict:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.disclosure import approvals
-from node.state import state_engine
 from tests.adversarial import (
-    ADC, AGE, IDS, MALE, POLICIES, RESPONSE, SUBTYPE, TARGET, age_range, ask, determined, load_site, members,
-    site_config,
+    ADC, AGE, IDS, MALE, POLICIES, RESPONSE, SUBTYPE, TARGET, age_range, ask, ask_approved, determined, load_site,
+    members, site_config,
 )
 
 ONE_PERSON = {"inclusion": [age_range(AGE[TARGET], AGE[TARGET])]}  # only the target has this age
@@ -104,15 +102,9 @@ def test_a_rare_covariate_does_not_release_its_patient(sqlite_cdm, tmp_path, pol
     met by everyone else).  Refused whatever the rows; without it the same model is answered."""
     load_site(sqlite_cdm)
     config = site_config(tmp_path, POLICIES[policy])
-    engine = state_engine(config)
 
     def run(analysis):
-        r = ask(sqlite_cdm, config, analysis, requester="mallory")
-        if r["code"] == "PENDING_APPROVAL":  # deploy/examples/node.toml: a person approves model rounds
-            pending = approvals.list_requests(engine, "pending")[-1]
-            approvals.decide(engine, pending["id"], "approved", None, "admin")
-            r = ask(sqlite_cdm, config, analysis, requester="mallory")
-        return r
+        return ask_approved(sqlite_cdm, config, analysis, requester="mallory")
 
     rare = run({"type": "crossprod", "variables": ["rare", "age", "response"]})
     assert (rare["status"], rare["code"], rare["result"]) == ("refused", "MIN_CELL", None)
