@@ -165,7 +165,7 @@ def part_count(persons: int, runs: int) -> dict:
         engine = open_engine(f"sqlite:///{net.dbs['site-a']}")
         seal = Signer("x", generate_key()).seal
         beats = {s["name"]: s.get("heartbeat") or {} for s in net.home.store.sites()}
-        peers = {s: beats[s]["secagg"]["key"] for s in sites}
+        peers = {s: beats[s]["secagg"]["certificate"] for s in sites}
         size = {}
         for mode in ("secure", "plain"):
             request = {"request_id": f"bench-{mode}", "job_id": "bench", "requester": "bench", "spec": spec}

@@ -7,8 +7,14 @@ both ends, so every mask cancels in the sum over all sites, and the coordinator,
 holds the masked vectors ``y_i``, learns ``sum_i x_i`` and nothing else about any one ``x_i``.
 
 * **Keys.**  Each site holds an X25519 key pair (RFC 7748) of its own, generated at the node and never
-  sent anywhere; its public half travels in the site's Ed25519-signed heartbeat and is named in every
-  secure request (:class:`Peers`).  A new signing key means a new X25519 key (:func:`site_key_path`).
+  sent anywhere; its public half travels in a *key certificate* (:func:`certify`): a record naming
+  the site, the key and the key epoch (the fingerprint of the site's Ed25519 signing key), signed
+  with that signing key.  The coordinator relays each site's certificate in every secure request
+  (:class:`Peers`), and every node checks every peer's certificate against the Ed25519 key *it*
+  trusts for that site (:func:`certified_key`), so a coordinator that substitutes a key of its own
+  (to unmask one site, Bonawitz et al. 2017, 6: the server must not be trusted to relay keys) is
+  caught: it cannot sign as the site.  A new signing key means a new X25519 key and a new epoch
+  (:func:`site_key_path`).
 * **Seeds.**  ``s_ij = HKDF-SHA256(X25519(sk_i, pk_j), info = SHA-256(session, spec, peers))``
   (RFC 5869): a fresh seed per job, round, attempt, analysis and peer set.  A node masks one
   context only once (the node's ledger of contexts), so the difference of two masked vectors never
@@ -44,9 +50,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cdm.errors import RadfedError
-from cdm.wire import canonical
+from cdm.wire import Signer, WireError, canonical, key_fingerprint, loads, public_key_text, verify
 
 PROTOCOL = "radfed-secagg/1"
+#: what a key certificate's record says it is (:func:`certify`)
+CERTIFICATE = "radfed-secagg-key"
 SCALE_BITS = 48
 SCALE = float(2 ** SCALE_BITS)
 #: the largest |sum over all sites| that decodes correctly
@@ -104,25 +112,65 @@ def load_or_create(path: str | Path) -> X25519PrivateKey:
     return key
 
 
+# --------------------------------------------------------------------------- key certificates
+
+
+def certify(signer: Signer, key: X25519PrivateKey | X25519PublicKey) -> dict:
+    """The signed envelope (as an object) binding ``key``'s public half to ``signer``'s site and key
+    epoch: what the heartbeat carries and the coordinator relays unchanged."""
+    signing = public_key_text(signer.key)
+    record = {"type": CERTIFICATE, "protocol": PROTOCOL, "site": signer.name, "key": public_text(key),
+              "epoch": key_fingerprint(signing), "signing_key": signing}
+    return loads(signer.seal(record))
+
+
+def certificate_record(certificate) -> dict:
+    """The record of a certificate, unverified (which key it claims, which signing key it names)."""
+    record = certificate.get("record") if isinstance(certificate, dict) else None
+    if not isinstance(record, dict) or record.get("type") != CERTIFICATE or not isinstance(record.get("key"), str):
+        raise SecAggError("not a secure-aggregation key certificate (the peer's key must be signed by its site)")
+    return record
+
+
+def certified_key(certificate, site: str, trusted_signing_key: str) -> str:
+    """The X25519 key ``certificate`` binds to ``site``, if the certificate is signed by
+    ``trusted_signing_key`` (the Ed25519 key the caller trusts for ``site``) and names that key's epoch;
+    :class:`SecAggError` otherwise."""
+    record = certificate_record(certificate)
+    try:
+        signed = verify(canonical(certificate), site, trusted_signing_key)
+    except WireError as exc:
+        raise SecAggError(f"{site}'s key certificate is not signed by the key trusted for {site}: {exc}") from None
+    if signed.get("site") != site or signed.get("protocol") != PROTOCOL:
+        raise SecAggError(f"{site}'s key certificate names site {signed.get('site')!r} / protocol "
+                          f"{signed.get('protocol')!r}")
+    if signed.get("epoch") != key_fingerprint(trusted_signing_key.strip()):
+        raise SecAggError(f"{site}'s key certificate is of another key epoch than the key trusted for {site}")
+    return str(record["key"])
+
+
 # --------------------------------------------------------------------------- seeds and masks
 
 
 @dataclass(frozen=True)
 class Peers:
-    """One secure summation: its ``session`` (job / round / attempt) and every site's public key."""
+    """One secure summation: its ``session`` (job / round / attempt) and every site's public key, with
+    the certificates they came in (site -> :func:`certify` envelope) when they came in one."""
 
     session: str
     keys: dict  # site -> public key text
+    certificates: dict | None = None
 
     @classmethod
     def from_request(cls, secure: dict) -> "Peers":
+        """The peers a request names; the certificates are parsed here and verified by the caller
+        (:func:`certified_key`, against the keys *it* trusts)."""
         if not isinstance(secure, dict) or not isinstance(secure.get("session"), str) \
                 or not isinstance(secure.get("peers"), dict):
             raise SecAggError("secure: needs a session string and a peers object")
-        return cls(secure["session"], {str(k): str(v) for k, v in secure["peers"].items()})
-
-    def as_request(self) -> dict:
-        return {"protocol": PROTOCOL, "session": self.session, "peers": dict(sorted(self.keys.items()))}
+        certificates = {str(site): certificate for site, certificate in secure["peers"].items()}
+        keys = {site: certificate_record(certificate)["key"] for site, certificate in certificates.items()}
+        return cls(secure["session"], keys, certificates)
 
 
 def context(peers: Peers, spec: dict) -> bytes:

@@ -9,7 +9,9 @@ two is plain mode, in which each site applies its own thresholds to what it rele
 
 **A secure round** (:class:`SecureRound`): every site of the job gets the same spec plus
 ``secure: {session, peers}`` (``session`` = job / round / attempt; ``peers`` = every site's X25519
-key from its signed heartbeat) and answers a masked share.  Only when *every* site answered can the
+key certificate from its signed heartbeat, relayed unchanged: signed by the site's own Ed25519 key,
+so every node checks each peer's key itself and a substituted key is refused) and answers a masked
+share.  Only when *every* site answered can the
 masks cancel: the coordinator adds the shares modulo 2**128 and decodes the pooled sums.  It never
 holds, stores or logs a site's own values.  Before anything reaches the algorithm or the researcher,
 the pooled sums pass the strictest policy of the sites (:func:`pooled_policy`, :func:`check_pooled`).
@@ -57,7 +59,7 @@ class SiteDropped(RadfedError, RuntimeError):
 class Mode:
     secure: bool
     reason: str
-    keys: dict = field(default_factory=dict)  # site -> X25519 public key (secure mode)
+    keys: dict = field(default_factory=dict)  # site -> its X25519 key certificate (secure mode; cdm.secagg.certify)
     required: bool = False  # asked for by the spec or a site's policy (not merely the default)
 
     def as_dict(self) -> dict:
@@ -109,14 +111,14 @@ def choose_mode(spec: dict, requested, sites: list[str], heartbeats: dict[str, d
     else:
         why = f"default with {len(sites)} sites"
     required = requested is True or bool(required_by)
-    missing = sorted(s for s, i in info.items() if not i.get("key"))
+    missing = sorted(s for s, i in info.items() if not isinstance(i.get("certificate"), dict))
     if missing and required:
         raise SecureModeError(f"secure aggregation ({why}): {', '.join(missing)} announced no secure-aggregation "
                               "key (no heartbeat yet, or a node without it)")
     if missing:  # offline since before the coordinator knew it, or an older node: as a plain job
         return Mode(False, f"{', '.join(missing)} announced no secure-aggregation key (no heartbeat yet, or a node "
                            "without it); each site applies its own policy")
-    return Mode(True, why, {s: str(info[s]["key"]) for s in sites}, required=required)
+    return Mode(True, why, {s: info[s]["certificate"] for s in sites}, required=required)
 
 
 # -- one secure round ----------------------------------------------------------------------------

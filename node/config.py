@@ -99,7 +99,7 @@ KNOWN_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
               "private_sop_classes": _LIST},  # node/dicom/ (issue 18)
     "fhir": {"mrn_system": _STR},
     "query": {"frame_cache": _BOOL},  # node/execute.py FrameCache
-    "secure": {"required": _BOOL, "lock_rounds": _BOOL},  # node/secure.py (issue 17)
+    "secure": {"required": _BOOL, "lock_rounds": _BOOL, "trust": _STR, "peers": (dict,)},  # node/secure.py (issue 17)
     "learning": {"superlink": _STR, "root_certificates": _STR, "allowed_features": _LIST,  # node/learn/ (issue 9)
                  "rows_per_parameter": _INT, "allowed_fab_hashes": _LIST, "runtime_port": _INT},
 }

@@ -32,11 +32,22 @@ pooled fits the request carries under ``lock`` (zeros for the first round) and r
 ``ROUND_LOCKED`` (``[secure] lock_rounds = false`` turns this off for a site that must serve a
 different algorithm).
 
+**Peer keys.**  A secure request names every peer by its key certificate
+(:func:`cdm.secagg.certify`: the X25519 key, signed by the peer's Ed25519 site key, bound to its site
+name and key epoch).  The node checks each against the Ed25519 key it trusts for that peer
+(:func:`trusted_key`): the one the administrator pinned under ``[secure.peers]``, else (``trust =
+"first-use"``, the default) the one it saw first and pinned in its state, as SSH's known_hosts does.
+A certificate that does not verify -- a coordinator substituting its own key for a peer's to
+unmask this site -- is refused ``SECURE_PEERS`` before anything is computed.
+
 ``node.toml``::
 
     [secure]
-    required = true      # refuse plain (unmasked) answers to analyses that have a secure form
-    lock_rounds = true   # default
+    required = true        # refuse plain (unmasked) answers to analyses that have a secure form
+    lock_rounds = true     # default
+    trust = "first-use"    # or "pinned": only the keys below
+    [secure.peers]         # the other sites' Ed25519 keys (their site.pub), learnt out of band
+    site-b = "base64 of 32 bytes"
 """
 
 from __future__ import annotations
@@ -44,14 +55,14 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections import OrderedDict
 
 import numpy as np
+from sqlalchemy import insert, select
 
 from cdm import newton, rounds, secagg
 from cdm import spec as S
 from cdm.round_frames import compile_intervals, compile_survival
-from cdm.wire import public_key_text
+from cdm.wire import Signer, public_key_text
 from node.disclosure.policy import Policy, Refusal
 
 SECURE_TYPES = ("count", "quantile_round", "km_round", "cox_round", "glm_round")
@@ -61,25 +72,73 @@ DEFAULT_HORIZON = 3660  # days (ten years and a bit): the first grid, when the s
 
 def settings(config) -> dict:
     section = config.section("secure") if config is not None else {}
-    return {"required": bool(section.get("required", False)), "lock_rounds": bool(section.get("lock_rounds", True))}
+    # anything but "first-use" is the strict reading: only the keys pinned under [secure.peers]
+    trust = "first-use" if section.get("trust", "first-use") == "first-use" else "pinned"
+    return {"required": bool(section.get("required", False)), "lock_rounds": bool(section.get("lock_rounds", True)),
+            "trust": trust, "peers": dict(section.get("peers") or {})}
+
+
+def _signer(config) -> Signer:
+    from node.bus_connection import bus_settings
+
+    return Signer(config.site_name, bus_settings(config).signer_key())
 
 
 def own_key(config):
     """This site's X25519 key, bound to its current Ed25519 signing key (rotates with it)."""
-    from node.bus_connection import bus_settings
-
-    signing = bus_settings(config).signer_key()
-    return secagg.load_or_create(secagg.site_key_path(config.data_dir, public_key_text(signing)))
+    return secagg.load_or_create(secagg.site_key_path(config.data_dir, public_key_text(_signer(config).key)))
 
 
 def describe(config) -> dict:
-    """What the heartbeat says: the public key for secure sums and whether this site requires them."""
+    """What the heartbeat says: the certified public key for secure sums and whether this site requires them."""
     try:
-        key = secagg.public_text(own_key(config))
+        signer = _signer(config)
+        key = own_key(config)
     except Exception:  # noqa: BLE001 - no signing key configured: this node cannot take part
         return {}
-    return {"secagg": {"protocol": secagg.PROTOCOL, "key": key, "required": settings(config)["required"],
+    return {"secagg": {"protocol": secagg.PROTOCOL, "key": secagg.public_text(key),
+                       "certificate": secagg.certify(signer, key), "required": settings(config)["required"],
                        "analyses": list(SECURE_TYPES)}}
+
+
+# -- peer keys -----------------------------------------------------------------------------------
+
+_pin_lock = threading.Lock()
+
+
+def trusted_key(config, site: str, certificate) -> str:
+    """The X25519 key of peer ``site``, from its certificate verified against the Ed25519 key this node
+    trusts for ``site`` (pinned in node.toml, else pinned here on first use); :class:`Refusal`
+    ``SECURE_PEERS`` when it does not verify."""
+    from node.state import secure_peer_keys, state_engine, utcnow
+
+    chosen = settings(config)
+    try:
+        configured = chosen["peers"].get(site)
+        if configured is not None:
+            return secagg.certified_key(certificate, site, str(configured))
+        if chosen["trust"] == "pinned":
+            raise secagg.SecAggError(f"no key is pinned for {site} under [secure.peers] (trust = \"pinned\")")
+        engine = state_engine(config)
+        with _pin_lock, engine.begin() as conn:
+            pinned = conn.execute(select(secure_peer_keys.c.signing_key)
+                                  .where(secure_peer_keys.c.site == site)).scalar_one_or_none()
+            candidate = pinned or str(secagg.certificate_record(certificate).get("signing_key"))
+            key = secagg.certified_key(certificate, site, candidate)
+            if pinned is None:  # first use: from now on only this signing key speaks for the site
+                conn.execute(insert(secure_peer_keys).values(site=site, signing_key=candidate, pinned_at=utcnow()))
+            return key
+    except secagg.SecAggError as exc:
+        raise Refusal("SECURE_PEERS", f"{exc}; this node answers no share with a key it cannot authenticate") from None
+
+
+def authenticate(config, peers: secagg.Peers, site: str) -> None:
+    """Every peer's key is the one its certificate, signed by the key trusted for that peer, names."""
+    if peers.certificates is None:
+        raise Refusal("SECURE_PEERS", "the request names peers without key certificates")
+    for other, certificate in sorted(peers.certificates.items()):
+        if other != site:
+            trusted_key(config, other, certificate)
 
 
 # -- locked rounds -------------------------------------------------------------------------------
@@ -217,29 +276,25 @@ def analyse_secure(spec: S.Spec, n_cohort: int, values: dict, engine, site: str,
 # -- the share -----------------------------------------------------------------------------------
 
 
-class Ledger:
-    """Contexts this node has masked (in memory): one context, one share.  A second, different share
-    under the same pairwise masks would give away the difference of the two inputs."""
-
-    def __init__(self, size: int = 10_000):
-        self._seen: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self.size = size
-
-    def admit(self, context: bytes, vector: np.ndarray) -> None:
-        digest = hashlib.sha256(np.ascontiguousarray(vector, dtype=float).tobytes()).digest()
-        with self._lock:
-            before = self._seen.get(context)
-            if before is not None and before != digest:
-                raise Refusal("SECURE_REPLAY", "this secure session was already answered with other values "
-                                               "(a session's masks are used once)")
-            self._seen[context] = digest
-            self._seen.move_to_end(context)
-            while len(self._seen) > self.size:
-                self._seen.popitem(last=False)
+_ledger_lock = threading.Lock()
 
 
-LEDGER = Ledger()
+def admit(config, context: bytes, vector: np.ndarray) -> None:
+    """One context, one share: a second, different share under the same pairwise masks would give away
+    the difference of the two inputs.  The contexts live in the node's state database (node/state.py),
+    so a session replayed after a restart is refused as well; only digests are kept, never a value."""
+    from node.state import secure_sessions, state_engine, utcnow
+
+    key = hashlib.sha256(context).hexdigest()
+    digest = hashlib.sha256(np.ascontiguousarray(vector, dtype=float).tobytes()).hexdigest()
+    with _ledger_lock, state_engine(config).begin() as conn:
+        before = conn.execute(select(secure_sessions.c.share_digest)
+                              .where(secure_sessions.c.context == key)).scalar_one_or_none()
+        if before is not None and before != digest:
+            raise Refusal("SECURE_REPLAY", "this secure session was already answered with other values "
+                                           "(a session's masks are used once)")
+        if before is None:
+            conn.execute(insert(secure_sessions).values(context=key, share_digest=digest, at=utcnow()))
 
 
 def check_request(spec: S.Spec, request: dict, config) -> bool:
@@ -256,10 +311,11 @@ def check_request(spec: S.Spec, request: dict, config) -> bool:
     try:
         peers = secagg.Peers.from_request(secure)
     except secagg.SecAggError as exc:
-        raise Refusal("BAD_SPEC", str(exc)) from None
+        raise Refusal("SECURE_PEERS", str(exc)) from None
     if len(peers.keys) < secagg.MIN_SITES:
         raise Refusal("SECURE_PEERS", f"a secure sum needs at least {secagg.MIN_SITES} sites; with "
                                       f"{len(peers.keys)} each could subtract its own share from the sum")
+    authenticate(config, peers, config.site_name)
     return True
 
 
@@ -274,7 +330,7 @@ def share(config, request: dict, site: str, public: dict, summed: dict, policy: 
     vector = np.concatenate(parts) if parts else np.zeros(0)
     bound = {"spec": request.get("spec"), "grid": request.get("grid"), "lock": request.get("lock")}
     context = secagg.context(peers, bound)
-    LEDGER.admit(context + site.encode(), vector)
+    admit(config, context + site.encode(), vector)
     try:
         masked = secagg.mask(vector, site, own_key(config), peers, bound)
     except secagg.SecAggError as exc:

@@ -116,6 +116,20 @@ privacy_budget = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+secure_sessions = Table(  # node/secure.py Ledger: every secure context this node masked, one share each, kept
+    "secure_session", state_metadata,
+    Column("context", String(64), primary_key=True),  # SHA-256 of (session, spec, peers, site)
+    Column("share_digest", String(64), nullable=False),  # SHA-256 of the unmasked vector (never the vector)
+    Column("at", DateTime, nullable=False),
+)
+
+secure_peer_keys = Table(  # node/secure.py: the Ed25519 key each peer site's key certificates must be signed by
+    "secure_peer_key", state_metadata,
+    Column("site", String(64), primary_key=True),
+    Column("signing_key", String(64), nullable=False),
+    Column("pinned_at", DateTime, nullable=False),
+)
+
 _engines: dict[str, object] = {}
 _engines_lock = threading.Lock()
 

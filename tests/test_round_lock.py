@@ -78,7 +78,7 @@ def test_replay_matches_the_coordinators_stopping_rules():
         assert newton.expected_beta(2, machine.lock(fits[:k])).tolist() == betas[k].tolist()
 
 
-BEAT = {"secagg": {"key": "k", "required": False}}
+BEAT = {"secagg": {"key": "k", "certificate": {"record": {}}, "required": False}}
 COUNT = {"analysis": {"type": "count"}}
 
 
@@ -88,7 +88,7 @@ def test_secure_by_default_from_three_sites_and_never_with_two():
     assert not two.secure and "subtract" not in two.reason and "below 3" in two.reason
     with pytest.raises(SecureModeError, match="each site could subtract its own share"):
         choose_mode(COUNT, True, ["a", "b"], {s: BEAT for s in "ab"})
-    required = {"a": {"secagg": {"key": "k", "required": True}}, "b": BEAT}
+    required = {"a": {"secagg": {**BEAT["secagg"], "required": True}}, "b": BEAT}
     with pytest.raises(SecureModeError, match="required by a"):
         choose_mode(COUNT, None, ["a", "b"], required)
     with pytest.raises(SecureModeError, match="require"):
@@ -149,7 +149,10 @@ def test_a_node_masks_its_share_and_refuses_what_would_unmask_it(sqlite_cdm, tmp
     own = describe(config)["secagg"]
     assert own["required"] and own["key"]
     spec = {"cohort": {"index": {"kind": "condition", "codes": ["SNOMED:443487006"]}}, "analysis": {"type": "count"}}
-    others = {s: secagg.public_text(secagg.generate_key()) for s in ("site-b", "site-c")}
+    from cdm.wire import Signer, generate_key
+
+    others = {s: secagg.certify(Signer(s, generate_key()), secagg.generate_key()) for s in ("site-b", "site-c")}
+    mine = own["certificate"]
 
     def ask(peers, session="job/round-1/attempt-1"):
         secure = {"protocol": secagg.PROTOCOL, "session": session, "peers": peers} if peers is not None else None
@@ -158,19 +161,53 @@ def test_a_node_masks_its_share_and_refuses_what_would_unmask_it(sqlite_cdm, tmp
 
     write_persons(sqlite_cdm, pd.DataFrame({"person_id": [1, 2], "yob": [1950, 1960], "time": [30.0, 40], "event": [1, 0]}))
     assert ask(None)["code"] == "SECURE_REQUIRED"  # this site answers a count only as a masked share
-    assert ask({"site-a": own["key"], "site-b": others["site-b"]})["code"] == "SECURE_PEERS"  # two: subtractable
+    assert ask({"site-a": mine, "site-b": others["site-b"]})["code"] == "SECURE_PEERS"  # two: subtractable
     assert ask({"site-a": others["site-b"], **others})["code"] == "SECURE_PEERS"  # not this node's key
-    answer = ask({"site-a": own["key"], **others})
+    bare = {"site-a": mine, "site-b": others["site-b"]["record"]["key"], "site-c": others["site-c"]}
+    assert ask(bare)["code"] == "SECURE_PEERS"  # a key without its site's signature
+    answer = ask({"site-a": mine, **others})
     assert answer["status"] == "ok", answer
     share = answer["result"]["secure"]
     assert share["layout"] == [["n", []]] and share["size"] == 1
     assert secagg.decode(secagg.from_text(share["share"], 1))[0] != 2.0  # masked: not the count of 2
-    assert ask({"site-a": own["key"], **others})["status"] == "ok"  # the same share again is harmless
+    assert ask({"site-a": mine, **others})["status"] == "ok"  # the same share again is harmless
+    # site-b's key pinned on first use: a certificate signed by any other key for site-b is refused
+    forged = secagg.certify(Signer("site-b", generate_key()), secagg.generate_key())
+    refused = ask({"site-a": mine, "site-b": forged, "site-c": others["site-c"]}, session="job/round-9/attempt-1")
+    assert refused["code"] == "SECURE_PEERS" and "not signed by the key trusted for site-b" in refused["message"]
     later = pd.DataFrame({"person_id": range(3, 23), "yob": 1970, "time": 50.0, "event": 1})  # past differencing_k
     write_persons(sqlite_cdm, later)
-    again = ask({"site-a": own["key"], **others})  # same masks, other value: would reveal the difference
+    again = ask({"site-a": mine, **others})  # same masks, other value: would reveal the difference
     assert again["code"] == "SECURE_REPLAY"
-    assert ask({"site-a": own["key"], **others}, session="job/round-1/attempt-2")["status"] == "ok"
+    assert ask({"site-a": mine, **others}, session="job/round-1/attempt-2")["status"] == "ok"
     audit = (tmp_path / "data" / "audit.jsonl").read_text()
     assert share["share"] not in audit and "share_sha256" in audit
     assert json.loads(audit.splitlines()[-1])
+
+
+def test_pinned_peer_keys_refuse_a_substituted_key_even_at_first_contact(sqlite_cdm, tmp_path):
+    from cdm import secagg
+    from cdm.wire import Signer, generate_key, public_key_text
+    from node.execute import run_request
+    from node.secure import describe
+    from survival_sites import write_persons
+
+    signing = {s: generate_key() for s in ("site-b", "site-c")}
+    genuine = {s: secagg.certify(Signer(s, k), secagg.generate_key()) for s, k in signing.items()}
+    pins = "".join(f'{s} = "{public_key_text(k)}"\n' for s, k in signing.items())
+    config = _node(tmp_path, f'[secure]\ntrust = "pinned"\n[secure.peers]\n{pins}')
+    mine = describe(config)["secagg"]["certificate"]
+    write_persons(sqlite_cdm, pd.DataFrame({"person_id": range(1, 9), "yob": 1950, "time": 30.0, "event": 1}))
+    spec = {"cohort": {"index": {"kind": "condition", "codes": ["SNOMED:443487006"]}}, "analysis": {"type": "count"}}
+
+    def ask(peers, session):
+        return run_request(sqlite_cdm, config, {"request_id": session, "requester": "r", "spec": spec,
+                                                "secure": {"protocol": secagg.PROTOCOL, "session": session,
+                                                           "peers": {"site-a": mine, **peers}}})
+
+    forged = secagg.certify(Signer("site-b", generate_key()), secagg.generate_key())  # never seen before
+    assert ask({**genuine, "site-b": forged}, "j/round-1/attempt-1")["code"] == "SECURE_PEERS"
+    stranger = secagg.certify(Signer("site-x", generate_key()), secagg.generate_key())
+    refused = ask({**genuine, "site-x": stranger}, "j/round-1/attempt-2")
+    assert refused["code"] == "SECURE_PEERS" and "no key is pinned for site-x" in refused["message"]
+    assert ask(genuine, "j/round-1/attempt-3")["status"] == "ok"

@@ -82,3 +82,22 @@ def test_site_key_follows_the_signing_key(tmp_path):
     rotated = secagg.load_or_create(secagg.site_key_path(tmp_path, "BBBB"))
     assert secagg.public_text(first) == secagg.public_text(again) != secagg.public_text(rotated)
     assert (secagg.site_key_path(tmp_path, "AAAA").stat().st_mode & 0o777) == 0o600
+
+
+def test_a_key_certificate_binds_the_key_to_its_site_and_signing_key():
+    from cdm.wire import Signer, generate_key, public_key_text
+
+    signing, other = generate_key(), generate_key()
+    key = secagg.generate_key()
+    certificate = secagg.certify(Signer("site-b", signing), key)
+    trusted = public_key_text(signing)
+    assert secagg.certified_key(certificate, "site-b", trusted) == secagg.public_text(key)
+    swapped = {**certificate, "record": {**certificate["record"], "key": secagg.public_text(secagg.generate_key())}}
+    for bad, site, by in ((swapped, "site-b", trusted),                                       # key replaced
+                          (secagg.certify(Signer("site-b", other), key), "site-b", trusted),  # another signer
+                          (certificate, "site-c", trusted),                                   # another site
+                          (certificate, "site-b", public_key_text(other))):                   # another trust
+        with pytest.raises(secagg.SecAggError):
+            secagg.certified_key(bad, site, by)
+    with pytest.raises(secagg.SecAggError, match="certificate"):
+        secagg.Peers.from_request({"session": "s", "peers": {"site-b": secagg.public_text(key)}})

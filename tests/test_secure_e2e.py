@@ -10,6 +10,8 @@ is refused by every node; a site killed mid-analysis is dropped and the fit re-r
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import datetime as dt
 import json
 import re
@@ -23,7 +25,7 @@ from lifelines import CoxPHFitter, CoxTimeVaryingFitter, KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 from sqlalchemy import insert
 
-from cdm import rounds
+from cdm import rounds, secagg, wire
 from cdm.schema import metadata
 from cdm.vocabulary import Vocabulary
 from federation import Network
@@ -256,6 +258,75 @@ def test_a_chosen_beta_is_refused_by_every_node(network):
     assert {s["status"] for s in first["per_site"]} == {"ok"}
 
 
+def _certificates(network) -> dict:
+    """Each site's key certificate as its last heartbeat carried it to the coordinator."""
+    return {s["name"]: (s.get("heartbeat") or {})["secagg"]["certificate"] for s in network.home.store.sites()}
+
+
+def _secure_request(site: str, analysis: dict, peers: dict, session: str) -> dict:
+    return {**wire.make_request(spec(analysis), "alice", session.split("/")[0], site=site),
+            "secure": {"protocol": secagg.PROTOCOL, "session": session, "peers": peers}}
+
+
+def _as_coordinator(network, requests: list[tuple[str, dict]]) -> list[dict]:
+    """Send signed requests as the coordinator would (its bus account and signing key): the attacker
+    here is the coordinator itself."""
+    import nats
+
+    from coordinator.natsconf import COORDINATOR_USER
+
+    keys = network.home.store.public_keys()
+
+    async def one(nc, site, record):
+        for _ in range(50):  # a node restarted a moment ago may not have subscribed yet
+            try:
+                return await nc.request(wire.request_subject(site), network.home.signer.seal(record), timeout=30)
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"{site} never subscribed")
+
+    async def go():
+        nc = await nats.connect(network.home.nats_url, user=COORDINATOR_USER, password=network.home.nats_password)
+        try:
+            replies = await asyncio.gather(*(one(nc, site, record) for site, record in requests))
+        finally:
+            await nc.close()
+        return [wire.verify(m.data, site, keys[site]) for (site, _), m in zip(requests, replies)]
+
+    return asyncio.run(go())
+
+
+def test_a_coordinator_that_substitutes_a_sites_key_is_refused_and_learns_nothing(network, pooled):
+    done(network.run(spec({"type": "count"})))  # every node has met every other's certified key
+    genuine = _certificates(network)
+    count = {"type": "count"}
+    mallory = secagg.generate_key()  # the coordinator's own X25519 key, to be passed off as site-b's
+    swapped = copy.deepcopy(genuine["site-b"])
+    swapped["record"]["key"] = secagg.public_text(mallory)  # site-b's certificate, key replaced
+    forged = secagg.certify(wire.Signer("site-b", wire.generate_key()), mallory)  # signed by a key it made
+    # against site-a alone: every peer replaced, so that the coordinator could derive all of site-a's masks
+    everyone = {s: secagg.certify(wire.Signer(s, wire.generate_key()), mallory) for s in SITES if s != "site-a"}
+    attacks = [("swapped", {**genuine, "site-b": swapped}, ["site-a", "site-c", "site-d"]),
+               ("forged", {**genuine, "site-b": forged}, ["site-a", "site-c", "site-d"]),
+               ("everyone", {**genuine, **everyone}, ["site-a"])]
+    for label, peers, victims in attacks:
+        replies = _as_coordinator(network, [(s, _secure_request(s, count, peers, f"evil-{label}/round-1/attempt-1"))
+                                            for s in victims])
+        for site, reply in zip(victims, replies):
+            assert reply["status"] == "refused" and reply["code"] == "SECURE_PEERS", (label, site, reply)
+            assert reply["result"] is None and "not signed by the key trusted for site-b" in reply["message"], reply
+    # the same channel with the genuine certificates: shares, which only all together unmask (to the sum)
+    replies = _as_coordinator(network, [(s, _secure_request(s, count, genuine, "honest/round-1/attempt-1"))
+                                        for s in SITES])
+    assert [r["status"] for r in replies] == ["ok"] * len(SITES)
+    from coordinator.secure import combine
+
+    shares = {site: r["result"] for site, r in zip(SITES, replies)}
+    assert combine(shares, "honest/round-1/attempt-1")["n"] == len(pooled)
+    alone = secagg.decode(secagg.from_text(shares["site-a"]["secure"]["share"], 1))[0]
+    assert alone != SITES["site-a"]  # one share by itself is not the site's count
+
+
 def test_a_site_killed_mid_analysis_is_dropped_and_the_fit_rerun_without_it(network, pooled):
     job_id = network.submit(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "pooled",
                                   "ties": "efron"}, timeout=10))
@@ -278,3 +349,34 @@ def test_a_site_killed_mid_analysis_is_dropped_and_the_fit_rerun_without_it(netw
     rest = pooled[pooled.site != "site-d"]
     ref = CoxPHFitter().fit(rest[["time", "event", "age", "armb"]], "time", "event", fit_options=TIGHT)
     np.testing.assert_allclose([r["coef"] for r in result["coefficients"]], ref.params_.to_numpy(), rtol=1e-6)
+
+
+def test_a_secure_session_replayed_after_a_node_restart_is_refused(network):
+    """The sessions a node masked live in its state database: after a restart, the same session
+    asked again over changed data (which would reveal the change) is still refused."""
+    if network.nodes["site-d"].poll() is not None:  # killed by the test before
+        network.start_node("site-d")
+    peers = _certificates(network)
+    count = {"type": "count"}
+    session = "replayed/round-1/attempt-1"
+    first = _as_coordinator(network, [("site-d", _secure_request("site-d", count, peers, session))])[0]
+    assert first["status"] == "ok", first
+    network.stop_node("site-d")
+    from cdm.db import open_engine
+
+    engine = open_engine(network.dbs["site-d"])
+    index = Vocabulary(engine).concept_for("SNOMED", "443487006", "index", "Condition").concept_id
+    added = range(900_000, 900_020)  # past differencing_k: the change itself is not refused
+    with engine.begin() as conn:
+        conn.execute(insert(metadata.tables["person"]), [
+            {"person_id": p, "gender_concept_id": 8507, "year_of_birth": 1960, "race_concept_id": 0,
+             "ethnicity_concept_id": 0} for p in added])
+        conn.execute(insert(metadata.tables["condition_occurrence"]), [
+            {"condition_occurrence_id": 2 * p, "person_id": p, "condition_concept_id": index,
+             "condition_start_date": INDEX, "condition_type_concept_id": 32817} for p in added])
+    engine.dispose()
+    network.start_node("site-d")
+    again = _as_coordinator(network, [("site-d", _secure_request("site-d", count, peers, session))])[0]
+    assert again["status"] == "refused" and again["code"] == "SECURE_REPLAY" and again["result"] is None, again
+    fresh = _as_coordinator(network, [("site-d", _secure_request("site-d", count, peers, "replayed/round-1/attempt-2"))])
+    assert fresh[0]["status"] == "ok"
