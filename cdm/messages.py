@@ -20,8 +20,10 @@ class ReplyStatus(StrEnum):
 
 
 class SiteStatus(StrEnum):
-    """How one site's part of a round ended, as the coordinator records it: a reply, or no reply."""
+    """One site's part of a round, as the coordinator records it: not over yet, a reply, or no reply."""
 
+    PENDING = "pending"              #: asked; no answer yet
+    WAITING = "waiting"              #: offline; the request is held (or queued durably) for its return
     OK = "ok"
     REFUSED = "refused"
     ERROR = "error"

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cdm.errors import RadfedError
 from cdm.messages import RefusalCode, ReplyStatus
+from cdm.records import SiteResponse, ValidationError, problems
 
 SUBJECT_PREFIX = "radfed.site"
 OFFLINE_PREFIX = "radfed.offline"     # JetStream: durable queue of requests for sites that are offline
@@ -182,15 +183,18 @@ def make_response(request: dict, site: str, status: str, code: str | None = None
 
 
 def check_response(response: dict, request_id: str, site: str) -> None:
-    """A response must answer *this* request, from *this* site, in a known status."""
+    """A response must answer *this* request, from *this* site, and have a reply's shape
+    (:class:`cdm.records.SiteResponse`: a known status, a declared refusal code)."""
     if not isinstance(response, dict):
         raise WireError("response is not an object")
     if response.get("request_id") != request_id:
         raise WireError(f"response answers request {response.get('request_id')!r}, not {request_id!r}")
     if response.get("site") != site:
         raise WireError(f"response claims site {response.get('site')!r}, expected {site!r}")
-    if response.get("status") not in STATUSES:
-        raise WireError(f"response has unknown status {response.get('status')!r}")
+    try:
+        SiteResponse.model_validate(response)
+    except ValidationError as exc:
+        raise WireError(f"response is malformed: {problems(exc)}") from None
 
 
 # --------------------------------------------------------------------------- keys

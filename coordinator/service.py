@@ -222,7 +222,7 @@ class Coordinator:
         seq = None
         try:
             seq = await self._queue_durably(site, request)
-            self.store.record_site(job["job_id"], site, "waiting", None,
+            self.store.record_site(job["job_id"], site, SiteStatus.WAITING, None,
                                    f"offline; request queued durably for up to {hold:g} s", None, None)
             _data, response = await asyncio.wait_for(future, hold)
         except asyncio.TimeoutError:
@@ -408,7 +408,7 @@ class Coordinator:
         if self.js is not None:
             return await self._durable_reply(job, reply.site, request_id, hold)
 
-        self.store.record_site(job["job_id"], reply.site, "waiting", None,
+        self.store.record_site(job["job_id"], reply.site, SiteStatus.WAITING, None,
                                f"offline; held up to {hold:g} s for its return", None, None)
         event = self._online(reply.site)
         event.clear()

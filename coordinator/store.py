@@ -43,7 +43,8 @@ from sqlalchemy.schema import DDL
 from cdm.db import open_engine
 from cdm.errors import EXIT_USAGE, RadfedError
 from cdm.messages import FINISHED as FINISHED_JOBS
-from cdm.messages import JobStatus
+from cdm.messages import JobStatus, SiteStatus
+from cdm.records import JobRecord, ValidationError, problems
 
 metadata = MetaData()
 
@@ -114,7 +115,7 @@ job_sites = Table(
     Column("job_id", String(36), ForeignKey("coord_job.job_id", ondelete="CASCADE"), primary_key=True),
     Column("site", String(64), primary_key=True),
     Column("request_id", String(36), nullable=False),
-    # pending | ok | refused | error | timeout | offline | bad_signature
+    # cdm.messages.SiteStatus: pending | waiting | ok | refused | error | timeout | offline | bad_signature
     Column("status", String(16), nullable=False),
     Column("code", String(32)),
     Column("message", Text),
@@ -365,7 +366,7 @@ class Store:
             conn.execute(delete(job_sites).where(job_sites.c.job_id == job_id))
             if requests:
                 conn.execute(insert(job_sites), [
-                    {"job_id": job_id, "site": site, "request_id": rid, "status": "pending"}
+                    {"job_id": job_id, "site": site, "request_id": rid, "status": SiteStatus.PENDING.value}
                     for site, rid in requests.items()])
             conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(status=JobStatus.RUNNING.value))
 
@@ -389,6 +390,10 @@ class Store:
             job = dict(row)
             job["per_site"] = [dict(r) for r in conn.execute(
                 select(job_sites).where(job_sites.c.job_id == job_id).order_by(job_sites.c.site)).mappings()]
+        try:  # the record's shape (cdm.records.JobRecord): a damaged row fails here, not in a report
+            JobRecord.model_validate(job)
+        except ValidationError as exc:
+            raise StoreError(f"job {job_id} is damaged in the store: {problems(exc)}") from None
         return job
 
     def jobs(self, researcher: str | None = None, limit: int = 50) -> list[dict]:

@@ -23,6 +23,7 @@ import click
 
 from cdm import __version__
 from cdm.errors import reply_of
+from cdm.records import SiteRequest, ValidationError, problems
 from cdm.wire import (
     OFFLINE_STREAM,
     Signer,
@@ -114,9 +115,11 @@ class Agent:
             except EnvelopeError:
                 pass
             return None, make_response(stub if isinstance(stub, dict) else {}, self.site, *reply_of(exc))
-        if not isinstance(request.get("request_id"), str) or not isinstance(request.get("spec", request.get("plan")), dict):
+        try:  # the shape every request has (cdm.records); the signed record itself is what runs
+            SiteRequest.model_validate(request)
+        except ValidationError as exc:
             return None, make_response(request, self.site, "error", "BAD_SPEC",
-                                       "request has no request_id or no spec object")
+                                       f"request is malformed: {problems(exc)}"[:2000])
         return request, None
 
     async def handle(self, msg) -> None:
