@@ -12,7 +12,9 @@ occur (attack families 2, 3, 7 of issue 16):
   variable.  A variable without such a domain (a raw measurement) must be binned.
 * **Model columns.**  A covariate, outcome or weight column of a model round on which all but
   fewer than k persons share one value (a rare 0/1 code, a value only one person has) is refused
-  (:func:`check_columns`): its sums and cross-products would be those few persons' values.
+  (:func:`check_columns`): its sums and cross-products would be those few persons' values.  In
+  federated training such a feature is suppressed at the site instead (:func:`suppress_rare_columns`),
+  so a rare phenotype among hundreds does not stop a run.
 """
 
 from __future__ import annotations
@@ -58,18 +60,40 @@ def crosstab_domain(spec, a, site: str = "local") -> list[list]:
     return domains
 
 
-def check_columns(rows: np.ndarray, names: list[str], min_cell: int, what: str = "rows") -> None:
-    """Refuse ``MIN_CELL`` when on some column a value shared by several rows leaves fewer than
-    ``min_cell`` rows on the other side: a 0/1 column (a level of a categorical covariate) needs
-    ``min_cell`` rows on each side, a mostly-zero one ``min_cell`` non-zero rows; a constant column
-    counts as none on one side (zero and small look the same).  A column of distinct values (age, a
-    measurement) has no such side."""
-    for j, name in enumerate(names):
+def rare_columns(rows: np.ndarray, min_cell: int) -> list[int]:
+    """The columns of ``rows`` on which a value shared by several rows leaves fewer than ``min_cell``
+    rows on the other side: a 0/1 column (a level of a categorical covariate) needs ``min_cell`` rows
+    on each side, a mostly-zero one ``min_cell`` non-zero rows; a constant column counts as none on
+    one side (zero and small look the same).  A column of distinct values (age, a measurement) has
+    no such side."""
+    rare = []
+    for j in range(rows.shape[1] if rows.ndim == 2 else 0):
         column = rows[:, j]
         if column.size == 0:
             continue
         _, counts = np.unique(column, return_counts=True)
-        others = int(column.size - counts.max())
-        if counts.max() > 1 and others < min_cell:
-            raise Refusal("MIN_CELL", f"{name!r}: fewer than {min_cell} {what} differ from its most common value "
-                                      "(a rare or constant column would release those few persons' values)")
+        if counts.max() > 1 and column.size - counts.max() < min_cell:
+            rare.append(j)
+    return rare
+
+
+def check_columns(rows: np.ndarray, names: list[str], min_cell: int, what: str = "rows") -> None:
+    """Refuse ``MIN_CELL`` a model whose column is rare (:func:`rare_columns`)."""
+    for j in rare_columns(rows, min_cell)[:1]:
+        raise Refusal("MIN_CELL", f"{names[j]!r}: fewer than {min_cell} {what} differ from its most common value "
+                                  "(a rare or constant column would release those few persons' values)")
+
+
+def suppress_rare_columns(rows: np.ndarray, min_cell: int) -> tuple[np.ndarray, list[int]]:
+    """Local suppression (Hundepool et al. 2012, ch. 3) for training data: each rare column
+    (:func:`rare_columns`) replaced by its most common value, so it is constant -- the same whether
+    0 or 1..k-1 persons differ -- and an update's entries for it are sums over every row, never the
+    few persons' own values.  (rows with those columns suppressed, their indexes)."""
+    rare = rare_columns(rows, min_cell)
+    if not rare:
+        return rows, []
+    rows = rows.copy()
+    for j in rare:
+        values, counts = np.unique(rows[:, j], return_counts=True)
+        rows[:, j] = values[counts.argmax()]
+    return rows, rare

@@ -123,7 +123,7 @@ def _handle(msg: Message, context: Context, stage: str) -> Message:
         arrays = msg.content["arrays"].to_numpy_ndarrays()
         if stage == "train":
             new_arrays, used, loss = local_train(model, arrays, data.X, data.y, cfg)
-            metrics = {"num-examples": used, "loss": loss}
+            metrics = {"num-examples": used, "loss": loss, "suppressed-features": len(data.suppressed)}
             content = RecordDict({"arrays": ArrayRecord([np.asarray(a, dtype=np.float64) for a in new_arrays]),
                                   "metrics": MetricRecord(metrics)})
         else:
@@ -131,7 +131,8 @@ def _handle(msg: Message, context: Context, stage: str) -> Message:
             metrics["num-examples"] = metrics["n"]
             content = RecordDict({"metrics": MetricRecord(metrics),
                                   "site": ConfigRecord({"site": config.site_name})})
-        audit_round(config, run_id, server_round, stage, model, "ok", None, rows, metrics)
+        audit_round(config, run_id, server_round, stage, model, "ok", None, rows,
+                    {**metrics, "suppressed_features": data.suppressed} if data.suppressed else metrics)
         return Message(content, reply_to=msg)
     except (Refusal, ModelSpecError, ConfigError) as exc:  # what the reply says: cdm.errors.reply_of
         status, code, reason = reply_of(exc)

@@ -10,6 +10,12 @@ The ClientApp never opens the CDM itself: it calls :func:`training_rows`, which
    Core, bound parameters), keeps complete rows,
 4. refuses fewer rows than ``[policy] min_rows_model`` or than ``rows_per_parameter`` times the
    model's input width (features + 1; ``[learning] rows_per_parameter`` may override the policy's),
+5. suppresses a feature with fewer than ``[policy] min_cell_count`` rows on a side (replaced by its
+   most common value, :func:`node.disclosure.shapes.suppress_rare_columns`) and refuses a 0/1 target
+   like that (``MIN_CELL``, as the bus's model rounds do): an update's entries for a column one
+   patient has are that patient's values (a logistic Hessian's row over its own entry gives the
+   patient's other features, the gradient entry the outcome; a network's first-layer update for
+   that input is the patient's back-propagated signal),
 
 and :func:`audit_round` writes one hash-chained audit entry per round (accepted or refused).
 """
@@ -27,6 +33,7 @@ from cdm.compiler import Resolver, frame
 from cdm.learn.modelspec import ModelSpec, frame_specs
 from node.audit import AuditLog
 from node.disclosure.policy import Policy, Refusal
+from node.disclosure.shapes import check_columns, suppress_rare_columns
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class LearningPolicy:
     allowed_features: tuple[str, ...]
     min_rows: int
     rows_per_parameter: int
+    min_cell: int = 5
 
     @classmethod
     def from_config(cls, config) -> "LearningPolicy":
@@ -47,7 +55,7 @@ class LearningPolicy:
             raise Refusal("NOT_ALLOWED", "[learning] allowed_features must be a list of patterns")
         policy = Policy.from_config(config)
         return cls(tuple(allowed), policy.min_rows_model,
-                   int(raw.get("rows_per_parameter", policy.rows_per_parameter)))
+                   int(raw.get("rows_per_parameter", policy.rows_per_parameter)), policy.min_cell_count)
 
 
 def variable_key(var) -> str:
@@ -75,6 +83,7 @@ class TrainingRows:
     person_ids: np.ndarray
     X: np.ndarray
     y: list  # 0/1 floats, or category labels (patient encoder)
+    suppressed: list[str]  # features held constant here: fewer than min_cell_count rows on a side
 
 
 def training_rows(engine, config, model: ModelSpec, site: str = "local") -> TrainingRows:
@@ -103,7 +112,11 @@ def training_rows(engine, config, model: ModelSpec, site: str = "local") -> Trai
     target = columns[model.target]
     y = [target[i] for i in complete] if model.variables[model.target].categorical \
         else [float(target[i]) for i in complete]
-    return TrainingRows(np.array([person_ids[i] for i in complete], dtype=np.int64), X, y)
+    if not model.variables[model.target].categorical:
+        check_columns(np.asarray(y, dtype=float)[:, None], [model.target], policy.min_cell, "training rows")
+    X, rare = suppress_rare_columns(X, policy.min_cell)
+    return TrainingRows(np.array([person_ids[i] for i in complete], dtype=np.int64), X, y,
+                        [model.features[j] for j in rare])
 
 
 def audit_round(config, run_id, server_round, stage: str, model: ModelSpec | None, decision: str,
