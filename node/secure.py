@@ -28,9 +28,10 @@ analysis                summed (per site, then pooled)
 
 **Locked rounds.**  ``cox_round``, binomial ``glm_round`` and ``habitat_round`` carry ``beta``.  Over
 the bus a node answers only the ``beta`` that :func:`cdm.newton.expected_beta` derives from the
-pooled fits the request carries under ``lock`` (zeros for the first round) and refuses any other with
-``ROUND_LOCKED`` (``[secure] lock_rounds = false`` turns this off for a site that must serve a
-different algorithm).
+pooled fits the request carries under ``lock`` (zeros for the first round), and a ``quantile_round``
+only the thresholds :func:`cdm.analyses.quantile.expected_thresholds` derives from the pooled counts
+under ``lock`` (the first round's are fixed); it refuses any other with ``ROUND_LOCKED``
+(``[secure] lock_rounds = false`` turns this off for a site that must serve a different algorithm).
 
 **Peer keys.**  A secure request names every peer by its key certificate
 (:func:`cdm.secagg.certify`: the X25519 key, signed by the peer's Ed25519 site key, bound to its site
@@ -66,7 +67,7 @@ from cdm.wire import Signer, public_key_text
 from node.disclosure.policy import Policy, Refusal
 
 SECURE_TYPES = ("count", "quantile_round", "km_round", "cox_round", "glm_round")
-LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round")
+LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round", "quantile_round")
 DEFAULT_HORIZON = 3660  # days (ten years and a bit): the first grid, when the spec sets no max_days
 
 
@@ -145,15 +146,18 @@ def authenticate(config, peers: secagg.Peers, site: str) -> None:
 
 
 def check_lock(request: dict, config) -> None:
-    """Refuse ``ROUND_LOCKED`` a round whose ``beta`` is not the one the algorithm proposes next."""
+    """Refuse ``ROUND_LOCKED`` a round whose ``beta`` (or thresholds) are not the ones the algorithm
+    proposes next."""
     spec = request.get("spec") if isinstance(request, dict) else None
     analysis = spec.get("analysis") if isinstance(spec, dict) else None
     if not isinstance(analysis, dict) or analysis.get("type") not in LOCKED_TYPES:
         return
-    if analysis.get("type") == "glm_round" and analysis.get("family") == "gaussian":
-        return  # one round of sums: no parameters to choose
     if not settings(config)["lock_rounds"]:
         return
+    if analysis.get("type") == "quantile_round":
+        return check_thresholds(analysis, request.get("lock"))
+    if analysis.get("type") == "glm_round" and analysis.get("family") == "gaussian":
+        return  # one round of sums: no parameters to choose
     beta = analysis.get("beta")
     if not isinstance(beta, list) or not all(isinstance(b, (int, float)) for b in beta):
         return  # the spec parser refuses it with BAD_SPEC
@@ -166,6 +170,25 @@ def check_lock(request: dict, config) -> None:
     if not newton.same_beta(beta, expected):
         raise Refusal("ROUND_LOCKED", "beta is not the Newton step from the pooled fits of the earlier rounds "
                                       "(rounds are algorithm-locked: nobody may choose beta)")
+
+
+def check_thresholds(analysis: dict, lock) -> None:
+    """Refuse ``ROUND_LOCKED`` a ``quantile_round`` whose thresholds are not the ones the bisection
+    asks next after the pooled counts the round carries (:func:`cdm.analyses.quantile.expected_thresholds`)."""
+    from cdm.analyses.quantile import expected_thresholds, same_thresholds
+
+    thresholds = analysis.get("thresholds")
+    if not isinstance(thresholds, list) or not all(isinstance(t, (int, float)) for t in thresholds):
+        return  # the spec parser refuses it with BAD_SPEC
+    try:
+        expected = expected_thresholds(lock)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Refusal("ROUND_LOCKED", f"the round's lock is not usable: {exc}") from None
+    if expected is None:
+        raise Refusal("ROUND_LOCKED", "the pooled counts this round carries end the bisection: no further round is due")
+    if not same_thresholds(thresholds, expected):
+        raise Refusal("ROUND_LOCKED", "the thresholds are not the bisection step from the pooled counts of the earlier "
+                                      "rounds (rounds are algorithm-locked: nobody may choose a threshold)")
 
 
 # -- secure analyses -----------------------------------------------------------------------------

@@ -211,3 +211,46 @@ def test_pinned_peer_keys_refuse_a_substituted_key_even_at_first_contact(sqlite_
     refused = ask({**genuine, "site-x": stranger}, "j/round-1/attempt-2")
     assert refused["code"] == "SECURE_PEERS" and "no key is pinned for site-x" in refused["message"]
     assert ask(genuine, "j/round-1/attempt-3")["status"] == "ok"
+
+
+def test_every_quantile_round_is_the_bisection_step_a_node_recomputes_and_no_other():
+    from cdm.analyses.quantile import expected_thresholds
+
+    rng = np.random.default_rng(11)
+    sites = [np.round(rng.normal(60, 12, n), 1) for n in (140, 90, 70)]
+    asked = []
+
+    def ask(analysis, extra):
+        request = {"spec": {"analysis": analysis}, "lock": extra.get("lock")}
+        check_lock(request, None)  # what every node does over the bus
+        asked.append(request)
+        return [{"n": int(x.size), "n_le": [int((x <= t).sum()) for t in analysis["thresholds"]], "_site": f"s{i}"}
+                for i, x in enumerate(sites)]
+
+    ask.carries_extra = True
+    probs = [0.5, 0.1, 0.95]
+    result = run_analysis({"type": "quantile", "variable": "v", "probs": probs}, ask)
+    pooled = np.concatenate(sites)
+    assert [q["value"] for q in result["quantiles"]] == [np.quantile(pooled, p) for p in probs]
+    assert len(asked) == result["rounds"] >= 2
+    for request in asked[1:]:  # any other threshold, anywhere in the round, is refused
+        thresholds = request["spec"]["analysis"]["thresholds"]
+        for i in (0, len(thresholds) // 2, len(thresholds) - 1):
+            tampered = {"spec": {"analysis": {**request["spec"]["analysis"],
+                                              "thresholds": thresholds[:i] + [thresholds[i] + 0.05] + thresholds[i + 1:]}},
+                        "lock": request["lock"]}
+            with pytest.raises(Refusal, match="bisection step") as refused:
+                check_lock(tampered, None)
+            assert refused.value.code == "ROUND_LOCKED"
+    # counts in the lock are replayed, not trusted: other counts give other thresholds
+    second = asked[1]
+    forged = {**second["lock"], "rounds": [{**r, "lower": [0] * len(r["lower"])} for r in second["lock"]["rounds"]]}
+    assert expected_thresholds(forged) != second["spec"]["analysis"]["thresholds"]
+    first = asked[0]["spec"]["analysis"]
+    with pytest.raises(Refusal, match="bisection step"):  # a first round with thresholds of one's choosing
+        check_lock({"spec": {"analysis": {**first, "thresholds": [59.9, 60.0]}}}, None)
+    done = {**asked[-1]["lock"], "rounds": asked[-1]["lock"]["rounds"] + [
+        {"n": int(pooled.size), "lower": [int((pooled <= t).sum()) for t in asked[-1]["spec"]["analysis"]["thresholds"]],
+         "upper": [int((pooled <= t).sum()) for t in asked[-1]["spec"]["analysis"]["thresholds"]]}]}
+    with pytest.raises(Refusal, match="no further round"):  # the brackets closed: nothing more to ask
+        check_lock({"spec": {"analysis": first}, "lock": done}, None)

@@ -327,6 +327,30 @@ def test_a_coordinator_that_substitutes_a_sites_key_is_refused_and_learns_nothin
     assert alone != SITES["site-a"]  # one share by itself is not the site's count
 
 
+def test_a_chosen_quantile_threshold_is_refused_by_every_node(network, pooled):
+    from cdm.analyses.quantile import LOCK, expected_thresholds
+
+    job = network.run(spec({"type": "quantile_round", "variable": "age", "thresholds": [60.0]}))
+    assert {s["site"]: s["code"] for s in job["per_site"]} == {s: "ROUND_LOCKED" for s in SITES}
+    # the coordinator itself, in round 2 of an honest bisection, slips in a threshold of its choosing
+    first = expected_thresholds(None)
+    ages = pooled.age.to_numpy(float)
+    counts = [int((ages <= t).sum()) for t in first]
+    lock = {"algorithm": LOCK, "probs": [0.5], "rounds": [{"n": len(ages), "lower": counts, "upper": counts}]}
+    honest = expected_thresholds(lock)
+    tampered = sorted(honest[:-1] + [60.5])  # 60.5 splits the persons aged 60 from those aged 61
+    assert tampered != honest
+
+    def asked(thresholds):
+        analysis = {"type": "quantile_round", "variable": "age", "thresholds": thresholds}
+        return _as_coordinator(network, [(s, {**wire.make_request(spec(analysis), "alice", "evil-q", site=s),
+                                              "lock": lock}) for s in SITES])
+
+    assert [(r["status"], r["code"]) for r in asked(tampered)] == [("refused", "ROUND_LOCKED")] * len(SITES)
+    assert all(r["result"] is None for r in asked(tampered))
+    assert [r["status"] for r in asked(honest)] == ["ok"] * len(SITES)  # the algorithm's own step is answered
+
+
 def test_a_site_killed_mid_analysis_is_dropped_and_the_fit_rerun_without_it(network, pooled):
     job_id = network.submit(spec({"type": "cox", "time": TIME, "covariates": ["age", "armb"], "mode": "pooled",
                                   "ties": "efron"}, timeout=10))

@@ -17,6 +17,10 @@ a hidden one is in: ``bounds``) and by the counts it released at neighbouring th
 brackets have not closed within ``max_rounds``, or a round narrowed nothing because every useful
 count was suppressed (a small site near the quantile), the result says so and gives the bracket.
 
+The thresholds are algorithm-locked: every round carries the pooled counts of the rounds before it
+(:meth:`Bisection.lock`) and a node replays :class:`Bisection` and refuses thresholds it would not
+have asked (:func:`expected_thresholds`; node/secure.py, ``ROUND_LOCKED``).
+
 Site half (``quantile_round``): the counts at the thresholds asked, a count hidden when either side of
 its threshold is small.
 """
@@ -134,27 +138,40 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def run(analysis, session: Session) -> dict:
-    variable, probs = analysis.variable, list(analysis.probs)
-    n, stalled = None, False
-    brackets: dict[int, list[int]] = {0: [LOWEST, HIGHEST]}  # before n is known: one bracket for all
-    while session.rounds < analysis.max_rounds:
-        keys = _thresholds(brackets, MAX_THRESHOLDS)
-        if not keys:
-            break
-        thresholds = [key_value(k) for k in keys]
-        results = session.round({"type": "quantile_round", "variable": variable, "thresholds": thresholds})
-        round_n, lower, upper = _pooled_counts(results, len(keys))
-        if n is None:
-            n = round_n
+#: what a quantile round's ``lock`` says it is (:meth:`Bisection.lock`, :func:`expected_thresholds`)
+LOCK = "radfed-bisection/1"
+
+
+class Bisection:
+    """The bisection as a replayable state machine (as :class:`cdm.newton.Newton` is for model rounds):
+    the coordinator drives it, and a node replays it from the pooled counts a round carries to check
+    the thresholds it is asked about (algorithm-locked rounds).  Nothing but the probabilities asked
+    for and the pooled counts of the earlier rounds enters the thresholds: the first round's do not
+    even depend on those (one bracket over every double)."""
+
+    def __init__(self, probs):
+        self.probs = [float(p) for p in probs]
+        self.n: int | None = None
+        self.brackets: dict[int, list[int]] = {0: [LOWEST, HIGHEST]}  # before n is known: one for all
+        self.stalled = False
+
+    def propose(self) -> list[int]:
+        """The next round's thresholds as ordered keys ([] when the brackets are closed or stalled)."""
+        return [] if self.stalled else _thresholds(self.brackets, MAX_THRESHOLDS)
+
+    def observe(self, keys: list[int], n: int, lower: list[int], upper: list[int]) -> None:
+        """Narrow the brackets with one round's pooled counts (lower and upper bounds of ``n_le`` at
+        ``keys``: equal where nothing was suppressed)."""
+        if self.n is None:
             if n == 0:
-                raise StatsError(f"no values of {variable!r} at any site")
-            start = brackets.pop(0)
-            brackets = {k: list(start) for stat in order_statistics(n, probs) for k in stat[1:3]}
-        elif round_n != n:
-            raise StatsError(f"the number of values changed between rounds ({n} -> {round_n}): data changed mid-analysis")
-        before = {k: tuple(b) for k, b in brackets.items()}
-        for k, bracket in brackets.items():
+                raise StatsError("no values of the variable at any site")
+            self.n = n
+            start = self.brackets.pop(0)
+            self.brackets = {k: list(start) for stat in order_statistics(n, self.probs) for k in stat[1:3]}
+        elif n != self.n:
+            raise StatsError(f"the number of values changed between rounds ({self.n} -> {n}): data changed mid-analysis")
+        before = {k: tuple(b) for k, b in self.brackets.items()}
+        for k, bracket in self.brackets.items():
             for key, low, high in zip(keys, lower, upper):
                 if not bracket[0] < key < bracket[1]:
                     continue
@@ -162,9 +179,64 @@ def run(analysis, session: Session) -> dict:
                     bracket[1] = min(bracket[1], key)
                 elif high < k:
                     bracket[0] = max(bracket[0], key)
-        if len(before) == len(brackets) and all(tuple(brackets[k]) == before.get(k) for k in brackets):
-            stalled = True  # every useful count was suppressed: asking again would release nothing new
+        if len(before) == len(self.brackets) and all(tuple(self.brackets[k]) == before.get(k) for k in self.brackets):
+            self.stalled = True  # every useful count was suppressed: asking again would release nothing new
+
+    def lock(self, counts: list[dict]) -> dict:
+        """What a round carries so that a node can recompute its thresholds (:func:`expected_thresholds`):
+        the probabilities and the pooled counts (``n``, ``lower``, ``upper``) of every earlier round."""
+        return {"algorithm": LOCK, "probs": list(self.probs), "rounds": [dict(r) for r in counts]}
+
+
+def expected_thresholds(lock: dict | None) -> list[float] | None:
+    """The thresholds the bisection asks next after the pooled counts in ``lock`` (the first round's
+    without one); None when those counts end it.  Raises ValueError on a malformed lock."""
+    lock = lock or {}
+    if lock and lock.get("algorithm") != LOCK:
+        raise ValueError(f"unknown round lock {lock.get('algorithm')!r} (expected {LOCK})")
+    probs, counts = lock.get("probs") or [], lock.get("rounds") or []
+    if not isinstance(probs, list) or not all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in probs) \
+            or not isinstance(counts, list):
+        raise ValueError("lock: probs must be a list of probabilities and rounds a list")
+    if counts and not probs:
+        raise ValueError("lock: rounds after the first need the probabilities they bracket")
+    machine = Bisection(probs)
+    try:
+        for r in counts:
+            keys = machine.propose()
+            if not keys:
+                return None
+            n, lower, upper = int(r["n"]), [int(v) for v in r["lower"]], [int(v) for v in r["upper"]]
+            if len(lower) != len(keys) or len(upper) != len(keys):
+                raise ValueError("lock: a round's counts do not match its thresholds")
+            machine.observe(keys, n, lower, upper)
+    except StatsError as exc:
+        raise ValueError(f"lock: {exc}") from None
+    keys = machine.propose()
+    return [key_value(k) for k in keys] or None
+
+
+def same_thresholds(asked, expected: list[float]) -> bool:
+    """Equal as doubles (JSON carries every double exactly)."""
+    return len(asked) == len(expected) and all(ordered_key(a) == ordered_key(e) for a, e in zip(asked, expected))
+
+
+def run(analysis, session: Session) -> dict:
+    variable, probs = analysis.variable, list(analysis.probs)
+    machine, counts = Bisection(probs), []
+    while session.rounds < analysis.max_rounds:
+        keys = machine.propose()
+        if not keys:
             break
+        thresholds = [key_value(k) for k in keys]
+        results = session.round({"type": "quantile_round", "variable": variable, "thresholds": thresholds},
+                                lock=machine.lock(counts))
+        round_n, lower, upper = _pooled_counts(results, len(keys))
+        counts.append({"n": round_n, "lower": lower, "upper": upper})
+        if machine.n is None and round_n == 0:
+            raise StatsError(f"no values of {variable!r} at any site")
+        machine.observe(keys, round_n, lower, upper)
+    n, brackets, stalled = machine.n, machine.brackets, machine.stalled
     if n is None:
         raise StatsError("max_rounds reached before any count was released")
     rows = []
