@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import insert
 
+from cdm.db import create_cdm, open_engine
 from cdm.schema import tables
 from node.audit import AuditLog
 from node.disclosure import approvals
@@ -101,6 +102,35 @@ def load_survival(engine, death_day: dict | None = None) -> None:
             for i, day in days.items()])
 
 
+HABITATS = ["habitat_hypercellular", "habitat_necrotic", "habitat_rare"]
+RARE_BIOPSIES = 6  # the target's biopsies in habitat_rare: more than k rows, one person
+
+
+def load_biopsies(engine, rare_positive: bool = True) -> None:
+    """Two located biopsies per patient (hypercellular or necrotic; TP53 in some), and the target's
+    :data:`RARE_BIOPSIES` biopsies in ``habitat_rare``, all carrying TP53 when ``rare_positive``."""
+    rows = {"specimen": [], "biopsy_location": [], "variant_occurrence": []}
+
+    def biopsy(sid, pid, habitat, distance, error, positive):
+        rows["specimen"].append(dict(specimen_id=sid, person_id=pid, specimen_concept_id=0,
+                                     specimen_type_concept_id=0, specimen_date=D(2020, 1, 1)))
+        rows["biopsy_location"].append(dict(biopsy_location_id=sid, person_id=pid, specimen_id=sid, x_mm=0.0,
+                                            y_mm=0.0, z_mm=float(sid % 100), registration_error_mm=error,
+                                            habitat_label=habitat, distance_to_border_mm=distance))
+        rows["variant_occurrence"].append(dict(variant_occurrence_id=sid, person_id=pid, specimen_id=sid,
+                                               variant_date=D(2020, 1, 1), variant_type="snv", is_ctdna=False,
+                                               target_gene1_symbol="TP53" if positive else "KRAS"))
+
+    for i in map(int, IDS):
+        for k in range(2):
+            biopsy(100 * i + k, i, HABITATS[(i + k) % 2], 0.5 + (i + k) % 7, 1.0 + (i + k) % 3, (i * 7 + k) % 3 == 0)
+    for k in range(RARE_BIOPSIES):
+        biopsy(100 * TARGET + 10 + k, TARGET, HABITATS[2], 1.0 + k, 1.0, rare_positive)
+    with engine.begin() as c:
+        for table, values in rows.items():
+            c.execute(insert(tables[table]), values)
+
+
 def example_policy() -> str:
     """The [policy] and [policy.noise] tables of deploy/examples/node.toml, as written there."""
     text = (Path(__file__).resolve().parents[1] / "deploy" / "examples" / "node.toml").read_text()
@@ -114,6 +144,23 @@ POLICIES = {"default": "", "example": example_policy()}
 def site_config(tmp_path, policy: str = "", name: str = "site-a"):
     """A real node.toml (own data folder: audit log, state) with ``policy`` appended."""
     return write_config(tmp_path, policy, name)
+
+
+def world(folder: Path, policy: str, fill=None) -> tuple:
+    """(CDM engine, node config) of a known-truth site in its own ``folder``; ``fill(engine)`` adds
+    what makes this world differ from another (the protected value)."""
+    config = site_config(folder, policy)
+    engine = open_engine(folder / "cdm.sqlite")
+    create_cdm(engine, source_name=folder.name)
+    load_site(engine)
+    if fill is not None:
+        fill(engine)
+    return engine, config
+
+
+def view(r: dict) -> tuple:
+    """What the researcher sees of a response, minus the request id."""
+    return r["status"], r["code"], r["message"], r["result"]
 
 
 def ask(engine, config, analysis, cohort=None, requester="mallory", variables=None, request_id="r",

@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 
 from cdm import newton, rounds
-from cdm.db import create_cdm, open_engine
 from tests.adversarial import (
-    AGE, DEATH_DAY, IDS, POLICIES, SURVIVAL, TARGET, ask, ask_approved, audit_entry, load_site, load_survival,
-    site_config,
+    AGE, DEATH_DAY, IDS, POLICIES, SURVIVAL, TARGET, ask, ask_approved, audit_entry, load_survival, site_config,
+    view, world,
 )
 
 COX = {"type": "cox_round", "time": SURVIVAL, "covariates": ["age", "pfa"], "mode": "stratified",
@@ -36,22 +35,10 @@ COX = {"type": "cox_round", "time": SURVIVAL, "covariates": ["age", "pfa"], "mod
 OTHER_DAY = DEATH_DAY[TARGET] + 200  # the second world: the target died 200 days later
 
 
-def _view(r: dict) -> tuple:
-    return r["status"], r["code"], r["message"], r["result"]
-
-
 def _worlds(tmp_path, policy: str) -> list[tuple]:
     """(CDM engine, node config) of two sites that differ only in the target's death day."""
-    out = []
-    for name, day in (("truth", DEATH_DAY[TARGET]), ("other", OTHER_DAY)):
-        folder = tmp_path / name
-        config = site_config(folder, POLICIES[policy])
-        engine = open_engine(folder / "cdm.sqlite")
-        create_cdm(engine, source_name=name)
-        load_site(engine)
-        load_survival(engine, {TARGET: day})
-        out.append((engine, config))
-    return out
+    return [world(tmp_path / name, POLICIES[policy], lambda engine, day=day: load_survival(engine, {TARGET: day}))
+            for name, day in (("truth", DEATH_DAY[TARGET]), ("other", OTHER_DAY))]
 
 
 def _crafted(engine, config, beta, request_id, **fields):
@@ -70,7 +57,7 @@ def test_a_researcher_cannot_choose_beta(tmp_path, policy):
         r = _crafted(engine, config, [3.0, 0.0], "crafted")
         assert (r["status"], r["code"], r["result"]) == ("refused", "ROUND_LOCKED", None)
         assert audit_entry(config, "crafted")["rows_touched"] == 0  # refused before the cohort ran
-        views.append(_view(r))
+        views.append(view(r))
     assert views[0] == views[1]
     # the attack is real: a site that unlocked its rounds answers, and the answer depends on the day
     unlocked = [ask_approved(engine, site_config(config.path.parent, POLICIES[policy] + "[secure]\nlock_rounds = false\n"),
@@ -97,7 +84,7 @@ def test_a_coordinator_cannot_substitute_the_rounds_beta(tmp_path, policy):
             r = _crafted(engine, config, substitute, f"sub-{k}", lock=lock)
             assert (r["status"], r["code"], r["result"]) == ("refused", "ROUND_LOCKED", None)
             assert audit_entry(config, f"sub-{k}")["rows_touched"] == 0
-            views.append(_view(r))
+            views.append(view(r))
         second = ask_approved(engine, config, {**COX, "beta": honest.tolist()}, request_id="round-2", locked=True,
                               lock=lock)
         assert second["status"] == "ok", second
@@ -116,7 +103,7 @@ def test_a_rare_covariate_in_a_cox_model_does_not_release_its_patient(tmp_path, 
         r = ask_approved(engine, config, rare, request_id="rare", locked=True)
         assert (r["status"], r["code"], r["result"]) == ("refused", "MIN_CELL", None)
         assert "'rare'" in r["message"]
-        views.append(_view(r))
+        views.append(view(r))
     assert views[0] == views[1]
     # the attack is real: the kernel's information entry for the rare column counts the target's risk sets
     ages = np.array([AGE[int(i)] for i in IDS], dtype=float)
@@ -138,7 +125,7 @@ def test_pooled_cox_with_daily_times_is_refused(tmp_path, policy):
     for engine, config in _worlds(tmp_path, policy):
         r = ask_approved(engine, config, pooled, request_id="pooled", locked=True)
         assert (r["status"], r["code"], r["result"]) == ("refused", "MIN_CELL", None)
-        views.append(_view(r))
+        views.append(view(r))
     assert views[0] == views[1]
     # the attack is real: the kernel's sums at the death days give the target's day and age
     stop = np.array([DEATH_DAY.get(int(i), 4000) for i in IDS], dtype=float)

@@ -11,16 +11,11 @@ import pytest
 
 from tests.adversarial import (
     ADC, AGE, IDS, MALE, POLICIES, RESPONSE, SUBTYPE, TARGET, age_range, ask, ask_approved, determined, load_site,
-    members, site_config,
+    members, site_config, view,
 )
 
 ONE_PERSON = {"inclusion": [age_range(AGE[TARGET], AGE[TARGET])]}  # only the target has this age
 NOBODY = {"inclusion": [age_range(62, 62)]}                       # nobody is 62
-
-
-def _view(r: dict) -> tuple:
-    """What the researcher sees of a response, minus the request id."""
-    return r["status"], r["code"], r["message"], r["result"]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -46,11 +41,11 @@ def test_refusals_do_not_read_a_patients_attributes(sqlite_cdm, tmp_path, policy
             truth = ADC[TARGET] <= mid
             lo, hi = (lo, mid) if truth else (mid, hi)
         r = ask(sqlite_cdm, config, {"type": "count"}, cohort, requester=("mallory", "trudy")[k % 2])
-        views.append(_view(r))
+        views.append(view(r))
         truths.append(truth)
     assert True in truths and False in truths  # the probes asked both kinds of question
     assert len(set(views)) == 1 and views[0][:2] == ("refused", "MIN_CELL")  # one answer for all
-    assert _view(ask(sqlite_cdm, config, {"type": "count"}, NOBODY)) == views[0]  # nobody reads the same
+    assert view(ask(sqlite_cdm, config, {"type": "count"}, NOBODY)) == views[0]  # nobody reads the same
 
 
 def test_refusals_are_charged_to_the_privacy_budget(sqlite_cdm, tmp_path):
@@ -129,7 +124,7 @@ def test_crosstab_categories_do_not_depend_on_the_data(sqlite_cdm, tmp_path, pol
     table = {"type": "crosstab", "by": ["sex", "subtype"]}
     one = ask(sqlite_cdm, config, table, ONE_PERSON)
     none = ask(sqlite_cdm, config, table, NOBODY, requester="trudy")
-    assert one["status"] == "ok" and _view(one) == _view(none)
+    assert one["status"] == "ok" and view(one) == view(none)
     keys = [tuple(c["key"]) for c in one["result"]["cells"]]
     assert sorted(keys) == sorted((s, t) for s in ("F", "M", "O") for t in ("PFA", "PFB"))
     assert all(c["n"] is None for c in one["result"]["cells"])

@@ -271,7 +271,7 @@ def site(spec: S.Spec, data, policy) -> dict:
     persons = int(np.unique(iv.person_id).size)
     enough_rows(persons, len(a.covariates), policy, "persons with complete covariates")
     not_small(int(iv.event.sum()), policy, "events")
-    policy.check_columns(iv.X, list(a.covariates), "intervals")
+    policy.check_columns(iv.X, list(a.covariates), "intervals", iv.person_id)
     extra = {"persons": persons, "intervals": int(iv.stop.size), "excluded": survival.excluded}
     if not a.time_varying:  # Harrell's C is defined on one (time, risk) per person, not on intervals
         extra["concordance"] = rounds.concordance_counts(iv.stop, iv.event, iv.X @ np.asarray(a.beta))

@@ -10,7 +10,8 @@ Newton-Raphson as :mod:`cdm.analyses.glm`, so the fit equals statsmodels
 ``GLM(Binomial(), freq_weights=P)`` on the pooled biopsies.
 
 Site half (``habitat_round``): the biopsy frame (:func:`cdm.round_frames.biopsy_frame`); MIN_ROWS
-over biopsies; an outcome class of 1..min-1 -> MIN_CELL.
+over biopsies; an outcome class or a habitat of 1..min-1 biopsies, or of biopsies of 1..min-1
+persons, -> MIN_CELL.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def site(spec: S.Spec, data, policy) -> dict:
     outcome_classes(y, policy, "biopsies")
     labels = [h for h, k in zip(biopsies.habitat, keep) if k]
     X = np.column_stack([np.ones(n)] + [[1.0 if h == name else 0.0 for h in labels] for name in a.habitats[1:]])
-    policy.check_columns(X[:, 1:], list(a.habitats[1:]), "biopsies")
+    # a person has several biopsies: each habitat, and each outcome class, needs min_cell_count *persons*
+    persons = biopsies.person_id[keep]
+    policy.check_columns(np.column_stack([y, X[:, 1:]]), ["outcome", *a.habitats[1:]], "biopsies", persons)
     weights = rounds.habitat_weight(biopsies.distance_mm[keep], biopsies.error_mm[keep])
     result = rounds.glm_binomial(y, X, a.beta, weights)
     return {**result, "sum_weights": float(weights.sum()),

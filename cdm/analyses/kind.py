@@ -9,8 +9,8 @@ vantage6's ``partial`` / ``central``; node and coordinator each call only their 
 The site half gets the site's disclosure policy as a duck-typed object (the node's
 ``node.disclosure.policy.Policy``): ``small(n)`` (zero included), ``suppress(keys, counts)`` (primary and
 secondary cell suppression), ``categories(spec, analysis, site)`` (a crosstab's categories from the
-spec, never from the data), ``check_columns(rows, names, what)`` (a model column needs
-``min_cell_count`` rows on each side), ``min_cell_count``, ``min_rows_model``,
+spec, never from the data), ``check_columns(rows, names, what, persons=None)`` (a model column needs
+``min_cell_count`` rows -- persons, when ``persons`` gives each row's -- on each side), ``min_cell_count``, ``min_rows_model``,
 ``rows_per_parameter`` (node/disclosure/shapes.py says why each shape is data-independent).  It raises
 :class:`cdm.errors.Refusal` for what the policy forbids.
 """

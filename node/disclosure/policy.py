@@ -74,11 +74,12 @@ class Policy:
 
         return crosstab_domain(spec, a, site)
 
-    def check_columns(self, rows, names: list[str], what: str = "rows") -> None:
-        """Refuse a model column with fewer than min_cell_count rows on a side (shapes.py)."""
+    def check_columns(self, rows, names: list[str], what: str = "rows", persons=None) -> None:
+        """Refuse a model column with fewer than min_cell_count persons on a side (shapes.py);
+        ``persons``: each row's person, where a person has several rows."""
         from node.disclosure.shapes import check_columns
 
-        check_columns(rows, names, self.min_cell_count, what)
+        check_columns(rows, names, self.min_cell_count, what, persons)
 
     def small(self, n: int) -> bool:
         """Below the minimum cell size, zero included: a zero is hidden like a small count, so a

@@ -60,27 +60,34 @@ def crosstab_domain(spec, a, site: str = "local") -> list[list]:
     return domains
 
 
-def rare_columns(rows: np.ndarray, min_cell: int) -> list[int]:
+def rare_columns(rows: np.ndarray, min_cell: int, persons: np.ndarray | None = None) -> list[int]:
     """The columns of ``rows`` on which a value shared by several rows leaves fewer than ``min_cell``
-    rows on the other side: a 0/1 column (a level of a categorical covariate) needs ``min_cell`` rows
-    on each side, a mostly-zero one ``min_cell`` non-zero rows; a constant column counts as none on
-    one side (zero and small look the same).  A column of distinct values (age, a measurement) has
-    no such side."""
+    persons on the other side: a 0/1 column (a level of a categorical covariate) needs ``min_cell``
+    on each side, a mostly-zero one ``min_cell`` with a non-zero value; a constant column counts as
+    none on one side (zero and small look the same).  A column of distinct values (age, a
+    measurement) has no such side.  ``persons``: the person of each row, where a person has several
+    rows (biopsies, time-varying intervals) -- six biopsies of one patient are one person, not six."""
     rare = []
     for j in range(rows.shape[1] if rows.ndim == 2 else 0):
         column = rows[:, j]
         if column.size == 0:
             continue
-        _, counts = np.unique(column, return_counts=True)
-        if counts.max() > 1 and column.size - counts.max() < min_cell:
+        values, counts = np.unique(column, return_counts=True)
+        if counts.max() <= 1:
+            continue
+        other = column != values[counts.argmax()]
+        n_other = int(other.sum()) if persons is None else int(np.unique(persons[other]).size)
+        if n_other < min_cell:
             rare.append(j)
     return rare
 
 
-def check_columns(rows: np.ndarray, names: list[str], min_cell: int, what: str = "rows") -> None:
+def check_columns(rows: np.ndarray, names: list[str], min_cell: int, what: str = "rows",
+                  persons: np.ndarray | None = None) -> None:
     """Refuse ``MIN_CELL`` a model whose column is rare (:func:`rare_columns`)."""
-    for j in rare_columns(rows, min_cell)[:1]:
-        raise Refusal("MIN_CELL", f"{names[j]!r}: fewer than {min_cell} {what} differ from its most common value "
+    for j in rare_columns(rows, min_cell, persons)[:1]:
+        whom = what if persons is None else f"persons ({what})"
+        raise Refusal("MIN_CELL", f"{names[j]!r}: fewer than {min_cell} {whom} differ from its most common value "
                                   "(a rare or constant column would release those few persons' values)")
 
 
