@@ -1,4 +1,5 @@
-"""Known-key checking for the TOML configuration files (node.toml, coordinator.toml).
+"""The TOML configuration files (node.toml, coordinator.toml), the same for both sides: reading one
+(:func:`read_toml`), known-key checking, and the report of ``config check`` (:func:`problem_lines`).
 
 Both loaders read tables with ``dict.get`` and a default, so a misspelt key would silently take the
 default; each side lists the keys it reads (``KNOWN_KEYS``: table -> key -> accepted Python types of the
@@ -7,6 +8,9 @@ key that is not known, and every value of the wrong type.
 """
 
 from __future__ import annotations
+
+import tomllib
+from pathlib import Path
 
 
 def unknown_or_mistyped(raw: dict, known_keys: dict[str, dict[str, tuple[type, ...]]]) -> list[str]:
@@ -28,3 +32,22 @@ def unknown_or_mistyped(raw: dict, known_keys: dict[str, dict[str, tuple[type, .
                 wanted = " or ".join(t.__name__ for t in known[key])
                 problems.append(f"[{table}] {key}: expected {wanted}, got {type(item).__name__} {item!r}")
     return problems
+
+
+def read_toml(path: Path, what: str, error: type[Exception]) -> dict:
+    """The tables of the TOML file ``path``; ``error`` (the side's configuration error, exit 2) naming
+    ``what`` ("node config") when the file is missing or not TOML (https://toml.io/en/v1.0.0)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def problem_lines(path, problems: list[str]) -> list[str]:
+    """What ``config check`` prints on stderr: one line per problem, each naming the file, then their
+    count (nothing when there is none)."""
+    if not problems:
+        return []
+    return [f"{path}: {problem}" for problem in problems] + [f"{len(problems)} problem(s) in {path}"]

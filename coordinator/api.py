@@ -29,7 +29,8 @@ from pydantic import BaseModel, Field
 from cdm import __version__
 from cdm.errors import RadfedError, http_status_of
 from coordinator.access import Access
-from coordinator.service import Coordinator, SubmitError
+from coordinator.api_jobs import submit_job
+from coordinator.service import Coordinator
 
 
 class JobRequest(BaseModel):
@@ -96,16 +97,9 @@ def create_app(coordinator: Coordinator, manage_lifecycle: bool = True) -> FastA
 
     @app.post("/v1/jobs")
     async def submit(body: JobRequest, who: dict = Depends(caller)):
-        try:
-            job_id = coordinator.submit(who["name"], body.spec, body.sites, body.quorum, body.timeout,
-                                        body.hold_offline)
-        except SubmitError as exc:
-            store.audit(who["name"], "job.submit", "refused", None, str(exc))
-            raise HTTPException(http_status_of(exc), str(exc)) from None
-        store.audit(who["name"], "job.submit", "ok", job_id, (body.spec.get("analysis") or {}).get("type"))
-        await coordinator.wait(job_id, body.wait)
-        job = visible_job(job_id, who)
-        return JSONResponse(job, status_code=200 if job["status"] in ("done", "partial", "failed") else 202)
+        return await submit_job(coordinator, visible_job, who, body.spec, (body.spec.get("analysis") or {}).get("type"),
+                                sites=body.sites, quorum=body.quorum, timeout=body.timeout,
+                                hold_offline=body.hold_offline, wait=body.wait)
 
     @app.get("/v1/jobs")
     async def list_jobs(all: bool = False, limit: int = 50, who: dict = Depends(caller)):

@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cdm.atlas.refusals import Untranslatable
 from cdm.atlas.translate import atlas_spec
-from cdm.errors import http_status_of
-from coordinator.service import SubmitError
+from coordinator.api_jobs import submit_job
 
 
 class AtlasRequest(BaseModel):
@@ -52,14 +50,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
             coordinator.store.audit(who["name"], "job.submit", "refused", None, "ATLAS definition not translated")
             raise HTTPException(400, {"message": "the ATLAS definition is not translated exactly; nothing was sent",
                                       "problems": out["problems"]})
-        try:
-            job_id = coordinator.submit(who["name"], out["spec"], body.sites, body.quorum, body.timeout, None)
-        except SubmitError as exc:
-            coordinator.store.audit(who["name"], "job.submit", "refused", None, str(exc))
-            raise HTTPException(http_status_of(exc), str(exc)) from None
-        coordinator.store.audit(who["name"], "job.submit", "ok", job_id, "atlas " + out["spec"]["analysis"]["type"])
-        await coordinator.wait(job_id, body.wait)
-        job = visible_job(job_id, who)
-        return JSONResponse(job, status_code=200 if job["status"] in ("done", "partial", "failed") else 202)
+        return await submit_job(coordinator, visible_job, who, out["spec"], "atlas " + out["spec"]["analysis"]["type"],
+                                sites=body.sites, quorum=body.quorum, timeout=body.timeout, wait=body.wait)
 
     return api

@@ -248,15 +248,12 @@ def query_run(spec_path, atlas_path, analysis, url, token, sites, quorum, timeou
 
 def _atlas_spec(path: str, analysis: str | None) -> dict:
     from cdm.atlas.refusals import Untranslatable
-    from cdm.atlas.translate import atlas_spec, read_analysis
+    from cdm.atlas.translate import spec_from_file
 
     try:
-        chosen, variables = read_analysis(analysis)
-        return atlas_spec(Path(path).read_bytes(), chosen, variables, Path(path).stem)
+        return spec_from_file(path, analysis)
     except Untranslatable as exc:
-        for where, why in exc.problems:
-            click.echo(f"not translated: {where}: {why}", err=True)
-        click.echo(f"{path}: refused, nothing was sent ({len(exc.problems)} problem(s))", err=True)
+        click.echo(exc.report(path, "nothing was sent"), err=True)
         sys.exit(EXIT_USAGE)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None

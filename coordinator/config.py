@@ -36,14 +36,13 @@ The TOML format is TOML v1.0.0 (read with :mod:`tomllib`).
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from cdm.spec import Spec
-from cdm.tomlkeys import unknown_or_mistyped
+from cdm.tomlkeys import read_toml, unknown_or_mistyped
 from coordinator.home import DEFAULTS, CoordinatorHome, HomeError
 
 _STR, _INT, _BOOL, _LIST = (str,), (int,), (bool,), (list,)
@@ -98,13 +97,7 @@ class CoordinatorConfig:
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CoordinatorConfigError(f"coordinator config {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CoordinatorConfigError(f"coordinator config {str(path)!r} is not valid TOML: {exc}") from None
-    return CoordinatorConfig(path.resolve(), raw)
+    return CoordinatorConfig(path.resolve(), read_toml(path, "coordinator config", CoordinatorConfigError))
 
 
 def validate(config: CoordinatorConfig) -> list[str]:

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from cdm.tomlkeys import problem_lines
 from coordinator.config import apply, load_coordinator_config, validate
 
 config_option = click.option(
@@ -31,10 +32,9 @@ def check_command(config_path: str) -> None:
     """Check coordinator.toml: known tables and keys, value types, ports, URLs."""
     config = load_coordinator_config(config_path)
     problems = validate(config)
-    for problem in problems:
-        click.echo(f"{config.path}: {problem}", err=True)
+    for line in problem_lines(config.path, problems):
+        click.echo(line, err=True)
     if problems:
-        click.echo(f"{len(problems)} problem(s) in {config.path}", err=True)
         sys.exit(1)
     click.echo(f"{config.path}: ok (home {config.home_path})")
 

@@ -11,12 +11,11 @@ in node.toml, then ``radfed-node.sqlite`` in the current folder (the embedded de
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdm.errors import EXIT_USAGE, RadfedError
-from cdm.tomlkeys import unknown_or_mistyped
+from cdm.tomlkeys import read_toml, unknown_or_mistyped
 
 DEFAULT_DB = "radfed-node.sqlite"
 
@@ -71,13 +70,7 @@ def load_config(path: str | Path | None = None, db: str | None = None) -> NodeCo
             return NodeConfig(None, {}, db)
         path = candidate
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"node config {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"node config {str(path)!r} is not valid TOML: {exc}") from None
-    return NodeConfig(path.resolve(), raw, db)
+    return NodeConfig(path.resolve(), read_toml(path, "node config", ConfigError), db)
 
 
 # -- validation (``radfed-node config check``) ------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from cdm.tomlkeys import problem_lines
 from node.config import ConfigError, NodeConfig, validate
 
 
@@ -54,9 +55,8 @@ def check_command(ctx: click.Context) -> None:
     if config.path is None:
         raise ConfigError("no node.toml: pass --config PATH (or run in the folder that has node.toml)")
     problems = check(config)
-    for problem in problems:
-        click.echo(f"{config.path}: {problem}", err=True)
+    for line in problem_lines(config.path, problems):
+        click.echo(line, err=True)
     if problems:
-        click.echo(f"{len(problems)} problem(s) in {config.path}", err=True)
         sys.exit(1)
     click.echo(f"{config.path}: ok (site {config.site_name}, tables: {', '.join(sorted(config.raw)) or 'none'})")

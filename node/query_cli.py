@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from pathlib import Path
 
 import click
 
 from cdm.db import open_engine, require_cdm
 from cdm.atlas.refusals import Untranslatable
-from cdm.atlas.translate import atlas_spec, read_analysis
+from cdm.atlas.translate import spec_from_file
 from cdm.errors import EXIT_USAGE
 from cdm.spec import SpecError, load_spec, parse_spec, spec_codes, spec_json_schema
 from cdm.vocabulary import UnknownCode, Vocabulary
@@ -67,12 +66,9 @@ def _atlas_spec(path: str, analysis: str | None):
     """The spec of an ATLAS definition; one that does not translate exactly is refused (exit 2), each
     problem named by its JSON path."""
     try:
-        chosen, variables = read_analysis(analysis)
-        return parse_spec(atlas_spec(Path(path).read_bytes(), chosen, variables, Path(path).stem))
+        return parse_spec(spec_from_file(path, analysis))
     except Untranslatable as exc:
-        for where, why in exc.problems:
-            click.echo(f"not translated: {where}: {why}", err=True)
-        click.echo(f"{path}: refused ({len(exc.problems)} problem(s)); nothing was run", err=True)
+        click.echo(exc.report(path, "nothing was run"), err=True)
         sys.exit(EXIT_USAGE)
     except (ValueError, OSError) as exc:
         if isinstance(exc, SpecError):

@@ -29,6 +29,12 @@ class Untranslatable(RadfedError, ValueError):
         self.problems = problems
         super().__init__("; ".join(f"{where}: {why}" if where else why for where, why in problems))
 
+    def report(self, path, consequence: str) -> str:
+        """What a command prints for a refused definition file: each problem by its JSON path, then
+        ``consequence`` ("nothing was sent", "nothing was run")."""
+        lines = [f"not translated: {where}: {why}" for where, why in self.problems]
+        return "\n".join([*lines, f"{path}: refused ({len(self.problems)} problem(s)); {consequence}"])
+
     @property
     def reasons(self) -> list[str]:
         return list(dict.fromkeys(why for _, why in self.problems))

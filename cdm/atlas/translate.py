@@ -388,3 +388,12 @@ def read_analysis(text: str | None) -> tuple[dict | None, dict | None]:
     if "analysis" in data:
         return data["analysis"], data.get("variables")
     return data, None
+
+
+def spec_from_file(path: str | Path, analysis: str | None = None) -> dict:
+    """The spec of the ATLAS definition in the file ``path`` with an ``--analysis`` text
+    (:func:`read_analysis`): what ``radfed query run --atlas`` sends and ``radfed-node query --atlas``
+    runs.  :class:`Untranslatable` when it does not translate exactly; ValueError or OSError for an
+    unreadable file or a malformed ``--analysis``."""
+    chosen, variables = read_analysis(analysis)
+    return atlas_spec(Path(path).read_bytes(), chosen, variables, Path(path).stem)
