@@ -46,6 +46,7 @@ def run_request(engine, config, request: dict, locked: bool = False) -> dict:
     response = {"request_id": request.get("request_id"), "site": _site(config), "status": ReplyStatus.OK,
                 "code": None, "message": "", "result": None, "warnings": []}
     spec, rows, requester, noise_settings = None, [], str(request.get("requester")), None
+    ids = None  # the cohort, once it ran (an empty cohort is still one)
     try:
         tune_for_queries(engine)
         spec = S.parse_spec(request.get("spec"))
@@ -117,8 +118,9 @@ def run_request(engine, config, request: dict, locked: bool = False) -> dict:
         if isinstance(exc, Refusal):  # data-dependent refusals cost budget and are hidden cells
             if code in noise.CHARGED_REFUSALS and noise_settings is not None and noise_settings.on and config is not None:
                 response["privacy"] = _charge_refusal(config, requester, noise_settings)
-            if code == "MIN_CELL" and config is not None and spec is not None and len(rows):
-                _note_refused_cohort(config, requester, request.get("request_id"), spec, rows, policy)
+            if code == "MIN_CELL" and config is not None and spec is not None and ids is not None:
+                # an empty cohort too: the same work as for a small one, so the time cannot tell them apart
+                _note_refused_cohort(config, requester, request.get("request_id"), spec, ids, policy)
     _audit(config, request, response, spec, len(rows))
     return response
 

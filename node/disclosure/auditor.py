@@ -243,7 +243,9 @@ class ReleaseAuditor:
 
     def _apply(self, shown, hidden) -> Verdict:
         shown = [s for s in map(_person_set, shown) if s.size]
-        hidden = [h for h in map(_person_set, hidden) if 0 < h.size < self.min_cell]
+        # an empty hidden set goes through the same steps (its zero vector never enters the span):
+        # the work of an audit must not tell a refused "nobody" from a refused "a few"
+        hidden = [h for h in map(_person_set, hidden) if h.size < self.min_cell]
         where = [self._locate(ids) for ids in shown + hidden]
         if any(w is None for w in where):  # persons were admitted: positions moved
             where = [np.searchsorted(self.persons, ids) for ids in shown + hidden]

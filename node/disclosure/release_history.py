@@ -70,7 +70,7 @@ def _store(engine, requester: str, request_id, shown: list, hidden: list) -> tup
         rows = [dict(period=period, release=release, requester=requester[:255],
                      request_id=None if request_id is None else str(request_id)[:64], hidden=is_hidden,
                      n=int(len(ids)), person_ids=state.pack_ids(ids), released_at=state.utcnow())
-                for is_hidden, sets in ((False, shown), (True, hidden)) for ids in sets if len(ids)]
+                for is_hidden, sets in ((False, shown), (True, hidden)) for ids in sets if len(ids) or is_hidden]
         if rows:
             conn.execute(insert(T), rows)
         after = int(conn.execute(select(func.coalesce(func.max(T.c.id), 0))).scalar_one())
@@ -125,8 +125,10 @@ def release_what_is_safe(engine, min_cell: int, requester: str, request_id, cand
 
 
 def record_hidden(engine, min_cell: int, requester: str, request_id, hidden: list) -> None:
-    """A cohort refused as "< k": its count must stay undetermined by later releases."""
-    hidden = [np.asarray(h, dtype=np.int64) for h in hidden if 0 < len(h) < min_cell]
+    """A cohort refused as "< k": its count must stay undetermined by later releases.  An empty one
+    is recorded too (a zero vector, which the auditor keeps out of its span): a refusal of nobody
+    must do the same work as a refusal of a few, or its time would tell them apart."""
+    hidden = [np.asarray(h, dtype=np.int64) for h in hidden if len(h) < min_cell]
     if not hidden:
         return
     auditor = _auditor(engine, min_cell)
