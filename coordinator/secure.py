@@ -230,6 +230,7 @@ class PooledRefusal(StatsError):
 def secure_round(asker, analysis: dict, extra: dict) -> list[dict]:
     """One secure sum over ``asker.sites`` (a :class:`coordinator.fanout.Asker` with ``secure``); a
     ``km_round`` whose pooled events reach past the horizon is asked again on a longer one."""
+    from cdm.analyses.km import longer_horizon
     from cdm.spec import MAX_DAYS
 
     horizon = None
@@ -256,7 +257,7 @@ def secure_round(asker, analysis: dict, extra: dict) -> list[dict]:
         beyond = sum(g.get("after_events", 0) for g in pooled.get("groups", {}).values())
         if not beyond or pooled["horizon"] >= MAX_DAYS:
             break
-        horizon = min(pooled["horizon"] * 4, MAX_DAYS)  # events past the grid: a longer one, fresh masks
+        horizon = longer_horizon(pooled["horizon"])  # events past the grid: a longer one, fresh masks
     if analysis.get("type") == "km_round":
         pooled = km_groups(pooled)
     return [{**check_pooled(analysis, pooled), "_site": "pooled"}]

@@ -61,6 +61,7 @@ import numpy as np
 from sqlalchemy import insert, select
 
 from cdm import newton, rounds, secagg
+from cdm.analyses.km import DEFAULT_HORIZON
 from cdm import spec as S
 from cdm.round_frames import compile_intervals, compile_survival
 from cdm.wire import Signer, public_key_text
@@ -68,7 +69,6 @@ from node.disclosure.policy import Policy, Refusal
 
 SECURE_TYPES = ("count", "quantile_round", "km_round", "cox_round", "glm_round")
 LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round", "quantile_round")
-DEFAULT_HORIZON = 3660  # days (ten years and a bit): the first grid, when the spec sets no max_days
 
 
 def settings(config) -> dict:

@@ -45,9 +45,11 @@ def all_persons() -> pd.DataFrame:
     return pd.concat([persons(site) for site in SITES], ignore_index=True)
 
 
-def write_persons(engine, df: pd.DataFrame, code: str = CODE, index: dt.date = INDEX, end: dt.date = END) -> None:
+def write_persons(engine, df: pd.DataFrame, code: str = CODE, index: dt.date = INDEX,
+                  end: dt.date | None = END) -> None:
     """person, observation_period, the index condition ``SNOMED:code`` and death rows for ``df``
-    (columns person_id, yob, time, event and optionally sex, default M)."""
+    (columns person_id, yob, time, event and optionally sex, default M).  Follow-up ends at ``end``,
+    or, with ``end=None``, on each person's own day ``index + time`` (censorings on many days)."""
     concept = Vocabulary(engine).concept_for("SNOMED", code, "index condition", "Condition").concept_id
     with engine.begin() as conn:
         conn.execute(insert(metadata.tables["person"]), [
@@ -56,7 +58,8 @@ def write_persons(engine, df: pd.DataFrame, code: str = CODE, index: dt.date = I
              "ethnicity_concept_id": 0} for r in df.itertuples()])
         conn.execute(insert(metadata.tables["observation_period"]), [
             {"observation_period_id": int(r.person_id), "person_id": int(r.person_id),
-             "observation_period_start_date": dt.date(2010, 1, 1), "observation_period_end_date": end,
+             "observation_period_start_date": dt.date(2010, 1, 1),
+             "observation_period_end_date": end or index + dt.timedelta(days=int(r.time)),
              "period_type_concept_id": 32817} for r in df.itertuples()])
         conn.execute(insert(metadata.tables["condition_occurrence"]), [
             {"condition_occurrence_id": int(r.person_id), "person_id": int(r.person_id), "condition_concept_id": concept,

@@ -337,15 +337,21 @@ def test_km_coarsening_hides_small_bins_and_keeps_totals(cdm):
 
 
 def test_coarsen_km_rules():
+    """A released interval ends only at a bin that >= 5 persons leave (a day k persons share) with 0
+    or >= 5 events in it; the rest is a tail shown at the horizon (never a person's day)."""
     counts = {"times": [10, 20, 30, 40, 50], "at_risk": [20, 17, 12, 6, 2], "events": [3, 2, 5, 1, 1],
               "censored": [0, 3, 1, 3, 1]}
-    out = coarsen_km(counts, 5, 10)
-    assert out["times"] == [20, 50] and out["at_risk"] == [20, 12] and out["events"] == [5, 7]
-    assert out["censored"] == [3, 5] and out["merged"] == [[10, 20], [30, 50]] and out["bin_days_effective"] == 30
+    out = coarsen_km(counts, 5, 10)  # 30 would end an interval, but the 6 after it hold 2 events: merged
+    assert out["times"] == [20, 3660] and out["at_risk"] == [20, 12] and out["events"] == [5, 7]
+    assert out["censored"] == [3, 5] and out["merged"] == [[10, 20], [30, 3660]]
+    assert coarsen_km(counts, 5, 10, max_days=365)["times"] == [20, 370]  # the spec's horizon, on the grid
     assert coarsen_km({"times": [10], "at_risk": [4], "events": [4], "censored": [0]}, 5, 10) is None
     assert coarsen_km({"times": [10, 20], "at_risk": [9, 5], "events": [2, 1], "censored": [2, 4]}, 5, 10) is None
     untouched = {"times": [10, 20], "at_risk": [12, 6], "events": [6, 0], "censored": [0, 6]}
-    assert coarsen_km(untouched, 5, 10)["times"] == [10, 20]
+    assert coarsen_km(untouched, 5, 10)["times"] == [10, 20] and not coarsen_km(untouched, 5, 10)["merged"]
+    censor_only = {"times": [10, 20, 30], "at_risk": [12, 6, 5], "events": [6, 0, 0], "censored": [0, 1, 5]}
+    out = coarsen_km(censor_only, 5, 10)  # one censoring at 20 is not shown at 20: it joins the bin at 30
+    assert out["times"] == [10, 30] and out["censored"] == [0, 6] and out["merged"] == [[20, 30]]
     assert hide_groups({"a": 3, "b": 40, "c": 9}, {"a"}, 5) == {"a", "c"}  # 3 not recoverable from the total
     assert hide_groups({"a": 3, "b": 40, "c": 1}, {"a"}, 5) == {"a", "c", "b"}  # 3 + 1 still < 5
     assert hide_groups({"a": 12, "b": 40}, {"a"}, 5) == {"a"}  # hidden for its events, its size is no secret

@@ -14,15 +14,49 @@ A group a site suppressed entirely (``null``) is left out of that group's pooled
 says ``complete: false`` and names the site.
 
 Site half (``km_round``): survival times from frames of its own (:mod:`cdm.round_frames`), counted
-on the grid (:func:`cdm.rounds.km_counts`), then coarsened.  Within a group, a released bin needs
-``at_risk >= min_cell_count`` and ``events`` either 0 or ``>= min_cell_count``.  A failing bin is
-merged with the next one (events and censorings add; the merged bin is reported at its last time
-with the at-risk count of its first) until it passes; a tail whose at-risk count is below the
-minimum, or a last bin whose events stay small, is merged into the bin before it.  A group that
-cannot pass as a whole (fewer members than the minimum, or 1..min-1 events in total) is released as
-``null`` and listed in ``suppressed``; a hidden group smaller than the minimum takes the next
-smallest group with it (:func:`hide_groups`).  Merging keeps every total: released events +
-censored = the group's size = its first at-risk.
+on the grid (:func:`cdm.rounds.km_counts`), then released by the same rule the pooled (secure)
+release applies to the pooled bins (:func:`release_intervals`, :func:`released_rows`).  A group
+that cannot pass as a whole (fewer members than the minimum, or 1..min-1 events in total) is
+released as ``null`` and listed in ``suppressed``; a hidden group smaller than the minimum takes the
+next smallest group with it (:func:`hide_groups`).
+
+What a release guarantees (issue 16, attack family 8; docs/threat-model.md).  Let k be the
+minimum cell count (the site's own in plain mode, the strictest site's on the pooled bins in
+secure mode) and call a grid bin (``bin_days`` wide; one day with ``bin_days: 1``) the "day".  Per
+group, the release is a partition of the time axis into intervals ``(previous shown time, shown
+time]``, each with its number at risk at its start, its events and its censorings:
+
+1. Every shown time that ends an interval is a bin that **at least k persons leave** (events plus
+   censorings in that bin alone).  So a shown time never tells that fewer than k persons share a
+   day, and a bin with censorings but no events, or with too few persons, is never shown at its
+   own time: it joins the next interval that ends at such a bin.
+2. Every interval holds **at least k persons**, and its events are **0 or at least k**.
+3. The persons after the last such interval (the tail) are one more interval, shown at a
+   **horizon fixed before the data is read** (:func:`tail_time`: the spec's ``max_days``, else
+   :data:`DEFAULT_HORIZON`, or in secure mode the pooled grid's end, moved up the ladder x4 only as
+   far as the tail's events need), never at a person's day; it too needs >= k persons and 0 or
+   >= k events, else it absorbs the interval before it.  A span starts one bin after the previous
+   shown time (the first at ``bin_days``): no span start is a person's day either.
+4. The numbers at risk are the group size minus everything released before: they carry nothing
+   beyond the interval counts, so no at-risk change falls between two shown times, and each
+   change is an interval's >= k persons.
+5. What the rule reveals by *not* ending an interval earlier is only that some bins hold fewer
+   than k persons, or that the events so far are 1..k-1: statements that place no person on a day.
+
+So no released time, span end, at-risk change or count places a person's event or censoring in a
+bin that fewer than k persons share.  Not covered here: within an interval, which of its >= k
+persons had the event (a 1..k-1 censoring count inside an interval with >= k persons is released,
+as in every KM table: homogeneity is not protected); differences between *different* releases
+(two cohorts or groupings whose intervals interleave), which are the per-researcher differencing
+check's and, across researchers, outside the site-wide auditor (docs/threat-model.md); and the
+secure log-rank statistic, one number computed on the exact pooled days (it releases no time).
+
+Exactness.  With k = 1 every bin anybody leaves is its own interval: the release is the full
+binned table (lifelines' event table on the binned times).  In secure mode the curve and the
+log-rank test are computed on the full pooled grid, so the value at every shown time is the exact
+pooled one; a row that stands for persons who left before its shown time is ``coarsened`` (its at
+risk is at the start of its span, its counts cover the whole span).  In plain mode the sites'
+intervals differ, so the pooled curve is exact only up to the first coarsened time, and says so.
 """
 
 from __future__ import annotations
@@ -147,11 +181,110 @@ def logrank(groups: dict[str, dict]) -> dict | None:
             "statistic": statistic, "df": k - 1, "p": float(chi2.sf(statistic, k - 1))}
 
 
+DEFAULT_HORIZON = 3660  # days (ten years and a bit): the first horizon when the spec sets no max_days
+HORIZON_GROWTH = 4      # a horizon that is too short is multiplied by this (up to S.MAX_DAYS)
+
+
+def longer_horizon(days: int) -> int:
+    """The next horizon of the ladder ``DEFAULT_HORIZON`` (or the spec's ``max_days``) x 4, x 16 ..:
+    horizons are fixed before the data is read; the data only decides how far up the ladder to go."""
+    return min(days * HORIZON_GROWTH, S.MAX_DAYS)
+
+
+def tail_time(base: int, bin_days: int, after: float, last_event: float) -> float:
+    """Where a merged tail is shown: the horizon ``base`` (the spec's ``max_days`` or
+    :data:`DEFAULT_HORIZON`; in secure mode the pooled grid's end), moved up its ladder
+    (:func:`longer_horizon`) until it lies after the last released time ``after`` and at or after
+    the tail's last event.  Never a person's day; S at it is exact (no event after it)."""
+    t = base
+    while (t <= after or t < last_event) and t < S.MAX_DAYS:
+        t = longer_horizon(t)
+    return float(max(math.ceil(t / bin_days) * bin_days, after + bin_days))
+
+
+def release_intervals(leaving: np.ndarray, events: np.ndarray, size: int, min_cell: int) -> tuple[list[int], bool] | None:
+    """The released intervals of one group on its grid bins (ascending; ``leaving`` = events +
+    censored per bin; ``size`` persons in all, those after the last bin included).
+
+    Returns ``(ends, tail)``: the bin index each released interval ends at (it starts after the
+    previous end) and whether a tail interval follows the last end; None when the group is
+    withheld.  An interval ends at a bin only if **that bin alone holds at least min_cell persons**
+    (so the end time is a day at least k persons share) and the interval's events are 0 or at
+    least min_cell (it then holds >= k persons too); the first such bin ends it.  Persons after the
+    last end form the tail, released at a horizon (:func:`tail_time`) if it holds >= k persons and
+    0 or >= k events, else merged with the interval before it (and so on).  None when even the
+    whole group fails (fewer than k persons, or 1..k-1 events)."""
+    k, ends, d = max(int(min_cell), 1), [], 0
+    for i in range(leaving.shape[0]):
+        d += events[i]
+        if leaving[i] >= k and (d == 0 or d >= k):
+            ends.append(i)
+            d = 0
+
+    def rest(after: int) -> tuple[int, int]:  # persons and events after bin ``after`` (-1: all)
+        return int(size - leaving[:after + 1].sum()), int(events[after + 1:].sum())
+
+    while True:
+        persons, deaths = rest(ends[-1] if ends else -1)
+        if persons == 0 or (persons >= k and (deaths == 0 or deaths >= k)):
+            break
+        if not ends:
+            return None
+        ends.pop()
+    if not ends and persons == 0:
+        return None
+    return ends, persons > 0
+
+
+def released_rows(times: np.ndarray, at_risk_size: int, events: np.ndarray, censored: np.ndarray,
+                  min_cell: int, bin_days: int, horizon: int) -> dict | None:
+    """One group's release from its grid bins (module doc, "What a release guarantees"): per
+    released interval its shown time, the number at risk at its start, its events and censorings,
+    its span ``[start, end]`` (start = the previous shown time + one bin: never a person's day),
+    ``index`` (the last bin at or before the shown time: the curve there is the curve at it) and
+    ``partial`` (someone left in it before the shown time)."""
+    leaving = events + censored
+    found = release_intervals(leaving, events, at_risk_size, min_cell)
+    if found is None:
+        return None
+    ends, tail = found
+    rows, first, before = [], 0, 0.0
+    for last in ends:
+        rows.append({"time": float(times[last]), "first": first, "last": last})
+        first, before = last + 1, float(times[last])
+    if tail:
+        has = np.nonzero(events[first:])[0]
+        last_event = float(times[first + has[-1]]) if has.size else 0.0
+        rows.append({"time": tail_time(horizon, bin_days, before, last_event), "first": first,
+                     "last": times.shape[0] - 1, "tail": True})
+    out = {k: [] for k in ("times", "at_risk", "events", "censored", "span", "index", "partial")}
+    gone, start = 0, float(bin_days)
+    for r in rows:
+        a, b = r["first"], r["last"]
+        d, c = int(events[a:b + 1].sum()), int(censored[a:b + 1].sum())
+        n = int(at_risk_size - gone)
+        if r.get("tail"):
+            c = n - d  # censored in the tail, or followed past the grid: all still at risk at its time
+        out["times"].append(r["time"])
+        out["at_risk"].append(n)
+        out["events"].append(d)
+        out["censored"].append(c)
+        out["span"].append([start, r["time"]])
+        out["index"].append(b)
+        out["partial"].append(bool(r.get("tail")) or bool(leaving[a:b].sum() > 0))
+        gone += d + c
+        start = r["time"] + bin_days
+    return out
+
+
 def release_spans(at_risk: np.ndarray, events: np.ndarray, min_cell: int) -> list[tuple[int, int]] | None:
     """Spans ``(first, last)`` of consecutive pooled bins released as one time point each: at least
     ``min_cell`` at risk at its first bin and 0 or at least ``min_cell`` events in it (a failing bin
     joins the next; a tail below the minimum at risk, or a last span with too few events, joins the
-    one before).  None when no span can pass (the group is withheld)."""
+    one before).  None when no span can pass (the group is withheld).
+
+    Used by the Cox baseline (cdm/analyses/cox.py); KM and log-rank release by
+    :func:`release_intervals`, whose span ends are days at least k persons share."""
     k, spans, i = at_risk.shape[0], [], 0
     while i < k:
         if at_risk[i] < min_cell:  # at-risk only falls: the rest cannot stand alone
@@ -173,29 +306,28 @@ def release_spans(at_risk: np.ndarray, events: np.ndarray, min_cell: int) -> lis
     return [tuple(s) for s in spans] or None
 
 
-def release_secure(g: dict, min_cell: int) -> dict | None:
-    """One pooled group's curve, computed on the full pooled grid (exact) and released at the ends of
-    :func:`release_spans`: each released value is the exact one at its time; a time that stands for
-    several bins with events says so (``coarsened``, ``span``)."""
+def release_secure(g: dict, min_cell: int, bin_days: int, horizon: int) -> dict | None:
+    """One pooled group's curve, computed on the full pooled grid (exact) and released at the
+    intervals of :func:`released_rows`: each released value is the exact one at its time; a row that
+    stands for persons who left before its time says so (``coarsened``, ``span``)."""
     moved = (g["events"] + g["censored"]) > 0  # bins where nobody leaves change nothing
-    times, at_risk, events, censored = g["times"][moved], g["at_risk"][moved], g["events"][moved], g["censored"][moved]
-    curve = kaplan_meier(at_risk, events)
-    spans = release_spans(at_risk, events, min_cell)
-    if spans is None:
+    times, events, censored = g["times"][moved], g["events"][moved], g["censored"][moved]
+    size = int(g["at_risk"][0]) if g["at_risk"].size else 0
+    shown = released_rows(times, size, events, censored, min_cell, bin_days, horizon)
+    if shown is None:
         return None
-    last = [b for _, b in spans]
-    # coarsened: the span's events are not all at the time it is shown at (the step moved later)
-    coarsened = [bool(np.count_nonzero(events[a:b]) > 0) for a, b in spans]
-    return {"times": times[last], "at_risk": at_risk[[a for a, _ in spans]],
-            "events": np.array([events[a:b + 1].sum() for a, b in spans]),
-            "censored": np.array([censored[a:b + 1].sum() for a, b in spans]),
-            "curve": {k: v[last] for k, v in curve.items()},
-            "coarsened": coarsened, "span": [[float(times[a]), float(times[b])] for a, b in spans]}
+    curve = kaplan_meier(g["at_risk"][moved], events)
+    at = np.asarray(shown["index"], dtype=int)
+    return {"times": np.asarray(shown["times"]), "at_risk": np.asarray(shown["at_risk"]),
+            "events": np.asarray(shown["events"]), "censored": np.asarray(shown["censored"]),
+            "curve": {k: (v[at] if v.size else np.ones(at.shape[0])) for k, v in curve.items()},
+            "coarsened": shown["partial"], "span": shown["span"]}
 
 
 COARSENED_NOTE = ("secure mode: the curve is computed on the pooled data at every bin and released at the "
-                  "times shown; a time marked coarsened stands for several event times pooled into one step so "
-                  "that every released step holds at least min_cell_count events (the value at it is exact)")
+                  "times shown, each a day at least min_cell_count persons share (or, for the last row, the "
+                  "horizon); a time marked coarsened stands for persons who left during its span (its counts "
+                  "cover the span, its at-risk is at the span's start); the survival at each time is exact")
 
 
 def run(analysis, session: Session) -> dict:
@@ -242,7 +374,7 @@ def _run_secure(analysis, session: Session, result: dict) -> dict:
     pooled = pool_groups({"pooled": {"groups": result["groups"]}})
     groups, withheld = {}, list(result.get("suppressed", []))
     for label, g in pooled.items():
-        shown = release_secure(g, min_cell)
+        shown = release_secure(g, min_cell, analysis.bin_days, int(result.get("horizon") or DEFAULT_HORIZON))
         if shown is None:
             withheld.append(label)
             continue
@@ -268,19 +400,21 @@ def _run_secure(analysis, session: Session, result: dict) -> dict:
 # -- site half -------------------------------------------------------------------------------------
 
 
-def coarsen_km(counts: dict, min_cell: int, bin_days: int) -> dict | None:
-    """Merge one group's bins until every released bin passes (module doc); None if it never can.
-    The spans are the pooled release's (:func:`release_spans`): one rule for a site and for the pool."""
+def coarsen_km(counts: dict, min_cell: int, bin_days: int, max_days: int | None = None) -> dict | None:
+    """One group's release at a site (plain mode): the intervals of :func:`released_rows`, the same
+    rule the pooled release uses; None when the group is withheld.  ``merged`` lists the spans of
+    rows that stand for persons who left before their shown time (the pooled curve is approximate
+    from the first of them on)."""
     times, at_risk, events, censored = (np.asarray(counts[k]) for k in ("times", "at_risk", "events", "censored"))
-    spans = release_spans(at_risk, events, min_cell)
-    if spans is None:
+    size = int(at_risk[0]) if at_risk.size else 0
+    horizon = math.ceil((max_days or DEFAULT_HORIZON) / bin_days) * bin_days
+    shown = released_rows(times, size, events, censored, min_cell, bin_days, horizon)
+    if shown is None:
         return None
-    merged = [[times[a].item(), times[b].item()] for a, b in spans if b > a]
-    return {"times": [times[b].item() for _, b in spans], "at_risk": [at_risk[a].item() for a, _ in spans],
-            "events": [int(events[a:b + 1].sum()) for a, b in spans],
-            "censored": [int(censored[a:b + 1].sum()) for a, b in spans],
-            "merged": merged,
-            "bin_days_effective": max([bin_days] + [t1 - t0 + bin_days for t0, t1 in merged])}
+    merged = [span for span, partial in zip(shown["span"], shown["partial"]) if partial]
+    return {"times": shown["times"], "at_risk": shown["at_risk"], "events": shown["events"],
+            "censored": shown["censored"], "merged": merged,
+            "bin_days_effective": int(max([bin_days] + [t1 - t0 + bin_days for t0, t1 in merged]))}
 
 
 def hide_groups(sizes: dict, hidden: set, min_cell: int) -> set:
@@ -309,7 +443,7 @@ def site(spec: S.Spec, data, policy) -> dict:
         keep = np.array([v is not None for v in raw], dtype=bool)
         group = [v for v in raw if v is not None]
     counts = rounds.km_counts(survival.time[keep], survival.event[keep], a.bin_days, group)
-    released = {label: coarsen_km(g, policy.min_cell_count, a.bin_days) for label, g in counts.items()}
+    released = {label: coarsen_km(g, policy.min_cell_count, a.bin_days, a.time.max_days) for label, g in counts.items()}
     sizes = {label: g["at_risk"][0] for label, g in counts.items()}
     hidden = hide_groups(sizes, {label for label, g in released.items() if g is None}, policy.min_cell_count)
     return {"groups": {label: None if label in hidden else g for label, g in released.items()},
