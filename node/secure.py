@@ -61,8 +61,8 @@ import numpy as np
 from sqlalchemy import insert, select
 
 from cdm import newton, rounds, secagg
-from cdm.analyses.km import DEFAULT_HORIZON
 from cdm import spec as S
+from cdm.analyses.km import DEFAULT_HORIZON
 from cdm.round_frames import compile_intervals, compile_survival
 from cdm.wire import Signer, public_key_text
 from node.disclosure.policy import Policy, Refusal

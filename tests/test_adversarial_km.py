@@ -172,7 +172,7 @@ class LocalSecureFederation:
 
     def __init__(self, nodes: dict, spec: dict):
         self.nodes, self.spec, self.sites = nodes, spec, sorted(nodes)
-        self.secure = Mode(True, "test", {s: describe(cfg)["secagg"]["key"] for s, (_, cfg) in nodes.items()})
+        self.secure = Mode(True, "test", {s: describe(cfg)["secagg"]["certificate"] for s, (_, cfg) in nodes.items()})
         self.job_id, self.attempt, self.rounds = f"job-{uuid.uuid4().hex[:8]}", 1, []
 
     def __call__(self, analysis: dict, extra: dict | None = None) -> list[dict]:

@@ -66,7 +66,7 @@ def _km(result: dict) -> list[str]:
                        f"{', '.join(c['merged_by'])} merged bins (plain mode)")
         elif moved:
             out.append(f"group {label}: coarsened at t = {', '.join(_num(t) for t in moved)} (each released value is "
-                       "exact at its time; earlier event times in its span are not shown separately)")
+                       "exact at its time; its row counts everyone who left during its span)")
     if result.get("coarsening") and any(c.get("merged_by") for c in result["groups"].values()):
         out.append(result["coarsening"])
     if result.get("suppressed"):
