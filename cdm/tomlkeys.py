@@ -1,5 +1,5 @@
 """The TOML configuration files (node.toml, coordinator.toml), the same for both sides: reading one
-(:func:`read_toml`), known-key checking, and the report of ``config check`` (:func:`problem_lines`).
+(:func:`read_toml`), known-key checking, and the report of ``config check`` (:func:`report_check`).
 
 Both loaders read tables with ``dict.get`` and a default, so a misspelt key would silently take the
 default; each side lists the keys it reads (``KNOWN_KEYS``: table -> key -> accepted Python types of the
@@ -45,9 +45,14 @@ def read_toml(path: Path, what: str, error: type[Exception]) -> dict:
         raise error(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
 
 
-def problem_lines(path, problems: list[str]) -> list[str]:
-    """What ``config check`` prints on stderr: one line per problem, each naming the file, then their
-    count (nothing when there is none)."""
-    if not problems:
-        return []
-    return [f"{path}: {problem}" for problem in problems] + [f"{len(problems)} problem(s) in {path}"]
+def report_check(path, problems: list[str], ok: str, echo) -> int:
+    """Print what ``config check`` says with ``echo(text, err=...)`` (click.echo): one line per
+    problem on stderr, each naming the file, then their count; else ``PATH: ok (ok)``.  The exit code:
+    1 with problems, else 0."""
+    for problem in problems:
+        echo(f"{path}: {problem}", err=True)
+    if problems:
+        echo(f"{len(problems)} problem(s) in {path}", err=True)
+        return 1
+    echo(f"{path}: ok ({ok})", err=False)
+    return 0

@@ -40,6 +40,15 @@ def png(job: dict) -> bytes | None:
         return path.read_bytes() if path is not None else None
 
 
+async def _drawn(draw, job: dict, what: str) -> bytes:
+    """``draw(job)`` off the event loop (matplotlib, plotly take a while); 404 when the result has no
+    such ``what``."""
+    data = await asyncio.to_thread(draw, job)
+    if data is None:
+        raise HTTPException(404, f"this result has no {what}")
+    return data
+
+
 def router(coordinator, access, visible_job) -> APIRouter:
     api = APIRouter(prefix="/v1/jobs/{job_id}")
 
@@ -62,19 +71,12 @@ def router(coordinator, access, visible_job) -> APIRouter:
     @api.get("/plot.png")
     async def plot_png(job_id: str, who: dict = Depends(access.caller)):
         job = visible_job(job_id, who)
-        data = await asyncio.to_thread(png, job)
-        if data is None:
-            raise HTTPException(404, "this result has no plot")
-        return Response(data, media_type="image/png", headers=_attachment(job, "png"))
+        return Response(await _drawn(png, job, "plot"), media_type="image/png", headers=_attachment(job, "png"))
 
     @api.get("/figure")
     async def figure(job_id: str, who: dict = Depends(access.caller)):
         from coordinator.console.figures import figure_for
 
-        job = visible_job(job_id, who)
-        fig = await asyncio.to_thread(figure_for, job)
-        if fig is None:
-            raise HTTPException(404, "this result has no figure")
-        return Response(fig, media_type="application/json")
+        return Response(await _drawn(figure_for, visible_job(job_id, who), "figure"), media_type="application/json")
 
     return api

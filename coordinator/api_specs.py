@@ -149,6 +149,15 @@ def check(body: SpecText) -> dict:
             "spec_hash": spec_hash(node_spec), "federation": federation}
 
 
+def _valid(body: SpecText) -> dict:
+    """:func:`check`'s answer for a valid spec; else 400 naming every problem."""
+    checked = check(body)
+    if not checked["valid"]:
+        raise HTTPException(400, "invalid spec: " + "; ".join(
+            f"{p['path']}: {p['message']}" if p["path"] else p["message"] for p in checked["problems"]))
+    return checked
+
+
 def router(coordinator, access, visible_job) -> APIRouter:
     api = APIRouter(prefix="/v1/specs")
 
@@ -168,10 +177,7 @@ def router(coordinator, access, visible_job) -> APIRouter:
     async def plan(body: SpecText, who: dict = Depends(access.caller)):
         from coordinator.dryrun import dry_run
 
-        checked = check(body)
-        if not checked["valid"]:
-            raise HTTPException(400, "invalid spec: " + "; ".join(
-                f"{p['path']}: {p['message']}" if p["path"] else p["message"] for p in checked["problems"]))
+        checked = _valid(body)
         try:
             result = await dry_run(coordinator, who["name"], checked["spec"], body.sites, body.timeout)
         except SubmitError as exc:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cdm.tomlkeys import problem_lines
+from cdm.tomlkeys import report_check
 from coordinator.config import apply, load_coordinator_config, validate
 
 config_option = click.option(
@@ -31,12 +31,7 @@ def config_group() -> None:
 def check_command(config_path: str) -> None:
     """Check coordinator.toml: known tables and keys, value types, ports, URLs."""
     config = load_coordinator_config(config_path)
-    problems = validate(config)
-    for line in problem_lines(config.path, problems):
-        click.echo(line, err=True)
-    if problems:
-        sys.exit(1)
-    click.echo(f"{config.path}: ok (home {config.home_path})")
+    sys.exit(report_check(config.path, validate(config), f"home {config.home_path}", click.echo))
 
 
 @config_group.command("apply")

@@ -21,6 +21,15 @@ def _label(key: list) -> str:
     return " / ".join(str(k) for k in key) or "all"
 
 
+def _saved(fig, path: Path, tight: bool = True) -> Path:
+    """Write ``fig`` as PNG (110 dpi) to ``path`` and free it: pyplot keeps every open figure."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _counts(job: dict, title: str, path: Path) -> Path:
     pooled = job["pooled"]
     rows, sites = pooled["rows"], pooled["sites"]
@@ -49,10 +58,7 @@ def _counts(job: dict, title: str, path: Path) -> Path:
                   fontsize=8)
     ax.set_ylabel("persons")
     ax.set_title(f"{title}\n(hatched: pooled lower bound, a site suppressed a small cell)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def _summary(job: dict, title: str, path: Path) -> Path:
@@ -71,10 +77,7 @@ def _summary(job: dict, title: str, path: Path) -> Path:
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title(f"{_label(row['key'])}: mean ± sd", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def _curves(job: dict, title: str, path: Path) -> Path | None:
@@ -100,10 +103,7 @@ def _curves(job: dict, title: str, path: Path) -> Path | None:
     ax.set_ylabel("survival")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def km_plot(result: dict, title: str, path: Path) -> Path | None:
@@ -141,9 +141,7 @@ def km_plot(result: dict, title: str, path: Path) -> Path | None:
         for tick in ticks:
             table.text(tick, y, str(_at_risk(c, tick)), fontsize=8, ha="center", va="center")
     table.set_ylim(0, len(groups) + 0.6)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path, tight=False)  # the at-risk table is laid out by hand
 
 
 def _at_risk(curve: dict, t: float) -> int:
@@ -179,10 +177,7 @@ def forest_plot(result: dict, title: str, path: Path) -> Path | None:
     high = max(r[f"{ratio}_upper_95"] for r in rows)
     ax.set_xlim(min(low, 1.0) / 1.3, max(high, 1.0) * 3.0)
     ax.set_title(f"{title} (n={result.get('n', '?')}, {result.get('rounds', '?')} rounds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def plot_job(job: dict, title: str, path: Path) -> Path | None:

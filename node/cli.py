@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cdm.db import create_cdm, layout_of, open_engine, require_cdm, require_writable_cdm, table_counts
+from cdm.db import create_cdm, layout_of, open_engine, require_cdm, table_counts
 from cdm.errors import RadfedError, exit_code_of
 from cdm.vocabulary import Vocabulary, load_athena, load_source_to_concept_map
 from node.bus_handler import serve_command
@@ -100,8 +100,7 @@ def vocab() -> None:
 @click.pass_context
 def vocab_load_athena(ctx: click.Context, folder: str) -> None:
     """Load an Athena vocabulary download (CONCEPT.csv, CONCEPT_RELATIONSHIP.csv, ...)."""
-    engine = open_engine(node_config(ctx).database_url)
-    require_writable_cdm(engine, "vocab load-athena")
+    engine = node_config(ctx).writable_cdm("vocab load-athena")
     loaded = load_athena(engine, folder, progress=lambda f, n: click.echo(f"  {f}: {n:,} rows", err=True))
     for table, count in loaded.items():
         click.echo(f"{table}: {count:,} rows")
@@ -112,8 +111,7 @@ def vocab_load_athena(ctx: click.Context, folder: str) -> None:
 @click.pass_context
 def vocab_load_map(ctx: click.Context, path: str) -> None:
     """Load the site's SOURCE_TO_CONCEPT_MAP (local codes onto standard ones)."""
-    engine = open_engine(node_config(ctx).database_url)
-    require_writable_cdm(engine, "vocab load-map")
+    engine = node_config(ctx).writable_cdm("vocab load-map")
     click.echo(load_source_to_concept_map(engine, path).text())
 
 

@@ -48,6 +48,15 @@ class NodeConfig:
             or DEFAULT_DB
         )
 
+    def writable_cdm(self, command: str):
+        """An engine on this node's CDM for ``command``, which writes OMOP tables: refused up front
+        (exit 2) when the CDM is missing or is a site's own OMOP database, attached read-only."""
+        from cdm.db import open_engine, require_writable_cdm
+
+        engine = open_engine(self.database_url)
+        require_writable_cdm(engine, command)
+        return engine
+
     @property
     def data_dir(self) -> Path:
         """Where the node keeps files it owns (received DICOM, quarantine copies, keys)."""

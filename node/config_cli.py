@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cdm.tomlkeys import problem_lines
+from cdm.tomlkeys import report_check
 from node.config import ConfigError, NodeConfig, validate
 
 
@@ -54,9 +54,5 @@ def check_command(ctx: click.Context) -> None:
     config: NodeConfig = ctx.find_root().obj
     if config.path is None:
         raise ConfigError("no node.toml: pass --config PATH (or run in the folder that has node.toml)")
-    problems = check(config)
-    for line in problem_lines(config.path, problems):
-        click.echo(line, err=True)
-    if problems:
-        sys.exit(1)
-    click.echo(f"{config.path}: ok (site {config.site_name}, tables: {', '.join(sorted(config.raw)) or 'none'})")
+    tables = ", ".join(sorted(config.raw)) or "none"
+    sys.exit(report_check(config.path, check(config), f"site {config.site_name}, tables: {tables}", click.echo))

@@ -24,7 +24,6 @@ import sys
 
 import click
 
-from cdm.db import open_engine, require_writable_cdm
 from cdm.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 
@@ -33,9 +32,7 @@ def _config(ctx: click.Context):
 
 
 def _engine(ctx: click.Context):
-    engine = open_engine(_config(ctx).database_url)
-    require_writable_cdm(engine, ctx.command_path)
-    return engine
+    return _config(ctx).writable_cdm(ctx.command_path)
 
 
 def _issuer(ctx: click.Context) -> str | None:

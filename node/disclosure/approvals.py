@@ -174,19 +174,21 @@ def _decide_command(ctx, approval_id: int, decision: str, note: str | None) -> N
     click.echo(f"approval {row['id']} {decision}: {row['requester']} {row['summary']}")
 
 
-@approvals_group.command("approve")
-@click.argument("approval_id", type=int)
-@click.option("--note", help="Why (kept in the queue and the audit log).")
-@click.pass_context
-def approvals_approve(ctx, approval_id, note):
-    """Let request ID (and its later rounds) run for its requester."""
-    _decide_command(ctx, approval_id, "approved", note)
+def _decision(verb: str, decision: str, note: str, note_help: str, summary: str) -> click.Command:
+    """``approvals VERB ID [--NOTE TEXT]``: decide one queued request (the two decisions differ only
+    in their words)."""
+
+    @approvals_group.command(verb, help=summary)
+    @click.argument("approval_id", type=int)
+    @click.option(f"--{note}", "note", help=note_help)
+    @click.pass_context
+    def command(ctx, approval_id, note):
+        _decide_command(ctx, approval_id, decision, note)
+
+    return command
 
 
-@approvals_group.command("deny")
-@click.argument("approval_id", type=int)
-@click.option("--reason", help="Told to the requester with the DENIED refusal.")
-@click.pass_context
-def approvals_deny(ctx, approval_id, reason):
-    """Refuse request ID with DENIED from now on."""
-    _decide_command(ctx, approval_id, "denied", reason)
+approvals_approve = _decision("approve", "approved", "note", "Why (kept in the queue and the audit log).",
+                              "Let request ID (and its later rounds) run for its requester.")
+approvals_deny = _decision("deny", "denied", "reason", "Told to the requester with the DENIED refusal.",
+                           "Refuse request ID with DENIED from now on.")

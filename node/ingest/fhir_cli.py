@@ -15,15 +15,12 @@ import sys
 
 import click
 
-from cdm.db import open_engine, require_writable_cdm
 from cdm.errors import EXIT_PARTIAL
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 
 
 def _engine(ctx: click.Context):
-    engine = open_engine(ctx.find_root().obj.database_url)
-    require_writable_cdm(engine, ctx.command_path)
-    return engine
+    return ctx.find_root().obj.writable_cdm(ctx.command_path)
 
 
 class _Bar:

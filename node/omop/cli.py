@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cdm.db import open_engine, require_writable_cdm, with_layout
+from cdm.db import open_engine, with_layout
 from cdm.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 
@@ -77,8 +77,7 @@ def ingest_omop_command(ctx: click.Context, source: str, as_json: bool) -> None:
     comma- or tab-separated).  Rows keep their ids; re-running loads only what changed."""
     from node.omop.export import ingest_export
 
-    engine = open_engine(ctx.find_root().obj.database_url)
-    require_writable_cdm(engine, "ingest omop")
+    engine = ctx.find_root().obj.writable_cdm("ingest omop")
     progress = (lambda name, n: click.echo(f"  {name}: {n:,} rows", err=True)) if sys.stderr.isatty() else None
     summary = ingest_export(engine, source, progress=progress)
     click.echo(json.dumps(summary.as_dict(), indent=2, default=str) if as_json else summary.text())
