@@ -230,3 +230,43 @@ def test_secure_km_gives_no_single_day_away_and_stays_exact(tmp_path, policy, sh
     assert checked >= 2
     for engine, _ in nodes.values():
         engine.dispose()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bin_days", [1, 7])
+def test_a_persons_day_can_move_within_its_interval_without_changing_the_release(shape, bin_days):
+    """Two worlds that differ only in one person's day give one release (times, at risk, counts,
+    spans, coarsened flags), for every person not on a shown day and every other day of their
+    interval that crosses no shown-worthy day (a day >= k persons leave): what is released does not
+    tell which of those days was theirs.  (:func:`cdm.analyses.km.released_rows` is the rule of the
+    plain and the secure release alike; the secure survival values, computed on the exact pooled
+    days, are discussed in docs/threat-model.md section 9.)"""
+    from cdm.analyses.km import coarsen_km
+
+    df = SHAPES[shape]()
+    rng = np.random.default_rng(11)
+
+    def release(days):
+        counts = rounds.km_counts(days, df.event.to_numpy(), bin_days)["all"]
+        return coarsen_km(counts, K, bin_days)
+
+    days = df.time.to_numpy(float)
+    seen = release(days)
+    binned = rounds.bin_time(days, bin_days)
+    moved = 0
+    for p in range(len(days)):
+        heavy = {float(t) for t, n in zip(*np.unique(binned, return_counts=True)) if n >= K}
+        if binned[p] in heavy or binned[p] in seen["times"]:
+            continue
+        before = max([0.0] + [t for t in seen["times"] if t < binned[p]])
+        after = min([t for t in seen["times"] if t >= binned[p]])
+        for day in rng.integers(int(before) + 1, int(after) + 1, 6):
+            new = rounds.bin_time(day, bin_days)
+            crossed = [h for h in heavy if min(new, binned[p]) <= h <= max(new, binned[p])]
+            if crossed or int((binned == new).sum()) + 1 >= K:
+                continue
+            other = days.copy()
+            other[p] = day
+            assert release(other) == seen, (p, days[p], day)
+            moved += 1
+    assert moved >= 20  # the worlds compared were many

@@ -48,8 +48,10 @@ bin that fewer than k persons share.  Not covered here: within an interval, whic
 persons had the event (a 1..k-1 censoring count inside an interval with >= k persons is released,
 as in every KM table: homogeneity is not protected); differences between *different* releases
 (two cohorts or groupings whose intervals interleave), which are the per-researcher differencing
-check's and, across researchers, outside the site-wide auditor (docs/threat-model.md); and the
-secure log-rank statistic, one number computed on the exact pooled days (it releases no time).
+check's and, across researchers, outside the site-wide auditor (docs/threat-model.md); and, in
+secure mode, what the exact values carry: the survival (and its interval) at a shown time depends
+on the order of events and censorings inside the interval (an order, not a day), and the log-rank
+statistic is one number computed on the exact pooled days (it releases no time).
 
 Exactness.  With k = 1 every bin anybody leaves is its own interval: the release is the full
 binned table (lifelines' event table on the binned times).  In secure mode the curve and the
