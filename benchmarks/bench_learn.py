@@ -44,7 +44,7 @@ from cdm.db import open_engine  # noqa: E402
 from cdm.learn import models as M  # noqa: E402
 from cdm.learn.local_grid import LocalGrid  # noqa: E402
 from cdm.learn.modelspec import parse_model_spec  # noqa: E402
-from cdm.learn.process import wait_listening  # noqa: E402
+from cdm.listening import wait_listening  # noqa: E402
 from coordinator.learn import serverapp  # noqa: E402
 from coordinator.learn.runner import prepare_run, train  # noqa: E402
 from coordinator.learn.store import ModelStore  # noqa: E402

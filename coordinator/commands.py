@@ -12,26 +12,14 @@ from pathlib import Path
 import click
 import yaml
 
-from cdm.errors import EXIT_PARTIAL, EXIT_USAGE, RadfedError, exit_code_of
+from cdm.cli_errors import ErrorReportingGroup
+from cdm.errors import EXIT_PARTIAL, EXIT_USAGE, exit_code_of
 from coordinator.client import Client, ClientError
 from coordinator.home import CoordinatorHome, HomeError
 from coordinator.report import render_job, render_jobs, render_sites
 from coordinator.results import job_csv
 
 DEFAULT_HOME = os.environ.get("RADFED_COORDINATOR_HOME", "radfed-coordinator")
-EXPECTED = (RadfedError, FileNotFoundError)
-
-
-class Clean(click.Group):
-    """A click group that reports radfed's errors as ``error: ...`` with each error's exit code
-    (:func:`cdm.errors.exit_code_of`), never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except EXPECTED as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exit_code_of(exc))
 
 
 def _home(path: str, must_exist: bool = True) -> CoordinatorHome:
@@ -48,7 +36,7 @@ home_option = click.option("--home", default=DEFAULT_HOME, show_default=True, en
 # ---------------------------------------------------------------------------- operator
 
 
-@click.group("coordinator", cls=Clean)
+@click.group("coordinator", cls=ErrorReportingGroup)
 def coordinator_group() -> None:
     """Operate the coordinator: init, enroll sites and researchers, serve."""
 
@@ -213,7 +201,7 @@ def load_spec(path: str) -> dict:
     return spec
 
 
-@click.group("query", cls=Clean)
+@click.group("query", cls=ErrorReportingGroup)
 def query_group() -> None:
     """Run federated query specs."""
 
@@ -259,7 +247,7 @@ def _atlas_spec(path: str, analysis: str | None) -> dict:
         raise click.UsageError(str(exc)) from None
 
 
-@click.group("atlas", cls=Clean)
+@click.group("atlas", cls=ErrorReportingGroup)
 def atlas_group() -> None:
     """OHDSI ATLAS cohort definitions (Circe JSON)."""
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.listening import wait_listening
 
 
 class NatsServerError(RadfedError, RuntimeError):
@@ -56,16 +57,8 @@ def free_coordinator_ports(host: str = "127.0.0.1") -> dict[str, int]:
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise NatsServerError(f"process exited with status {process.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise NatsServerError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+    """:func:`cdm.listening.wait_listening`, failing with :class:`NatsServerError` (exit 2)."""
+    wait_listening(host, port, timeout, process, NatsServerError)
 
 
 def _die_with_parent() -> None:

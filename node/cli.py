@@ -8,12 +8,11 @@ and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from cdm.db import create_cdm, layout_of, open_engine, require_cdm, table_counts
-from cdm.errors import RadfedError, exit_code_of
+from cdm.cli_errors import ErrorReportingGroup
 from cdm.vocabulary import Vocabulary, load_athena, load_source_to_concept_map
 from node.bus_handler import serve_command
 from node.disclosure.approvals import approvals_group
@@ -27,22 +26,9 @@ from node.omop.cli import attach_command, ingest_omop_command
 from node.query_cli import audit_group, query_command
 from node.synth.cli import synth_command
 
-EXPECTED_ERRORS = (RadfedError, FileNotFoundError)
 
 
-class NodeGroup(click.Group):
-    """A click group that reports radfed's errors as ``error: ...`` with each error's exit code
-    (:func:`cdm.errors.exit_code_of`), never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except EXPECTED_ERRORS as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exit_code_of(exc))
-
-
-@click.group(cls=NodeGroup)
+@click.group(cls=ErrorReportingGroup)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="node.toml (default ./node.toml).")
 @click.option("--db", help="CDM database URL or SQLite path (overrides node.toml).")
 @click.version_option(package_name="radfed")

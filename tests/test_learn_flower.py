@@ -26,7 +26,8 @@ from learn_sites import logistic_site, logistic_spec  # noqa: E402
 from cdm.db import open_engine  # noqa: E402
 from cdm.learn.modelspec import parse_model_spec  # noqa: E402
 from cdm.learn.models import newton_fit  # noqa: E402
-from cdm.learn.process import Supervised, flower_env, wait_listening  # noqa: E402
+from cdm.learn.process import Supervised, flower_env  # noqa: E402
+from cdm.listening import wait_listening  # noqa: E402
 from cdm.learn.bundle import installed_fab_hash, write_app  # noqa: E402
 from coordinator.learn import runner  # noqa: E402
 from coordinator.learn.store import ModelStore  # noqa: E402

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+
 
 
 def flower_env(flwr_home: Path | None = None) -> dict:
@@ -77,16 +77,3 @@ class Supervised:
             self.process.wait(5)
         except ProcessLookupError:
             pass
-
-
-def wait_listening(host: str, port: int, timeout: float = 30) -> None:
-    import socket
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
