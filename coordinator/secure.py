@@ -39,7 +39,9 @@ from cdm.analyses.session import StatsError
 from coordinator.fanout import QuorumError, describe_missing
 
 #: researcher-level analyses with a secure form, and the node analyses they send
-SECURE_ANALYSES = ("count", "km", "cox", "glm", "quantile")
+SECURE_ANALYSES = ("count", "crosstab", "summary", "histogram", "correlation", "quantile", "km", "cox", "glm")
+#: the one-round kinds :func:`secure_table` pools (the others are driven over rounds by their ``run``)
+SECURE_TABLES = ("count", "crosstab", "summary", "histogram")
 
 
 class SecureModeError(RadfedError, ValueError):
@@ -76,6 +78,9 @@ def without_secure_form(spec: dict) -> str | None:
     kind = analysis.get("type")
     if kind not in SECURE_ANALYSES:
         return f"{kind!r} has no secure form (secure: {', '.join(SECURE_ANALYSES)})"
+    by_site = [v for v in analysis.get("by") or [] if ((spec.get("variables") or {}).get(v) or {}).get("kind") == "site"]
+    if kind == "crosstab" and by_site:
+        return f"a crosstab by {by_site[0]!r} (a site variable) is per site by definition"
     group = analysis.get("group") if kind == "km" else None
     if group:
         var = (spec.get("variables") or {}).get(group) or {}
@@ -162,7 +167,7 @@ def combine(results: dict[str, dict], session: str) -> dict:
     return {**(public or {}), **_rounded(nest(summed)), "_policy": pooled_policy(policies)}
 
 
-COUNT_KEYS = ("n", "n_le", "persons", "events", "d", "positives", "at_risk", "censored", "after_n",
+COUNT_KEYS = ("n", "n_le", "cells", "persons", "events", "d", "positives", "at_risk", "censored", "after_n",
               "after_events", "excluded")
 
 
@@ -200,8 +205,9 @@ def check_pooled(analysis: dict, pooled: dict) -> dict:
         if small(n, policy):
             raise PooledRefusal("MIN_CELL", f"fewer than {policy['min_cell_count']} values pooled over the sites")
         pooled["n_le"] = [None if small(k, policy) or small(n - k, policy) else k for k in pooled["n_le"]]
-    elif kind in ("cox_round", "glm_round"):
-        p = len(analysis.get("covariates") or []) + (1 if kind == "glm_round" else 0)
+    elif kind in ("cox_round", "glm_round", "crossprod"):
+        p = len(analysis.get("variables") if kind == "crossprod" else analysis.get("covariates") or []) \
+            + (1 if kind == "glm_round" else 0)
         need = max(policy["min_rows_model"], policy["rows_per_parameter"] * p)
         rows = pooled.get("persons", pooled.get("n"))
         if rows < need:
@@ -281,10 +287,40 @@ def km_groups(pooled: dict) -> dict:
             "after_horizon": sum(g.get("after_n", 0) for g in pooled["groups"].values())}
 
 
-def secure_count(ask) -> dict:
-    """A ``count`` job in secure mode: the pooled count, released when it passes the sites' minimum."""
-    pooled = ask({"type": "count"})[0]
-    n = int(pooled["n"])
-    cell = {"n": None, "suppressed": True} if small(n, pooled["_policy"]) else {"n": n}
-    return {"type": "count", "columns": [], "sites": list(ask.sites),
-            "rows": [{"key": ["persons"], "pooled": {**cell, "complete": True, "suppressed_at": []}, "per_site": {}}]}
+def secure_table(ask, analysis: dict) -> dict:
+    """A one-round table (:data:`SECURE_TABLES`) in secure mode: the pooled cells with the strictest
+    site minimum applied to *them*, primary and secondary suppression over the pooled table
+    (:func:`cdm.suppression.suppress_cells`), in the table shape of plain mode, with no per-site cell."""
+    from cdm.analyses import crosstab, histogram, summary
+    from cdm.suppression import suppress_cells
+
+    kind = analysis.get("type")
+    pooled = ask({"type": "count"} if kind == "count" else analysis)[0]
+    minimum = pooled["_policy"]["min_cell_count"]
+    if kind == "count":
+        n = int(pooled["n"])
+        cell = {"n": None, "suppressed": True} if small(n, pooled["_policy"]) else {"n": n}
+        table = {"type": "count", "columns": [],
+                 "rows": [{"key": ["persons"], "pooled": {**cell, "complete": True, "suppressed_at": []}}]}
+    elif kind == "crosstab":
+        keys, counts = [tuple(k) for k in pooled["keys"]], list(pooled["cells"])
+        hidden = suppress_cells(keys, counts, minimum)
+        cells = [{"key": list(k), "n": None if i in hidden else n} for i, (k, n) in enumerate(zip(keys, counts))]
+        table = crosstab.pool(analysis, {"pooled": {"cells": cells}})
+    elif kind == "histogram":
+        counts = list(pooled["cells"])
+        hidden = suppress_cells([(i,) for i in range(len(counts))], counts, minimum)
+        shown = [None if i in hidden else n for i, n in enumerate(counts)]
+        table = histogram.pool(analysis, {"pooled": {"counts": shown[1:-1], "below": shown[0], "above": shown[-1]}})
+    elif kind == "summary":
+        variables = {name: (m if not small(m["n"], pooled["_policy"]) else {"n": None, "sum": None, "sum_sq": None})
+                     for name, m in pooled["variables"].items()}
+        table = summary.pool(analysis, {"pooled": {"variables": variables}})
+    else:
+        raise SecureModeError(f"{kind!r} is not a one-round secure table")
+    for row in table["rows"]:  # a pooled cell hidden by the pooled minimum: no site to name, no site's own cell
+        hidden_here = row["pooled"].get("n") is None
+        row["pooled"] = {**row["pooled"], "complete": True, "suppressed_at": [],
+                         **({"suppressed": True} if hidden_here else {})}
+        row["per_site"] = {}
+    return {**table, "sites": list(ask.sites)}

@@ -32,7 +32,7 @@ from cdm.wire import (
 from coordinator import aggregate, stats
 from coordinator.fanout import Federation, QuorumError, SiteReply, describe_missing
 from coordinator.home import CoordinatorHome
-from coordinator.secure import Mode, SecureModeError, SiteDropped, choose_mode, secure_count
+from coordinator.secure import Mode, SecureModeError, SiteDropped, choose_mode, secure_table
 
 ONLINE_AFTER_MISSED_BEATS = 3
 DEFAULT_TIMEOUT = 30.0
@@ -456,8 +456,8 @@ class Coordinator:
             try:
                 if analysis.get("type") in stats.ANALYSES:
                     pooled = await asyncio.to_thread(stats.run_analysis, analysis, ask)
-                elif secure:  # a one-round count in secure mode
-                    pooled = await asyncio.to_thread(secure_count, ask)
+                elif secure:  # a one-round table in secure mode (coordinator/secure.py)
+                    pooled = await asyncio.to_thread(secure_table, ask, analysis)
                 else:  # a one-round analysis gone plain: each remaining site's own answer, as _run_one_round
                     pooled, plain = await self._plain_round(job, sites)
                     ask.last.update({r.site: r for r in plain})

@@ -75,7 +75,8 @@ def run_request(engine, config, request: dict, locked: bool = False) -> dict:
                                           f"known): {', '.join(dict.fromkeys(unresolved))[:500]}")
         _require_known_index(spec, unresolved)
         if secure:  # nothing about this site alone leaves it: its share is masked, the pooled sum is checked
-            public, summed = node_secure.analyse_secure(spec, len(ids), values, engine, _site(config), request)
+            public, summed = node_secure.analyse_secure(spec, len(ids), values, engine, _site(config), request,
+                                                        policy)
             if config is not None and policy.differencing_k > 1 and len(ids):
                 with state.release_lock:
                     _differencing(config, request, spec, ids, policy)

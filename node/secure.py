@@ -15,6 +15,10 @@ context it has masked before.
 analysis                summed (per site, then pooled)
 ======================  ===========================================================================
 ``count``               ``n``
+``crosstab``            ``cells``: persons per combination of the spec's categories (every one)
+``histogram``           ``cells``: below the first edge, per bin, above the last edge
+``summary``             per variable ``n``, ``sum``, ``sum_sq``
+``crossprod``           ``n``, ``sums``, ``cross`` (a column rare at this site is still refused)
 ``quantile_round``      ``n``, ``n_le`` (per threshold)
 ``km_round``            per group (labels from the spec) on the bins ``bin_days, 2 bin_days, ..``
                         up to the horizon: ``at_risk``, ``events``, ``censored``; beyond it
@@ -67,7 +71,8 @@ from cdm.round_frames import compile_intervals, compile_survival
 from cdm.wire import Signer, public_key_text
 from node.disclosure.policy import Policy, Refusal
 
-SECURE_TYPES = ("count", "quantile_round", "km_round", "cox_round", "glm_round")
+SECURE_TYPES = ("count", "crosstab", "histogram", "summary", "crossprod", "quantile_round", "km_round", "cox_round",
+                "glm_round")
 LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round", "quantile_round")
 
 
@@ -105,6 +110,7 @@ def describe(config) -> dict:
 # -- peer keys -----------------------------------------------------------------------------------
 
 _pin_lock = threading.Lock()
+_pins: dict[tuple[str, str], str] = {}  # (state database, site) -> the signing key pinned for it
 
 
 def trusted_key(config, site: str, certificate) -> str:
@@ -121,6 +127,9 @@ def trusted_key(config, site: str, certificate) -> str:
         if chosen["trust"] == "pinned":
             raise secagg.SecAggError(f"no key is pinned for {site} under [secure.peers] (trust = \"pinned\")")
         engine = state_engine(config)
+        known = _pins.get((str(engine.url), site))  # a pin never changes once written: no query per round
+        if known is not None:
+            return secagg.certified_key(certificate, site, known)
         with _pin_lock, engine.begin() as conn:
             pinned = conn.execute(select(secure_peer_keys.c.signing_key)
                                   .where(secure_peer_keys.c.site == site)).scalar_one_or_none()
@@ -128,6 +137,7 @@ def trusted_key(config, site: str, certificate) -> str:
             key = secagg.certified_key(certificate, site, candidate)
             if pinned is None:  # first use: from now on only this signing key speaks for the site
                 conn.execute(insert(secure_peer_keys).values(site=site, signing_key=candidate, pinned_at=utcnow()))
+            _pins[(str(engine.url), site)] = candidate
             return key
     except secagg.SecAggError as exc:
         raise Refusal("SECURE_PEERS", f"{exc}; this node answers no share with a key it cannot authenticate") from None
@@ -274,12 +284,61 @@ def secure_glm(a: S.GLMRound, values: dict) -> tuple[dict, dict]:
     return {}, {**{k: fit[k] for k in ("n", "loglik", "gradient", "hessian")}, "positives": int((y == 1).sum())}
 
 
-def analyse_secure(spec: S.Spec, n_cohort: int, values: dict, engine, site: str, request: dict) -> tuple[dict, dict]:
+def secure_crosstab(spec: S.Spec, a, values: dict, site: str) -> tuple[dict, dict]:
+    """Persons per combination of the categories the spec defines (every combination, in the order
+    of the domains), none hidden: the minimum cell applies to the pooled cells."""
+    from cdm.analyses.crosstab import cell_codes
+    from node.disclosure.shapes import crosstab_domain
+
+    if any(getattr(spec.variables[n], "kind", None) == "site" for n in a.by):
+        raise Refusal("NOT_ALLOWED", "a crosstab by site is per site by definition: it has no secure form")
+    keys, codes = cell_codes(values, a, crosstab_domain(spec, a, site))
+    return {"keys": [list(k) for k in keys]}, {"cells": np.bincount(codes[codes >= 0], minlength=len(keys))}
+
+
+def secure_histogram(a, values: dict) -> tuple[dict, dict]:
+    """Persons below the first edge, per bin (``numpy.histogram``, the last bin closed), above the last."""
+    x = np.array([v for v in values[a.variable] if v is not None], dtype=float)
+    counts, _ = np.histogram(x, bins=a.edges)
+    return {}, {"cells": [int((x < a.edges[0]).sum()), *map(int, counts), int((x > a.edges[-1]).sum())]}
+
+
+def secure_summary(a, values: dict) -> tuple[dict, dict]:
+    summed = {}
+    for name in a.variables:
+        x = np.array([v for v in values[name] if v is not None], dtype=float)
+        summed.update({f"variables/{name}/n": int(x.size), f"variables/{name}/sum": float(x.sum()),
+                       f"variables/{name}/sum_sq": float((x * x).sum())})
+    return {}, summed
+
+
+def secure_crossprod(a, values: dict, policy) -> tuple[dict, dict]:
+    """n, sums and raw cross-products over the complete rows.  The row limits apply to the pooled n;
+    a column rare at this site is still refused here (a rare 0/1 column's cross-products are those
+    few persons' values, and the pooled sum would carry them)."""
+    from cdm.analyses.kind import complete_rows
+
+    rows = complete_rows(values, list(a.variables))
+    if policy is not None:
+        policy.check_columns(rows, list(a.variables))
+    return {}, {"n": int(rows.shape[0]), "sums": rows.sum(0), "cross": rows.T @ rows}
+
+
+def analyse_secure(spec: S.Spec, n_cohort: int, values: dict, engine, site: str, request: dict,
+                   policy=None) -> tuple[dict, dict]:
     """(public part, summed part) of this site's share; every shape is fixed by the spec and request."""
     a, secure = spec.analysis, request["secure"]
     try:
         if a.type == "count":
             return {}, {"n": n_cohort}
+        if a.type == "crosstab":
+            return secure_crosstab(spec, a, values, site)
+        if a.type == "histogram":
+            return secure_histogram(a, values)
+        if a.type == "summary":
+            return secure_summary(a, values)
+        if a.type == "crossprod":
+            return secure_crossprod(a, values, policy)
         if a.type == "quantile_round":
             x = np.array([v for v in values[a.variable] if v is not None], dtype=float)
             return {}, {"n": int(x.size), "n_le": [int((x <= t).sum()) for t in a.thresholds]}

@@ -41,7 +41,7 @@ def test_count_pools_exactly_and_a_small_site_refuses_rather_than_reporting_zero
 def test_crosstab_and_summary_through_the_cli(network, tmp_path):
     out = tmp_path / "by_sex.csv"
     spec = tmp_path / "by_sex.json"
-    spec.write_text(json.dumps(BY_SEX))
+    spec.write_text(json.dumps({**BY_SEX, "federation": {"secure": False}}))  # plain: each site's own cells
     run = subprocess.run([str(BIN / "radfed"), "query", "run", str(spec), "--csv", str(out)], capture_output=True,
                          text=True, env=network.env(), timeout=120)
     assert run.returncode == 0, run.stderr
@@ -50,7 +50,7 @@ def test_crosstab_and_summary_through_the_cli(network, tmp_path):
         a, b = expected_sex("site-a")[sex], expected_sex("site-b")[sex]
         assert f"{sex},site-a,{a},true,ok," in lines and f"{sex},site-b,{b},true,ok," in lines
         assert f"{sex},pooled,{a + b}," in "\n".join(lines)
-    spec.write_text(json.dumps(AGE))
+    spec.write_text(json.dumps({**AGE, "federation": {"secure": False}}))
     run = subprocess.run([str(BIN / "radfed"), "query", "run", str(spec), "--json"], capture_output=True, text=True,
                          env=network.env(), timeout=120)
     assert run.returncode == 0, run.stderr

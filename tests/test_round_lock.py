@@ -102,7 +102,12 @@ def test_secure_by_default_from_three_sites_and_never_with_two():
 
 def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required():
     crosstab = {"analysis": {"type": "crosstab", "by": ["sex"]}}
-    assert not choose_mode(crosstab, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    assert choose_mode(crosstab, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    by_site = {"variables": {"where": {"kind": "site"}}, "analysis": {"type": "crosstab", "by": ["where"]}}
+    mode = choose_mode(by_site, None, ["a", "b", "c"], {s: BEAT for s in "abc"})
+    assert not mode.secure and "per site by definition" in mode.reason
+    concordance = {"analysis": {"type": "concordance"}}
+    assert not choose_mode(concordance, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
     km_by_sex = {"variables": {"sex": {"kind": "sex"}}, "analysis": {"type": "km", "group": "sex"}}
     mode = choose_mode(km_by_sex, None, ["a", "b", "c"], {s: BEAT for s in "abc"})
     assert not mode.secure and "declared in the spec" in mode.reason

@@ -211,6 +211,76 @@ def test_secure_glm_and_quantiles_equal_statsmodels_and_numpy(network, pooled):
     assert count["rows"][0]["pooled"]["n"] == len(pooled) and count["rows"][0]["per_site"] == {}
 
 
+EDGES = [35, 37, 50, 65, 85]  # the first bin holds two birth years: a few persons per site, more pooled
+
+
+def _pooled_cells(pooled) -> dict:
+    """The crosstab arm x age-band over the pooled rows, as pandas counts it."""
+    band = pd.cut(pooled.age, EDGES, right=False).map(lambda i: f"[{float(i.left)}, {float(i.right)})").astype(str)
+    arm = np.where(pooled.armb == 1, "B", "A")
+    return pd.crosstab(arm, band).stack().to_dict()
+
+
+def test_secure_crosstab_histogram_summary_correlation_equal_pandas_and_numpy(network, pooled):
+    from cdm.suppression import suppress_cells
+
+    job = network.run(spec({"type": "crosstab", "by": ["arm", "age"], "bins": {"age": EDGES}}))
+    table = done(job)
+    reference = _pooled_cells(pooled)
+    cells = {tuple(r["key"]): r["pooled"] for r in table["rows"]}
+    inner = [k for k in cells if k[1] not in ("below", "above")]
+    assert set(inner) == set(reference)
+    keys = sorted(cells, key=lambda k: tuple(map(str, k)))
+    hidden = {keys[i] for i in suppress_cells(keys, [reference.get(k, 0) for k in keys], 5)}
+    for key, cell in cells.items():  # every pooled cell exact, hidden exactly where the pooled table needs it
+        assert cell["n"] == (None if key in hidden else reference.get(key, 0)), key
+        assert cell["complete"] and cell["suppressed_at"] == []
+    assert all(r["per_site"] == {} for r in table["rows"])
+    # the pooled minimum released cells that some site alone holds fewer than 5 of
+    shown_small_at_a_site = [k for k in inner if cells[k]["n"] is not None and any(
+        0 < _pooled_cells(persons(s)).get(k, 0) < 5 for s in SITES)]
+    assert shown_small_at_a_site, "the data should have cells small at one site and not pooled"
+
+    jobs = [job, network.run(spec({"type": "histogram", "variable": "age", "edges": EDGES}))]
+    histogram = done(jobs[-1])
+    counts, _ = np.histogram(pooled.age, bins=EDGES)
+    by_bin = {r["key"][0]: r["pooled"]["n"] for r in histogram["rows"]}
+    assert [by_bin[f"[{EDGES[i]:g}, {EDGES[i + 1]:g})"] for i in range(len(EDGES) - 1)] == counts.tolist()
+    assert by_bin["below"] is None and by_bin["above"] is None  # empty cells read like small ones
+
+    jobs.append(network.run(spec({"type": "summary", "variables": ["age", "creat"]})))
+    summary = done(jobs[-1])
+    row = {r["key"][0]: r["pooled"] for r in summary["rows"]}
+    assert row["age"]["n"] == len(pooled)
+    assert row["age"]["mean"] == pytest.approx(pooled.age.mean(), rel=1e-12)
+    assert row["age"]["variance"] == pytest.approx(pooled.age.var(ddof=1), rel=1e-9)
+    assert row["creat"]["n"] == len(pooled)  # the measurement's first value per person, as a plain summary
+    assert all(r["per_site"] == {} for r in summary["rows"])
+
+    jobs.append(network.run(spec({"type": "correlation", "variables": ["age", "armb"]})))
+    corr = done(jobs[-1])
+    ref = pooled[["age", "armb"]].to_numpy(float)
+    np.testing.assert_allclose(corr["correlation"], np.corrcoef(ref.T), rtol=1e-9)
+    np.testing.assert_allclose(corr["covariance"], np.cov(ref.T), rtol=1e-9)
+    assert corr["n"] == len(pooled)
+    # what the coordinator holds of these jobs (API answers, store rows, log): no site's own sums or cells
+    from sqlalchemy import MetaData, select
+
+    text = json.dumps([network.call("GET", f"/v1/jobs/{j['job_id']}").json() for j in jobs])
+    meta = MetaData()
+    meta.reflect(network.home.store.engine)
+    with network.home.store.engine.connect() as conn:
+        store = json.dumps([[str(v) for v in row] for t in meta.sorted_tables if "job_id" in t.c for j in jobs
+                            for row in conn.execute(select(t).where(t.c.job_id == j["job_id"]))])
+    assert all(j["job_id"] in store for j in jobs)
+    log = (network.root / "coordinator.log").read_text(errors="replace")
+    for site in SITES:
+        own = persons(site)
+        for value in (int(own.age.sum()), int((own.age ** 2).sum()), int((own.age * own.armb).sum())):
+            for where, blob in (("API", text), ("store", store), ("log", log)):
+                assert not re.search(rf"(?<![\w.:/\-]){value}(?![\w.:])", blob), (site, value, where)
+
+
 def _site_values(site: str) -> list[str]:
     """Numbers only this site knows: its size, its events, its own stratified fit at beta = 0."""
     df = persons(site)

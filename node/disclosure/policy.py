@@ -11,7 +11,6 @@ the line is suppressed too, repeated until stable — so no suppressed cell is r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations
 
 import numpy as np
 import scipy.linalg
@@ -19,6 +18,7 @@ import scipy.linalg
 from cdm.analyses import SITE_TYPES
 from cdm.errors import Refusal
 from cdm.spec import ANALYSIS_TYPES, analysis_variables
+from cdm.suppression import suppress_cells as cdm_suppress_cells
 from node.config import ConfigError
 
 __all__ = ["LIMITS", "Policy", "Refusal", "recoverable_cells", "suppress_cells"]
@@ -161,33 +161,8 @@ def _approval_mode(value) -> str | tuple:
 
 
 def suppress_cells(keys: list[tuple], counts: list[int], policy: Policy) -> set[int]:
-    """Indexes of cells to suppress (primary and secondary)."""
-    suppressed = {i for i, n in enumerate(counts) if policy.small(n)}
-    dims = len(keys[0]) if keys else 0
-    lines: list[list[int]] = [list(range(len(keys)))]
-    for fixed in range(1, dims):
-        for dims_fixed in combinations(range(dims), fixed):
-            groups: dict[tuple, list[int]] = {}
-            for i, k in enumerate(keys):
-                groups.setdefault(tuple(k[d] for d in dims_fixed), []).append(i)
-            lines += list(groups.values())
-    changed = True
-    while changed:
-        changed = False
-        for line in lines:
-            hidden = [i for i in line if i in suppressed]
-            if not any(counts[i] > 0 for i in hidden):  # hidden zeros alone: nobody to protect in this line
-                continue
-            if len(hidden) >= 2 and sum(counts[i] for i in hidden) >= policy.min_cell_count:
-                continue
-            # a line whose total is itself small is suppressed wherever it is released: no margin to leak
-            if policy.small(sum(counts[i] for i in line)):
-                continue
-            shown = sorted((i for i in line if i not in suppressed), key=lambda i: (counts[i] == 0, counts[i]))
-            if shown:
-                suppressed.add(shown[0])
-                changed = True
-    return suppressed
+    """Indexes of cells to suppress (primary and secondary; :func:`cdm.suppression.suppress_cells`)."""
+    return cdm_suppress_cells(keys, counts, policy.min_cell_count)
 
 
 # atoms x released cells above which the audit refuses instead of solving (about 1 s of QR on one
