@@ -46,6 +46,14 @@ class RadfedError(Exception):
         return INTERNAL_MESSAGE
 
 
+class BadInput(RadfedError):
+    """Base of the errors that say the input is wrong (a spec, a file, a name, the configuration):
+    fix the command line or the file (exit 2), or the request (HTTP 400)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 400
+
+
 def exit_code_of(exc: BaseException) -> int:
     """The exit code of a command that ``exc`` ends: the error's own, ``USAGE`` for a file that is
     not there, ``FAILED`` for anything else."""

@@ -30,18 +30,15 @@ from pathlib import Path
 
 from sqlalchemy import Column
 
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 
 DELIMITERS = ("\t", ",", ";", "|")
 NULL_TOKENS = frozenset({"NA", "NULL", "null", "\\N", "NaN"})
 _TABLE_FILE = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_]*)\.(?:csv|tsv|txt)(?:\.gz)?$", re.IGNORECASE)
 
 
-class CsvFormatError(RadfedError, ValueError):
+class CsvFormatError(BadInput, ValueError):
     """A file whose layout (header, delimiter, encoding) cannot be read as an OMOP table."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,14 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from cdm import spec as S
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 
 MODEL_FORMAT = "radfed.cox-model/1"
 MAX_BASELINE = 100_000
 
 
-class ModelError(RadfedError, ValueError):
+class ModelError(BadInput, ValueError):
     """A published model file that cannot be used (message names the problem)."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 class Baseline(S.Model):

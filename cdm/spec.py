@@ -52,7 +52,7 @@ from pydantic import (
 )
 
 from cdm.atlas.model import AtlasCohort
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.messages import RefusalCode, ReplyStatus
 from cdm.vocabulary import SYSTEM_ALIASES, UnknownCode, is_system_uri, parse_reference
 
@@ -66,11 +66,9 @@ MAX_LIST = 200
 MAX_DAYS = 36_600  # 100 years
 
 
-class SpecError(RadfedError, ValueError):
+class SpecError(BadInput, ValueError):
     """A spec that does not validate.  ``problems`` is a list of (field path, reason)."""
 
-    exit_code = EXIT_USAGE
-    http_status = 400
     reply_status = ReplyStatus.REFUSED  # a node refuses a spec it cannot read (cdm.errors.reply_of)
     reply_code = RefusalCode.BAD_SPEC
 

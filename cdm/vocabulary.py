@@ -41,7 +41,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from cdm.conformance import DYNAMICS_STANDARD
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.omop_csv import CsvFormatError, open_table, parse_value, table_files
 from cdm.schema import tables
 
@@ -181,11 +181,8 @@ _SYSTEM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,19}$")
 _SYSTEM_URI = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://|[Uu][Rr][Nn]:)[!-{}~]{1,245}$")
 
 
-class UnknownCode(RadfedError, LookupError):
+class UnknownCode(BadInput, LookupError):
     """A ``SYSTEM:code`` reference that is malformed or that this node's vocabulary cannot resolve."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 @dataclass(frozen=True)
@@ -546,11 +543,8 @@ ATHENA_FILES = {
 _BATCH = 20_000
 
 
-class AthenaError(RadfedError, ValueError):
+class AthenaError(BadInput, ValueError):
     """An Athena vocabulary folder that cannot be loaded as it is."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 def load_athena(engine: Engine, folder: str | Path, progress=None) -> dict[str, int]:

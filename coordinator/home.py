@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.wire import (
     Signer,
     generate_key,
@@ -41,11 +41,8 @@ DEFAULTS = {"nats_host": "127.0.0.1", "nats_port": 4222, "api_host": "127.0.0.1"
             "public_nats_url": None, "public_api_url": None, "database": None, "jetstream": False}
 
 
-class HomeError(RadfedError, ValueError):
+class HomeError(BadInput, ValueError):
     """The coordinator home is missing, unreadable or asked something impossible."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 def _write_secret(path: Path, data: bytes | str) -> None:

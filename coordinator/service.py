@@ -16,7 +16,7 @@ import asyncio
 import time
 
 from cdm import __version__, secagg
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.messages import JobStatus, RefusalCode, SiteStatus
 from cdm.spec import SpecError, parse_spec
 from cdm.wire import (
@@ -40,11 +40,8 @@ REDISPATCH_GRACE = 15.0
 FEDERATION_KEYS = ("sites", "quorum", "timeout", "hold_offline", "secure")
 
 
-class SubmitError(RadfedError, ValueError):
+class SubmitError(BadInput, ValueError):
     """A job cannot be accepted as submitted (bad spec, unknown site, impossible quorum)."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 def split_spec(spec: dict) -> tuple[dict, dict]:

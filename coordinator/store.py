@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.schema import DDL
 
 from cdm.db import open_engine
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.messages import FINISHED as FINISHED_JOBS
 from cdm.messages import JobStatus, SiteStatus
 from cdm.records import JobRecord, ValidationError, problems
@@ -139,11 +139,8 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class StoreError(RadfedError, ValueError):
+class StoreError(BadInput, ValueError):
     """A store operation was asked for something that does not exist or already exists."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 class NotFound(StoreError):

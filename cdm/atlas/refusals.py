@@ -6,7 +6,7 @@ group a library's refusals by reason.  A refused definition is never run approxi
 
 from __future__ import annotations
 
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 
 UNSUPPORTED_DOMAIN = "criterion domain {name} is not translated"
 UNSUPPORTED_ATTRIBUTE = "{domain} attribute {name} is not translated"
@@ -19,11 +19,8 @@ CONCEPT_WITHOUT_CODE = "a concept without VOCABULARY_ID and CONCEPT_CODE cannot 
 NOT_JSON = "not a Circe cohort expression (a JSON object with PrimaryCriteria)"
 
 
-class Untranslatable(RadfedError, ValueError):
+class Untranslatable(BadInput, ValueError):
     """A Circe expression radfed does not translate exactly.  ``problems``: (JSON path, reason)."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems

@@ -39,7 +39,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from cdm import spec as S
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from cdm.messages import RefusalCode, ReplyStatus
 
 MAX_FEATURES = 200
@@ -166,11 +166,9 @@ class ModelSpec(S.Model):
                           sort_keys=True, separators=(",", ":"))
 
 
-class ModelSpecError(RadfedError, ValueError):
+class ModelSpecError(BadInput, ValueError):
     """A model spec that does not validate; the message names each offending field."""
 
-    exit_code = EXIT_USAGE
-    http_status = 400
     reply_status = ReplyStatus.REFUSED  # a site refuses a training round it cannot read (node/learn)
     reply_code = RefusalCode.BAD_SPEC
 

@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cdm import spec as S
-from cdm.errors import EXIT_USAGE, RadfedError
+from cdm.errors import BadInput
 from node import state
 from node.audit import AuditLog
 from node.disclosure.policy import Policy, Refusal
@@ -30,11 +30,8 @@ T = state.approval_requests
 STATUSES = ("pending", "approved", "denied")
 
 
-class ApprovalError(RadfedError, ValueError):
+class ApprovalError(BadInput, ValueError):
     """An administrator's command names no request, or a decision that cannot be made."""
-
-    exit_code = EXIT_USAGE
-    http_status = 400
 
 
 def _short(value, limit: int = 60) -> str:
