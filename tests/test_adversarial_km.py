@@ -28,7 +28,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 
 from cdm import rounds
-from cdm.analyses.km import DEFAULT_HORIZON, longer_horizon, release_spans
+from cdm.analyses.km import DEFAULT_HORIZON, longer_horizon
 from cdm.spec import MAX_DAYS
 from coordinator.fanout import SiteReply
 from coordinator.secure import Mode
@@ -143,14 +143,32 @@ def test_plain_km_rounds_give_no_single_day_away(sqlite_cdm, tmp_path, policy, s
     assert checked >= 2  # something was released and checked (not a vacuous pass)
 
 
+def old_spans(at_risk: np.ndarray, events: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The span rule KM (and the secure Cox baseline) used before issue 16's family 8 was closed: a
+    bin passes with >= k at risk and 0 or >= k events, a failing bin joins the next, a tail below k
+    at risk or with too few events joins the span before; each span is shown at its last bin."""
+    spans, i, m = [], 0, at_risk.shape[0]
+    while i < m:
+        if at_risk[i] < k:
+            spans[-1][1] = m - 1
+            break
+        j, d = i, events[i]
+        while 0 < d < k and j + 1 < m:
+            j, d = j + 1, d + events[j + 1]
+        spans.append([i, j])
+        i = j + 1
+    while len(spans) > 1 and 0 < events[spans[-1][0]:spans[-1][1] + 1].sum() < k:
+        spans[-2][1] = spans.pop()[1]
+    return spans
+
+
 def test_the_old_span_rule_gave_single_days_away():
-    """The defence off: the span rule nodes used before (still the Cox baseline's, ``release_spans``)
-    shows merged spans at their last bin, censor-only days at their own day and the tail at the
+    """The defence off: the old rule shows a censor-only day at its own day and a merged tail at its
     last person's day; the same check finds the single days."""
     df = shapes()
     counts = rounds.km_counts(df.time, df.event, 1)["all"]
     times, at_risk, events, censored = (np.asarray(counts[k]) for k in ("times", "at_risk", "events", "censored"))
-    spans = release_spans(at_risk, events, K)
+    spans = old_spans(at_risk, events, K)
     old = {"times": [times[b] for _, b in spans], "at_risk": [at_risk[a] for a, _ in spans],
            "events": [int(events[a:b + 1].sum()) for a, b in spans],
            "censored": [int(censored[a:b + 1].sum()) for a, b in spans]}
@@ -270,3 +288,27 @@ def test_a_persons_day_can_move_within_its_interval_without_changing_the_release
             assert release(other) == seen, (p, days[p], day)
             moved += 1
     assert moved >= 20  # the worlds compared were many
+
+
+@pytest.mark.parametrize("shape", ["shapes", "ties"])
+def test_secure_cox_baseline_shows_no_single_day(tmp_path, shape):
+    """The pooled Cox baseline (secure mode) is released by the same interval rule on the pooled days:
+    every shown time is a day >= k pooled persons leave, or the horizon for the last step."""
+    df = SHAPES[shape]()
+    df = pd.concat([df, df.assign(person_id=df.person_id + 500, yob=1960)], ignore_index=True)  # >= 20 rows/site
+    nodes = {}
+    for i, name in enumerate(("site-a", "site-b", "site-c")):
+        engine, config = _secure_node(tmp_path, "", name)
+        write_persons(engine, df.iloc[i::3].assign(person_id=lambda f, i=i: f.person_id + 1000 * i), end=None)
+        nodes[name] = (engine, config)
+    analysis = {"type": "cox", "time": TIME, "covariates": ["age"], "mode": "pooled"}
+    result = run_analysis(analysis, LocalSecureFederation(nodes, {**_spec(analysis),
+                                                                  "variables": {"age": {"kind": "age"}}}))
+    base = result["baseline"]
+    assert base["times"], base
+    sharing = df.time.value_counts()
+    for j, t in enumerate(base["times"]):
+        last = j == len(base["times"]) - 1
+        assert sharing.get(t, 0) >= K or (last and t in horizons(1)), (t, sharing.get(t, 0))
+    for engine, _ in nodes.values():
+        engine.dispose()

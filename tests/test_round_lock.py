@@ -118,19 +118,6 @@ def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required
     assert choose_mode(km_by_arm, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
 
 
-def test_pooled_km_release_spans_keep_every_released_step_above_the_minimum():
-    from cdm.analyses.km import release_spans
-
-    at_risk = np.array([40, 38, 37, 30, 29, 20, 12, 6, 4, 2])
-    events = np.array([2, 1, 3, 0, 6, 1, 1, 2, 1, 1])
-    spans = release_spans(at_risk, events, 5)
-    assert spans[0] == (0, 2) and all(at_risk[a] >= 5 for a, _ in spans)
-    assert all(events[a:b + 1].sum() in (0,) or events[a:b + 1].sum() >= 5 for a, b in spans)
-    assert spans[-1][1] == len(at_risk) - 1 and release_spans(np.array([3]), np.array([1]), 5) is None
-    pd.testing.assert_series_equal(pd.Series([b for _, b in spans]).diff().dropna() > 0,
-                                   pd.Series([True] * (len(spans) - 1), index=range(1, len(spans))))
-
-
 def _node(tmp_path, extra=""):
     from cdm.wire import generate_key, private_key_pem
     from node.config import load_config

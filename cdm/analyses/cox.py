@@ -175,34 +175,40 @@ def run(analysis, session: Session) -> dict:
 
 def secure_grid(analysis, session: Session) -> tuple[list, dict]:
     """Secure pooled Cox: the pooled event days (one secure ``km_round`` by day), the grid every site
-    evaluates its risk-set sums at; and the pooled numbers at risk there (for the baseline's release)."""
+    evaluates its risk-set sums at; and the pooled day table (at risk, events, censored on every day
+    anyone leaves, and the horizon) for the baseline's release."""
     km = session.round({"type": "km_round", "time": analysis.time.model_dump(mode="json"), "group": None,
                         "bin_days": 1})["pooled"]
     table = km["groups"].get("all")
     if table is None:
         raise StatsError("fewer than the minimum number of persons or events pooled over the sites")
-    events = np.asarray(table["events"])
-    times = np.asarray(table["times"], dtype=float)[events > 0]
-    at_risk = np.asarray(table["at_risk"])[events > 0]
-    return times.tolist(), {"times": times, "at_risk": at_risk, "events": events[events > 0]}
+    events, censored = np.asarray(table["events"]), np.asarray(table["censored"])
+    times, at_risk = np.asarray(table["times"], dtype=float), np.asarray(table["at_risk"])
+    moved = (events + censored) > 0
+    return times[events > 0].tolist(), {"times": times[moved], "events": events[moved], "censored": censored[moved],
+                                        "size": int(at_risk[0]) if at_risk.size else 0,
+                                        "horizon": int(km.get("horizon") or 0)}
 
 
 def secure_baseline(baseline: dict, table: dict, policy: dict) -> dict:
-    """The pooled Breslow baseline released where every step holds at least ``min_cell_count`` events
-    and persons at risk (:func:`cdm.analyses.km.release_spans`); exact at each released time."""
-    from cdm.analyses.km import release_spans
+    """The pooled Breslow baseline released by the KM interval rule on the pooled days
+    (:func:`cdm.analyses.km.released_rows`: every shown time a day at least ``min_cell_count``
+    pooled persons leave, 0 or at least that many deaths per step, the last step at the horizon),
+    so no shown time is one person's day; exact at each shown time (a step function)."""
+    from cdm.analyses.km import DEFAULT_HORIZON, released_rows
 
-    times = np.asarray(baseline["times"])
-    cumhaz = np.asarray(baseline["cumulative_hazard"])
-    at = np.searchsorted(table["times"], times)
-    spans = release_spans(table["at_risk"][at], table["events"][at], policy["min_cell_count"])
-    if spans is None:
+    shown = released_rows(table["times"], table["size"], table["events"], table["censored"],
+                          policy["min_cell_count"], 1, table["horizon"] or DEFAULT_HORIZON)
+    if shown is None:
         return {"times": [], "cumulative_hazard": [], "coarsened": [],
                 "note": "withheld: no step holds the minimum number of events pooled"}
-    return {"times": times[[b for _, b in spans]].tolist(), "cumulative_hazard": cumhaz[[b for _, b in spans]].tolist(),
-            "coarsened": [bool(b > a) for a, b in spans],
-            "note": "secure mode: released at times whose step holds at least min_cell_count pooled events; "
-                    "a coarsened time stands for several event times (exact at it)"}
+    steps, cumhaz = np.asarray(baseline["times"], dtype=float), np.asarray(baseline["cumulative_hazard"])
+    at = np.searchsorted(steps, shown["times"], side="right") - 1  # the last step at or before each shown time
+    return {"times": shown["times"], "cumulative_hazard": np.where(at >= 0, cumhaz[np.maximum(at, 0)], 0.0).tolist(),
+            "coarsened": shown["partial"],
+            "note": "secure mode: released at days at least min_cell_count pooled persons share (the last at the "
+                    "horizon), each step with 0 or at least min_cell_count pooled events; a coarsened time stands "
+                    "for the days of its span (exact at it)"}
 
 
 def _concordance(results: dict[str, dict]) -> dict:

@@ -279,35 +279,6 @@ def released_rows(times: np.ndarray, at_risk_size: int, events: np.ndarray, cens
     return out
 
 
-def release_spans(at_risk: np.ndarray, events: np.ndarray, min_cell: int) -> list[tuple[int, int]] | None:
-    """Spans ``(first, last)`` of consecutive pooled bins released as one time point each: at least
-    ``min_cell`` at risk at its first bin and 0 or at least ``min_cell`` events in it (a failing bin
-    joins the next; a tail below the minimum at risk, or a last span with too few events, joins the
-    one before).  None when no span can pass (the group is withheld).
-
-    Used by the Cox baseline (cdm/analyses/cox.py); KM and log-rank release by
-    :func:`release_intervals`, whose span ends are days at least k persons share."""
-    k, spans, i = at_risk.shape[0], [], 0
-    while i < k:
-        if at_risk[i] < min_cell:  # at-risk only falls: the rest cannot stand alone
-            if not spans:
-                return None
-            spans[-1][1] = k - 1
-            break
-        j, d = i, events[i]
-        while 0 < d < min_cell and j + 1 < k:
-            j += 1
-            d += events[j]
-        spans.append([i, j])
-        i = j + 1
-    while spans and 0 < events[spans[-1][0]:spans[-1][1] + 1].sum() < min_cell:
-        if len(spans) == 1:
-            return None
-        last = spans.pop()
-        spans[-1][1] = last[1]
-    return [tuple(s) for s in spans] or None
-
-
 def release_secure(g: dict, min_cell: int, bin_days: int, horizon: int) -> dict | None:
     """One pooled group's curve, computed on the full pooled grid (exact) and released at the
     intervals of :func:`released_rows`: each released value is the exact one at its time; a row that
