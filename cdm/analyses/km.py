@@ -46,9 +46,10 @@ time]``, each with its number at risk at its start, its events and its censoring
 So no released time, span end, at-risk change or count places a person's event or censoring in a
 bin that fewer than k persons share.  Not covered here: within an interval, which of its >= k
 persons had the event (a 1..k-1 censoring count inside an interval with >= k persons is released,
-as in every KM table: homogeneity is not protected); differences between *different* releases
-(two cohorts or groupings whose intervals interleave), which are the per-researcher differencing
-check's and, across researchers, outside the site-wide auditor (docs/threat-model.md); and, in
+as in every KM table: homogeneity is not protected); small subgroup counts formed by differences
+between *different* releases (two cohorts or groupings whose intervals interleave: their windows
+still end at shown times, days k persons share, but the counts in them can be 1..k-1; KM is not in
+the site-wide auditor, docs/threat-model.md); and, in
 secure mode, what the exact values carry: the survival (and its interval) at a shown time depends
 on the order of events and censorings inside the interval (an order, not a day), and the log-rank
 statistic is one number computed on the exact pooled days (it releases no time).
