@@ -56,10 +56,13 @@ class EnvelopeError(WireError):
 
 
 def request_subject(site: str) -> str:
+    """Where the coordinator asks ``site`` (live requests); only that site may subscribe
+    (coordinator/natsconf.py)."""
     return f"{SUBJECT_PREFIX}.{site}.request"
 
 
 def heartbeat_subject(site: str) -> str:
+    """Where ``site`` publishes its signed heartbeat ("*": the coordinator listens to all)."""
     return f"{SUBJECT_PREFIX}.{site}.heartbeat"
 
 
@@ -69,10 +72,13 @@ def response_subject(site: str) -> str:
 
 
 def offline_subject(site: str) -> str:
+    """The JetStream subject holding requests for ``site`` while it is offline (stream
+    :data:`OFFLINE_STREAM`); the site pulls them when it returns."""
     return f"{OFFLINE_PREFIX}.{site}"
 
 
 def site_inbox(site: str) -> str:
+    """The prefix of ``site``'s reply inboxes: its own, so no other site can read its answers."""
     return f"_INBOX_{site}"
 
 

@@ -36,21 +36,28 @@ def _translate(body: AtlasRequest) -> dict:
         return {"translated": False, "problems": [{"path": p, "reason": r} for p, r in exc.problems]}
 
 
+def _translated(store, body: AtlasRequest, who: dict) -> dict:
+    """The spec of an exactly translated definition; else the refusal audited and 400 with every
+    problem (nothing is sent to any site)."""
+    out = _translate(body)
+    if not out["translated"]:
+        store.audit(who["name"], "job.submit", "refused", None, "ATLAS definition not translated")
+        raise HTTPException(400, {"message": "the ATLAS definition is not translated exactly; nothing was sent",
+                                  "problems": out["problems"]})
+    return out["spec"]
+
+
 def router(coordinator, access, visible_job) -> APIRouter:
-    api = APIRouter(prefix="/v1/atlas")
+    api = APIRouter(prefix="/v1/atlas", dependencies=[Depends(access.caller)])  # every route needs a caller
 
     @api.post("/translate")
-    async def translate(body: AtlasRequest, _who: dict = Depends(access.caller)):
+    async def translate(body: AtlasRequest):
         return _translate(body)
 
     @api.post("/jobs")
     async def submit(body: AtlasRequest, who: dict = Depends(access.caller)):
-        out = _translate(body)
-        if not out["translated"]:
-            coordinator.store.audit(who["name"], "job.submit", "refused", None, "ATLAS definition not translated")
-            raise HTTPException(400, {"message": "the ATLAS definition is not translated exactly; nothing was sent",
-                                      "problems": out["problems"]})
-        return await submit_job(coordinator, visible_job, who, out["spec"], "atlas " + out["spec"]["analysis"]["type"],
+        spec = _translated(coordinator.store, body, who)
+        return await submit_job(coordinator, visible_job, who, spec, "atlas " + spec["analysis"]["type"],
                                 sites=body.sites, quorum=body.quorum, timeout=body.timeout, wait=body.wait)
 
     return api

@@ -159,18 +159,18 @@ def _valid(body: SpecText) -> dict:
 
 
 def router(coordinator, access, visible_job) -> APIRouter:
-    api = APIRouter(prefix="/v1/specs")
+    api = APIRouter(prefix="/v1/specs", dependencies=[Depends(access.caller)])  # every route needs a caller
 
     @api.get("/schema")
-    async def schema(_who: dict = Depends(access.caller)):
+    async def schema():
         return spec_json_schema()
 
     @api.get("/examples")
-    async def list_examples(_who: dict = Depends(access.caller)):
+    async def list_examples():
         return {"examples": examples()}
 
     @api.post("/validate")
-    async def validate(body: SpecText, _who: dict = Depends(access.caller)):
+    async def validate(body: SpecText):
         return check(body)
 
     @api.post("/plan")

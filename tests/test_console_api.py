@@ -199,3 +199,13 @@ def test_operator_api_statuses_come_from_the_errors(home, app):
     assert app.post("/v1/researchers", json={"name": "bob"}, headers=auth).status_code == 200
     assert app.delete("/v1/researchers/bob", headers=auth).status_code == 200
     assert app.delete("/v1/researchers/bob", headers=auth).status_code == 404  # revoked: no longer active
+
+
+def test_spec_and_atlas_routes_need_a_caller(home, app):
+    """/v1/specs/* and /v1/atlas/* declare their caller once, on the router: none answers without a token."""
+    for method, path in (("GET", "/v1/specs/schema"), ("GET", "/v1/specs/examples"), ("POST", "/v1/specs/validate"),
+                         ("POST", "/v1/specs/plan"), ("POST", "/v1/atlas/translate"), ("POST", "/v1/atlas/jobs")):
+        assert app.request(method, path, json={}).status_code == 401, path
+    token = home.store.add_researcher("alice")
+    answer = app.get("/v1/specs/examples", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and answer.json()["examples"]
