@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 
 from cdm.conformance import DYNAMICS_STANDARD
 from cdm.errors import BadInput
+from cdm.locks import xact_lock
 from cdm.omop_csv import CsvFormatError, open_table, parse_value, table_files
 from cdm.schema import tables
 
@@ -51,6 +52,8 @@ PROJECT_CONCEPT_MAX = 2_000_099_999
 SITE_LOCAL_MIN = 2_000_100_000
 _LOCAL_HASH_BASE = SITE_LOCAL_MIN
 _LOCAL_HASH_SPAN = 2_147_483_647 - _LOCAL_HASH_BASE
+#: Transaction advisory lock under which site-local concepts are created (:mod:`cdm.locks`).
+LOCAL_CONCEPTS = "vocabulary: site-local concepts"
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ class Vocabulary:
         self._bind = engine
         self._cache: dict[tuple[str, str], ConceptMatch | None] = {}
         self._vocabularies: set[str] | None = None
+        self._names: dict[int, str] = {}  # site-local concept id -> its name in the CDM (as far as known)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -290,48 +294,54 @@ class Vocabulary:
         key = (vocabulary_id, code)
         if key in self._cache:
             return self._cache[key]
+        with self._connection() as conn:
+            match = self._lookup_in(conn, vocabulary_id, code)
+        self._cache[key] = match
+        return match
+
+    @staticmethod
+    def _lookup_in(conn: Connection, vocabulary_id: str, code: str) -> ConceptMatch | None:
+        """:meth:`lookup` through ``conn``, without the cache."""
         concept = tables["concept"]
         relationship = tables["concept_relationship"]
         stcm = tables["source_to_concept_map"]
-        with self._connection() as conn:
-            row = conn.execute(
-                select(concept.c.concept_id, concept.c.standard_concept, concept.c.domain_id).where(
-                    concept.c.vocabulary_id == vocabulary_id, concept.c.concept_code == code
-                )
-            ).first()
-            if row is not None and row[1] == "S":
-                match = ConceptMatch(row[0], row[0], row[2], row[0] >= LOCAL_CONCEPT_MIN)
+        row = conn.execute(
+            select(concept.c.concept_id, concept.c.standard_concept, concept.c.domain_id).where(
+                concept.c.vocabulary_id == vocabulary_id, concept.c.concept_code == code
+            )
+        ).first()
+        if row is not None and row[1] == "S":
+            match = ConceptMatch(row[0], row[0], row[2], row[0] >= LOCAL_CONCEPT_MIN)
+        else:
+            mapped = None
+            if row is not None:
+                mapped = conn.execute(
+                    select(relationship.c.concept_id_2, concept.c.domain_id)
+                    .join(concept, concept.c.concept_id == relationship.c.concept_id_2)
+                    .where(
+                        relationship.c.concept_id_1 == row[0],
+                        relationship.c.relationship_id == "Maps to",
+                        relationship.c.invalid_reason.is_(None),
+                    )
+                ).first()
+            if mapped is not None:
+                match = ConceptMatch(mapped[0], row[0], mapped[1], row[0] >= LOCAL_CONCEPT_MIN)
             else:
-                mapped = None
-                if row is not None:
-                    mapped = conn.execute(
-                        select(relationship.c.concept_id_2, concept.c.domain_id)
-                        .join(concept, concept.c.concept_id == relationship.c.concept_id_2)
-                        .where(
-                            relationship.c.concept_id_1 == row[0],
-                            relationship.c.relationship_id == "Maps to",
-                            relationship.c.invalid_reason.is_(None),
-                        )
-                    ).first()
-                if mapped is not None:
-                    match = ConceptMatch(mapped[0], row[0], mapped[1], row[0] >= LOCAL_CONCEPT_MIN)
+                # The site's own mapping wins over a concept the ingest made for the code before
+                # the mapping was loaded (the site-local concept stays its source concept).
+                site = conn.execute(
+                    select(stcm.c.target_concept_id, stcm.c.source_concept_id, concept.c.domain_id)
+                    .outerjoin(concept, concept.c.concept_id == stcm.c.target_concept_id)
+                    .where(stcm.c.source_vocabulary_id == vocabulary_id, stcm.c.source_code == code)
+                ).first()
+                if site is not None:
+                    match = ConceptMatch(site[0], row[0] if row is not None else site[1] or 0, site[2], False)
+                elif row is not None:
+                    source_id = row[0]
+                    match = ConceptMatch(source_id if source_id >= LOCAL_CONCEPT_MIN else 0, source_id, row[2],
+                                         source_id >= LOCAL_CONCEPT_MIN)
                 else:
-                    # The site's own mapping wins over a concept the ingest made for the code before
-                    # the mapping was loaded (the site-local concept stays its source concept).
-                    site = conn.execute(
-                        select(stcm.c.target_concept_id, stcm.c.source_concept_id, concept.c.domain_id)
-                        .outerjoin(concept, concept.c.concept_id == stcm.c.target_concept_id)
-                        .where(stcm.c.source_vocabulary_id == vocabulary_id, stcm.c.source_code == code)
-                    ).first()
-                    if site is not None:
-                        match = ConceptMatch(site[0], row[0] if row is not None else site[1] or 0, site[2], False)
-                    elif row is not None:
-                        source_id = row[0]
-                        match = ConceptMatch(source_id if source_id >= LOCAL_CONCEPT_MIN else 0, source_id, row[2],
-                                             source_id >= LOCAL_CONCEPT_MIN)
-                    else:
-                        match = None
-        self._cache[key] = match
+                    match = None
         return match
 
     def resolve(self, reference: str) -> int | None:
@@ -393,14 +403,50 @@ class Vocabulary:
 
         ``conn`` is the ingest transaction to write the new concept in (the engine otherwise);
         ``system_uri`` the FHIR code system it came from (kept as the vocabulary's reference).
+        A site-local concept is named by the smallest ``name`` any call gave its code (a real name
+        before the ``VOCABULARY code`` stand-in), so its name does not depend on which file or which
+        of several concurrent ingest processes met the code first.
         """
         code = normalise_code(vocabulary_id, code)
+        stand_in = f"{vocabulary_id} {code}"[:255]
         found = self.lookup(vocabulary_id, code)
-        if found is not None:
-            return found
+        if found is None:
+            found = self._create(vocabulary_id, code, (name or stand_in)[:255], domain_id, conn, system_uri)
+        if name and found.concept_id >= SITE_LOCAL_MIN and found.concept_id == found.source_concept_id:
+            self._prefer_name(found.concept_id, name[:255], stand_in, conn)
+        return found
+
+    def _prefer_name(self, concept_id: int, name: str, stand_in: str, conn: Connection | None) -> None:
+        """Rename a site-local concept to ``name`` if that comes first (see :meth:`concept_for`)."""
+        def rank(value: str) -> tuple[bool, str]:
+            return value == stand_in, value
+
+        known = self._names.get(concept_id)
+        if known is not None and rank(known) <= rank(name):
+            return
+        concept = tables["concept"]
+        with _Borrowed(conn) if conn is not None else self._begin() as c:
+            # read and write under the row's lock: another process may rename it at the same time
+            stored = c.execute(select(concept.c.concept_name).where(concept.c.concept_id == concept_id)
+                               .with_for_update()).scalar()
+            if stored is not None and rank(name) < rank(stored):
+                c.execute(update(concept).where(concept.c.concept_id == concept_id).values(concept_name=name))
+                stored = name
+        self._names[concept_id] = stored
+
+    def _create(self, vocabulary_id: str, code: str, name: str, domain_id: str | None, conn: Connection | None,
+                system_uri: str | None) -> ConceptMatch:
+        """A new site-local concept for (vocabulary, code), or the one another process created meanwhile."""
         concept = tables["concept"]
         writer = _Borrowed(conn) if conn is not None else self._begin()
         with writer as c:
+            # Several ingest processes may meet the same new code at once (PostgreSQL): creating a
+            # local concept is atomic under one transaction lock, and the code is looked up again
+            # inside it (another process may have created it since this one looked).
+            xact_lock(c, LOCAL_CONCEPTS)
+            if c.dialect.name == "postgresql" and (found := self._lookup_in(c, vocabulary_id, code)) is not None:
+                self._cache[(vocabulary_id, code)] = found
+                return found
             self._ensure_vocabulary(c, vocabulary_id, system_uri)
             taken = set(
                 c.execute(select(concept.c.concept_id).where(concept.c.concept_id >= _LOCAL_HASH_BASE)).scalars()
@@ -409,7 +455,7 @@ class Vocabulary:
             c.execute(
                 insert(concept).values(
                     concept_id=concept_id,
-                    concept_name=(name or f"{vocabulary_id} {code}")[:255],
+                    concept_name=name,
                     domain_id=(domain_id or "Observation")[:20],
                     vocabulary_id=vocabulary_id[:20],
                     concept_class_id="Undefined",
@@ -421,6 +467,7 @@ class Vocabulary:
             )
         match = ConceptMatch(concept_id, concept_id, domain_id, True)
         self._cache[(vocabulary_id, code)] = match
+        self._names[concept_id] = name
         return match
 
     def _begin(self):
@@ -435,7 +482,7 @@ class Vocabulary:
 
     def _ensure_vocabulary(self, conn: Connection, vocabulary_id: str, system_uri: str | None = None) -> None:
         vocabulary = tables["vocabulary"]
-        if self._vocabularies is None:
+        if self._vocabularies is None or vocabulary_id not in self._vocabularies:  # (again: another process's)
             self._vocabularies = set(conn.execute(select(vocabulary.c.vocabulary_id)).scalars())
         if vocabulary_id not in self._vocabularies:
             conn.execute(
