@@ -7,6 +7,17 @@ SQLite), and one ``source_record`` row per CDM row remembers which resource wrot
 resource's content hash.
 An interrupted load therefore keeps whole batches, and re-running it rewrites nothing unchanged.
 
+Several processes may load disjoint files into one PostgreSQL CDM at once (:mod:`node.ingest.concurrency`
+orders their ends).  A batch is then safe against the others' batches this way: the tables without a
+unique key (:data:`KEY_COLUMNS`) and the first claim of an identifier are select-then-insert under a
+transaction advisory lock (:mod:`cdm.locks`); elsewhere the primary key arbitrates: a batch that
+inserts a row another process committed meanwhile (a unique violation) or that deadlocks with
+another is rolled back and written again against what the CDM holds then — the row is found
+present and filled, a resource another process loaded meanwhile is replaced (:meth:`BatchWriter.write`).
+Tables and rows are written in key order, so two batches take their row locks in the same order.
+A reference whose target another process writes after this one looked is filled at the end
+(:meth:`BatchWriter.resolve_stored`).
+
 Rows are identified by their table's primary key; the OMOP tables without one are keyed by
 :data:`KEY_COLUMNS` (``death`` has one row per person).  A row that already exists but belongs to
 another source (an ``image_occurrence`` the DICOM index wrote first, say) is not replaced: the
@@ -15,7 +26,10 @@ columns it left empty are filled, the rest is kept, as :mod:`node.dicom.mapping`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import random
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +39,10 @@ from sqlalchemy import (
     Connection, Engine, Select, String, Table, and_, any_, bindparam, delete, insert, select, update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 
+from cdm.ids import stable_id
+from cdm.locks import conflicted, xact_lock
 from cdm.schema import tables
 from node.ingest.contract import Row
 from node.quarantine import QUARANTINE, quarantine
@@ -43,6 +60,10 @@ LOOKUP_CHUNK = 500
 COPY_MIN_ROWS = 50
 #: The column a reference to a table fills when it is not ``<table>_id`` (a note's imaging study).
 REFERENCE_COLUMNS = {"image_occurrence": "note_event_id"}
+#: Times a batch that lost a race with another process's batch is written again before the run fails.
+RETRIES = 8
+#: Transaction advisory lock of the first claim of an identifier (``fhir|Type?identifier=...``).
+IDENTIFIER_CLAIMS = "fhir ingest: identifier claims"
 
 
 @lru_cache(maxsize=None)
@@ -197,7 +218,9 @@ class BatchWriter:
         self.started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         #: rows written per table this run (source_record included): what refresh_statistics needs
         self.rows_written: Counter = Counter()
-        PENDING.create(engine, checkfirst=True)  # a CDM created before the table existed
+        with engine.begin() as conn:  # a CDM created before the table existed (two runs may start at once)
+            xact_lock(conn, "schema: pending_reference")
+            PENDING.create(conn, checkfirst=True)
         with engine.connect() as conn:  # most loads meet an empty quarantine: then skip the clearing
             self._old_quarantine = conn.execute(select(QUARANTINE.c.quarantine_id).where(
                 QUARANTINE.c.ingest_kind == "fhir", QUARANTINE.c.quarantined_at < self.started).limit(1)).first() is not None
@@ -206,27 +229,62 @@ class BatchWriter:
         self.references_resolved = 0
 
     def write(self, mapped: list[Mapped], rejected: list[Rejected]) -> set[int]:
-        """Write one batch; returns the person ids whose rows it wrote."""
+        """Write one batch; returns the person ids whose rows it wrote.
+
+        A batch that lost a race with another process's batch (:func:`cdm.locks.conflicted`) is
+        rolled back and written again, its resources that another process loaded meanwhile now
+        replacing that process's rows (the same resource in both runs' files: the last one wins).
+        """
+        for attempt in range(RETRIES + 1):
+            try:
+                written, resolved = self._write_once(mapped, rejected)
+                break
+            except DBAPIError as exc:
+                if attempt == RETRIES or not conflicted(exc):
+                    raise
+                mapped = self._rejudge(mapped)
+                time.sleep(random.uniform(0, 0.01 * 2 ** attempt))  # deadlock victims do not meet again at once
+        self.rows_written.update(written)
+        self.references_resolved += resolved
+        return {r.values["person_id"] for m in mapped for r in m.rows if r.values.get("person_id") is not None}
+
+    def _write_once(self, mapped: list[Mapped], rejected: list[Rejected]) -> tuple[Counter, int]:
+        """One transaction writing the batch: (rows written per table, references filled)."""
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        written: Counter = Counter()
+        resolved = 0
         with self.engine.begin() as conn:
+            rows = self._dedupe(mapped)
+            # select-then-insert where no unique key arbitrates; all locks first, in key order
+            xact_lock(conn, *(f"insert: {t}" for t in rows if t in KEY_COLUMNS),
+                      *([IDENTIFIER_CLAIMS] if any(m.aliases for m in mapped) else []))
             replaced = [m.key for m in mapped if m.replaces]
             if replaced:
                 self._delete_previous(conn, replaced)
-            rows = self._dedupe(mapped)
-            for table_name, by_key in rows.items():
+            for table_name in sorted(rows):
+                by_key = rows[table_name]
                 self._insert_or_fill(conn, table_name, by_key)
-                self.rows_written[table_name] += len(by_key)
-            self.rows_written["source_record"] += self._record(conn, mapped, now)
+                written[table_name] += len(by_key)
+            written["source_record"] += self._record(conn, mapped, now)
             self._add_pending(conn, mapped, now)
             if self._pending:
-                self._resolve_pending(conn, mapped)
+                resolved = self._resolve_pending(conn, mapped)
             if self._old_quarantine and mapped:
                 self._clear_quarantine(conn, mapped)
             for item in rejected:
                 quarantine(conn, "fhir", item.reason_code, item.reason, source_file=item.source_file,
                            source_line=item.line, resource_type=item.resource_type,
                            resource_id=item.resource_id, payload=item.payload)
-        return {r.values["person_id"] for m in mapped for r in m.rows if r.values.get("person_id") is not None}
+        return written, resolved
+
+    def _rejudge(self, mapped: list[Mapped]) -> list[Mapped]:
+        """``mapped`` with the resources another process loaded since they were judged new marked
+        as replacing what it wrote."""
+        new = [m.key for m in mapped if not m.replaces]
+        if not new:
+            return mapped
+        stored = existing_hashes(self.engine, new)
+        return [dataclasses.replace(m, replaces=True) if m.key in stored else m for m in mapped]
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -271,32 +329,52 @@ class BatchWriter:
             conn.execute(insert(PENDING), new)
         self._pending = True
 
-    def _resolve_pending(self, conn: Connection, mapped: list[Mapped]) -> None:
-        """Fill the columns that waited for a resource of this batch (by key or identifier alias)."""
+    def _resolve_pending(self, conn: Connection, mapped: list[Mapped]) -> int:
+        """Fill the columns that waited for a resource of this batch (by key or identifier alias);
+        returns how many."""
         provided = {(key, table): row_id for m in mapped for key, table, row_id in m.provides}
         provided.update({(alias, table): row_id for m in mapped for alias, table, row_id in m.aliases})
         if not provided:
-            return
+            return 0
         found = []
         for chunk in _chunks(sorted({key for key, _table in provided})):
             found += conn.execute(select(PENDING).where(PENDING.c.target_key.in_(chunk))).mappings().all()
-        fills: dict[tuple[str, str], list[dict]] = {}
-        resolved = set()
-        for p in found:
-            row_id = provided.get((p["target_key"], p["target_table"]))
-            if row_id is not None:
-                fills.setdefault((p["cdm_table"], p["column_name"]), []).append({"k": p["cdm_id"], "v": row_id})
-                resolved.add((p["target_key"], p["target_table"]))
-        if resolved:
-            conn.execute(delete(PENDING).where(PENDING.c.target_key == bindparam("t"),
-                                               PENDING.c.target_table == bindparam("tt")),
-                         [{"t": t, "tt": tt} for t, tt in sorted(resolved)])
-        for (table_name, column), values in fills.items():
-            table = tables[table_name]
-            key = table.c[key_column(table_name)]
-            conn.execute(update(table).where(key == bindparam("k"), table.c[column].is_(None))
-                         .values({column: bindparam("v")}), values)
-            self.references_resolved += len(values)
+        return _fill(conn, [(p, provided[(p["target_key"], p["target_table"])]) for p in found
+                            if (p["target_key"], p["target_table"]) in provided])
+
+    def resolve_stored(self) -> int:
+        """Fill every pending reference whose target the CDM holds now, whichever run wrote it.
+
+        A batch fills the references that wait for its own resources; one that another process
+        committed after that batch looked (or while this run ignored the empty table) is filled
+        here, at the end of a run.  The target's row is the one ``source_record`` names for its key
+        and table (the resource's own stable id when it wrote several; an Encounter kept as a
+        sub-encounter gives its parent visit).  Returns how many were filled.
+        """
+        detail = tables["visit_detail"]
+        as_parent = and_(PENDING.c.target_table == "visit_occurrence", SOURCE_RECORD.c.cdm_table == "visit_detail")
+        with self.engine.begin() as conn:
+            if conn.execute(select(PENDING.c.target_key).limit(1)).first() is None:
+                return 0
+            direct = conn.execute(select(PENDING, SOURCE_RECORD.c.cdm_id.label("row_id")).join(SOURCE_RECORD, and_(
+                SOURCE_RECORD.c.source_key == PENDING.c.target_key,
+                SOURCE_RECORD.c.cdm_table == PENDING.c.target_table))).mappings().all()
+            parent = conn.execute(select(PENDING, detail.c.visit_occurrence_id.label("row_id"))
+                                  .join(SOURCE_RECORD, and_(SOURCE_RECORD.c.source_key == PENDING.c.target_key, as_parent))
+                                  .join(detail, detail.c.visit_detail_id == SOURCE_RECORD.c.cdm_id)).mappings().all()
+            candidates: dict[tuple, tuple[dict, set[int]]] = {}
+            for p in [*direct, *parent]:
+                entry = candidates.setdefault(tuple(p[c] for c in PENDING_KEY), (p, set()))
+                entry[1].add(p["row_id"])
+            found = [(p, _main_row(p["target_key"], ids)) for p, ids in candidates.values()]
+            resolved = _fill(conn, found)
+        self.references_resolved += resolved
+        return resolved
+
+    def waiting(self) -> bool:
+        """Whether any reference in the CDM waits for its target (this run's or another's)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(PENDING.c.target_key).limit(1)).first() is not None
 
     def open_references(self) -> dict[str, int]:
         """References still waiting for their target after this run, by target resource type."""
@@ -326,26 +404,37 @@ class BatchWriter:
 
     @staticmethod
     def _dedupe(mapped: list[Mapped]) -> dict[str, dict[int, dict]]:
-        """Rows by table and key; a row written twice in one batch keeps its last version."""
+        """Rows by table and key.  A row one resource writes twice keeps its last version; a row
+        several resources write (a ctDNA draw's two results) is merged as if they came in separate
+        batches (:func:`fills`), so the batch size does not change what is written."""
         out: dict[str, dict[int, dict]] = {}
         for item in mapped:
+            own: set[tuple[str, int]] = set()
             for row in item.rows:
-                out.setdefault(row.table, {})[row.values[key_column(row.table)]] = row.values
+                key = row.values[key_column(row.table)]
+                by_key = out.setdefault(row.table, {})
+                earlier = by_key.get(key)
+                if earlier is None or (row.table, key) in own:
+                    by_key[key] = row.values
+                else:
+                    by_key[key] = {**earlier, **fills(earlier, row.values)}
+                own.add((row.table, key))
         return out
 
     def _insert_or_fill(self, conn: Connection, table_name: str, by_key: dict[int, dict]) -> None:
         table, column = tables[table_name], key_column(table_name)
         present: set[int] = set()
-        for chunk in _chunks(list(by_key)):
+        keys = sorted(by_key)  # key order: two batches lock the rows they share in the same order
+        for chunk in _chunks(keys):
             present.update(conn.execute(select(table.c[column]).where(table.c[column].in_(chunk))).scalars())
         columns = table.c.keys()
-        new = [{c: values.get(c) for c in columns} for key, values in by_key.items() if key not in present]
+        new = [{c: by_key[key].get(c) for c in columns} for key in keys if key not in present]
         if new:
             bulk_insert(conn, table, new)
-        for key in present:
+        for key in sorted(present):
             existing = conn.execute(select(table).where(table.c[column] == key).limit(1)).mappings().first()
-            changes = {c: v for c, v in by_key[key].items()
-                       if v is not None and existing[c] in (None, 0) and c != column}
+            changes = fills(existing, by_key[key])
+            changes.pop(column, None)
             if changes:
                 conn.execute(update(table).where(table.c[column] == key).values(**changes))
 
@@ -374,6 +463,44 @@ class BatchWriter:
                 {"source_key": k, "cdm_table": t, "cdm_id": i, "content_hash": h, "loaded_at": now}
                 for (k, t, i), h in records.items()])
         return len(records)
+
+
+def fills(existing, new: dict) -> dict:
+    """The values of ``new`` a row that already holds ``existing`` takes: those of the columns it
+    left empty (``None`` or 0, OMOP's "no concept")."""
+    return {c: v for c, v in new.items() if v is not None and existing.get(c) in (None, 0)}
+
+
+#: The primary key of ``pending_reference``: one waiting column of one row.
+PENDING_KEY = ("target_key", "cdm_table", "cdm_id", "column_name")
+
+
+def _fill(conn: Connection, found: list[tuple[dict, int]]) -> int:
+    """Fill the columns of the ``pending_reference`` rows ``found`` (each with the id its target
+    resolved to) and delete exactly those rows: a row another process added meanwhile for the same
+    target stays until someone fills it.  Returns how many were filled."""
+    if not found:
+        return 0
+    conn.execute(delete(PENDING).where(*(PENDING.c[c] == bindparam(f"p_{c}") for c in PENDING_KEY)),
+                 [{f"p_{c}": p[c] for c in PENDING_KEY} for p, _row_id in found])
+    fills: dict[tuple[str, str], list[dict]] = {}
+    for p, row_id in found:
+        fills.setdefault((p["cdm_table"], p["column_name"]), []).append({"k": p["cdm_id"], "v": row_id})
+    for (table_name, column), values in sorted(fills.items()):
+        table = tables[table_name]
+        key = table.c[key_column(table_name)]
+        conn.execute(update(table).where(key == bindparam("k"), table.c[column].is_(None))
+                     .values({column: bindparam("v")}), sorted(values, key=lambda v: v["k"]))
+    return len(found)
+
+
+def _main_row(target_key: str, row_ids: set[int]) -> int:
+    """Of the rows a resource wrote to one table, the one a reference to it means: its own stable id
+    (``fhir|Type|id`` -> ``stable_id("fhir", Type, id)``), else the smallest (an ImagingStudy's first
+    series), as the engine's ``provides`` says for a resource it maps."""
+    parts = target_key.split("|", 2)
+    own = stable_id(*parts) if len(parts) == 3 and "?" not in parts[1] else None
+    return own if own in row_ids else min(row_ids)
 
 
 def _target_type(target_key: str) -> str:

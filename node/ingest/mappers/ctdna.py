@@ -11,6 +11,9 @@ variants of its draw — set-based SQL, never per row.  RADFED ``ctdna_tumour_fr
 column it knows and the ingest's insert-or-fill (:mod:`node.ingest.load`) merges them, so a draw is
 one row with both ``tumour_fraction`` and ``detected`` (what ``ctdna`` criteria and variables read).
 A result with no (or a contained) specimen is a draw of its own (``row_id("Observation", id, "ctdna")``).
+The merged row's ``measurement_id`` names the tumour-fraction result's measurement (a draw with a
+detected result only, of its own specimen, names none): which result is written first — file
+order, batch, or which of two concurrent ingest processes — must not change the row.
 Known limit: when one result of a draw is later *updated*, the merged row keeps the older value of
 that column (fill-only); deleting and reloading the draw's Observations refreshes it.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, and_, exists, false, func, or_, select, true, update
+from sqlalchemy import Connection, Numeric, and_, cast, exists, false, func, or_, select, true, update
 
 from cdm.schema import tables
 from node import fhir_profile as fp
@@ -61,7 +64,8 @@ def map_ctdna(resource: dict, ctx) -> list[Row]:
     main = rows[0].values
     keys = code_keys(resource.get("code"))
     result = {"tumour_fraction": None, "detected": None}
-    if (fp.RADFED, fp.CTDNA_TUMOUR_FRACTION) in keys:
+    fraction_result = (fp.RADFED, fp.CTDNA_TUMOUR_FRACTION) in keys
+    if fraction_result:
         q = resource.get("valueQuantity") or {}
         if q.get("value") is not None:
             fraction = number(q["value"], "tumour fraction")
@@ -76,13 +80,14 @@ def map_ctdna(resource: dict, ctx) -> list[Row]:
             result["detected"] = resource["valueBoolean"]
     day = main.get("measurement_date") or main.get("observation_date")
     specimen_ref = (resource.get("specimen") or {}).get("reference") or ""
-    draw = ctx.row_id("Specimen", specimen_ref.rsplit("/", 1)[-1], "ctdna") if specimen_ref.startswith("Specimen/") \
-        else ctx.row_id("Observation", resource["id"], "ctdna")
+    own_draw = not specimen_ref.startswith("Specimen/")
+    draw = ctx.row_id("Observation", resource["id"], "ctdna") if own_draw \
+        else ctx.row_id("Specimen", specimen_ref.rsplit("/", 1)[-1], "ctdna")
     rows.append(Row("ctdna_result", {
         "ctdna_result_id": draw,
         "person_id": main["person_id"],
         "specimen_id": specimen_id(resource, ctx),
-        "measurement_id": main.get("measurement_id"),
+        "measurement_id": main.get("measurement_id") if own_draw or fraction_result else None,
         "result_date": day,
         "assay": (first_code(resource.get("method")) or "")[:255] or None,
         **result,
@@ -117,7 +122,8 @@ def reconcile_ctdna(conn: Connection, person_ids: Iterable[int] | None = None) -
         marked += max(conn.execute(mark.values(is_ctdna=True)).rowcount, 0)
         filled += max(conn.execute(fill.values(
             max_vaf=select(func.max(variant.c.allele_frequency)).where(draw).scalar_subquery(),
-            mean_vaf=select(func.avg(variant.c.allele_frequency)).where(draw).scalar_subquery())).rowcount, 0)
+            # summed as exact decimals: a float sum's last bit would depend on the order the rows are read
+            mean_vaf=select(func.avg(cast(variant.c.allele_frequency, Numeric))).where(draw).scalar_subquery())).rowcount, 0)
     return {"variants_marked_ctdna": marked, "ctdna_results_with_vaf": filled}
 
 
