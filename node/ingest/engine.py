@@ -13,8 +13,10 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
    resource's previous rows are replaced, a new one's inserted.
 
 A resource whose patient is not loaded yet waits (in a temporary file) and is mapped again after
-the last file; only then is it quarantined as ``UNKNOWN_PATIENT``.  Then the observation periods of
-every person touched are recomputed (:mod:`node.ingest.periods`).  Which mapper maps which resource
+the last file — and after every other run loading the same PostgreSQL CDM at the same time has
+loaded its files (:mod:`node.ingest.concurrency`); only then is it quarantined as
+``UNKNOWN_PATIENT``.  Then references whose target arrived are filled and the observation periods
+of every person touched are recomputed (:mod:`node.ingest.periods`).  Which mapper maps which resource
 type is the table :data:`node.ingest.mappers.MAPPERS`.
 """
 
@@ -35,6 +37,7 @@ from sqlalchemy import Engine
 from cdm.db import refresh_statistics
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
+from node.ingest.concurrency import RunLease
 from node.ingest.context import IDENTIFIED_TYPES, UNKNOWN_PATIENT, RunContext, identifier_key, source_key
 from node.ingest.contract import Unmappable
 from node.ingest.load import (
@@ -92,6 +95,7 @@ class IngestRun:
         # A generation must outlast the two batches in flight, whose rows are not in the CDM yet.
         self.ctx = RunContext(engine, mrn_system, max(cache_size, 3 * batch_size))
         self.writer = BatchWriter(engine)
+        self.lease = RunLease(engine)  # among the runs loading this CDM now
         self.batch_size = batch_size
         self.force = force
         self.summary = IngestSummary()
@@ -285,6 +289,7 @@ class IngestRun:
     def close(self) -> None:
         """Stop the validation workers of a run that will not be finished (an error, an interrupt)."""
         self.pool.terminate()
+        self.lease.close()
         if self._deferred is not None:
             self._deferred.close()
 
@@ -292,17 +297,21 @@ class IngestRun:
         """Write the last batch, retry what waited for its patient, recompute observation periods."""
         # on an error ingest_paths' close() stops the workers
         self.flush()
-        if self._deferred is not None:
-            self._retry_deferred()
-        self.pool.close()
-        self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
-        refresh_statistics(self.engine, self.writer.rows_written)
-        if self.persons:
-            with self.engine.begin() as conn:
-                for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
-                    step(conn, self.persons)
-        self.summary.references_resolved = self.writer.references_resolved
-        self.summary.unresolved_references = self.writer.open_references()
+        # What still waits may be in the files of runs loading this CDM now: wait until they have loaded.
+        self.lease.loaded(wait=self._deferred is not None or self.writer.waiting())
+        with self.lease.finishing():
+            if self._deferred is not None:
+                self._retry_deferred()
+            self.pool.close()
+            self.writer.resolve_stored()
+            self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
+            refresh_statistics(self.engine, self.writer.rows_written)
+            if self.persons:
+                with self.engine.begin() as conn:
+                    for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
+                        step(conn, self.persons)
+            self.summary.references_resolved = self.writer.references_resolved
+            self.summary.unresolved_references = self.writer.open_references()
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 

@@ -1,0 +1,79 @@
+"""Several ingest runs loading one PostgreSQL CDM at the same time (on one machine or several).
+
+Each run loads its own files; its batches commit as they go, next to the other runs' batches
+(:mod:`node.ingest.load` makes each batch safe against theirs).  What a run decides at its end
+depends on the others, though: a resource whose Patient is in another run's files can be mapped
+only once that Patient is in the CDM, a reference can be filled only once its target is, and an
+observation period or a ctDNA draw spans rows several runs wrote.  So a run's life has two phases,
+kept apart by two session advisory locks (:mod:`cdm.locks`) on a connection of its own:
+
+1. **loading** — the run holds :data:`LOADING` *shared*: any number of runs load together.
+2. **finishing** — the run gives :data:`LOADING` back.  If anything still waits (a resource without
+   its patient, a reference without its target) it first takes :data:`LOADING` *exclusively* for
+   an instant: that waits until every run loading at that moment has written all its batches, so
+   whatever those runs bring is in the CDM.  Then it holds :data:`FINISHING` exclusively while it
+   maps the waiting resources again, fills the references whose target arrived (from any run), and
+   recomputes observation periods: finishing runs go one at a time, and of two runs that wrote rows
+   of one person, the one finishing last sees both runs' rows.
+
+A run that dies (an error, a kill, a lost connection) frees its locks with its connection: nobody
+waits for it.  A run starting while another waits for the loaders starts once that wait is over
+(PostgreSQL queues the shared request behind the waiting exclusive one).  On SQLite a lease is
+inert: one run at a time is what SQLite supports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
+
+from cdm.locks import hold, release
+
+#: Held shared by every run while it loads (see the module's docstring).
+LOADING = "fhir ingest: loading"
+#: Held by the one run that is finishing.
+FINISHING = "fhir ingest: finishing"
+
+
+class RunLease:
+    """One ingest run's place among the runs loading the same CDM."""
+
+    def __init__(self, engine: Engine):
+        self._conn = None
+        if engine.dialect.name == "postgresql":
+            # Session locks outlive transactions; in autocommit the connection never sits idle inside
+            # one while the run loads (which would hold back VACUUM for hours).
+            self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            hold(self._conn, LOADING, shared=True)
+        self._loading = self._conn is not None
+
+    def loaded(self, wait: bool) -> None:
+        """This run has written all its batches; with ``wait``, return only once every run loading
+        now has too."""
+        if self._conn is None or not self._loading:
+            return
+        release(self._conn, LOADING, shared=True)
+        self._loading = False
+        if wait:
+            hold(self._conn, LOADING)
+            release(self._conn, LOADING)
+
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """The run's last steps, one finishing run at a time."""
+        if self._conn is None:
+            yield
+            return
+        hold(self._conn, FINISHING)
+        try:
+            yield
+        finally:
+            release(self._conn, FINISHING)
+
+    def close(self) -> None:
+        """Free every lock this run holds (its connection ends)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
