@@ -149,30 +149,34 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class Range(Model):
+class _Interval(Model):
+    """A model with a lower and an upper bound, either of which may be left open: ``bounds`` names the
+    two fields and says what is wrong when the lower one exceeds the upper."""
+
+    bounds: ClassVar[tuple[str, str, str]] = ("min", "max", "min must not exceed max")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        low, high, problem = self.bounds
+        low, high = getattr(self, low), getattr(self, high)
+        if low is not None and high is not None and low > high:
+            raise ValueError(problem)
+        return self
+
+
+class Range(_Interval):
     """A closed numeric range; either bound may be left open."""
 
     min: Number | None = None
     max: Number | None = None
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min must not exceed max")
-        return self
 
-
-class Window(Model):
+class Window(_Interval):
     """Days relative to the index date: ``start <= event_day - index_day <= end``; open if absent."""
 
+    bounds: ClassVar[tuple[str, str, str]] = ("start", "end", "start must not be after end")
     start: Days | None = None
     end: Days | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.start is not None and self.end is not None and self.start > self.end:
-            raise ValueError("start must not be after end")
-        return self
 
 
 ANY_TIME = Window()
@@ -200,22 +204,24 @@ class _Event(Model):
     min_count: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
-class ConditionCriterion(_Event):
+class _CodedEvent(_Event):
+    """Events of a domain that are only their codes (and, with ``descendants``, the codes below
+    them in the vocabulary's hierarchy)."""
+
+    codes: Codes
+    descendants: bool = True
+
+
+class ConditionCriterion(_CodedEvent):
     kind: Literal["condition"] = "condition"
-    codes: Codes
-    descendants: bool = True
 
 
-class ProcedureCriterion(_Event):
+class ProcedureCriterion(_CodedEvent):
     kind: Literal["procedure"] = "procedure"
-    codes: Codes
-    descendants: bool = True
 
 
-class DrugCriterion(_Event):
+class DrugCriterion(_CodedEvent):
     kind: Literal["drug"] = "drug"
-    codes: Codes
-    descendants: bool = True
 
 
 class MeasurementCriterion(_Event):
@@ -309,18 +315,12 @@ class VisitCriterion(_Event):
     length_days: Range | None = None
 
 
-class AgeCriterion(Model):
+class AgeCriterion(_Interval):
     """Age at the index date, whole years."""
 
     kind: Literal["age"] = "age"
     min: Annotated[int, Field(ge=0, le=150)] | None = None
     max: Annotated[int, Field(ge=0, le=150)] | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min must not exceed max")
-        return self
 
 
 class SexCriterion(Model):
@@ -665,7 +665,7 @@ Edges = Annotated[list[Number], Field(min_length=2, max_length=1001)]
 class _Analysis(Model):
     """What every analysis model shares: how it checks the variables it names against the spec's.
 
-    ``numeric``: every variable it names must be numeric (models, moments, quantiles, bins)."""
+    ``numeric``: every variable it names must be numeric (:class:`_NumericAnalysis`)."""
 
     numeric: ClassVar[bool] = False
 
@@ -675,6 +675,12 @@ class _Analysis(Model):
             return []
         return [f"analysis.{where}: {name!r} is categorical; this analysis needs a numeric variable"
                 for where, name in analysis_variables(self) if name in categorical]
+
+
+class _NumericAnalysis(_Analysis):
+    """An analysis every variable of which must be numeric (models, moments, quantiles, bins)."""
+
+    numeric: ClassVar[bool] = True
 
 
 def _group_problems(analysis, variables: dict, categorical: set) -> list[str]:
@@ -722,22 +728,25 @@ class CrosstabAnalysis(_Analysis):
         return problems
 
 
-class SummaryAnalysis(_Analysis):
-    type: Literal["summary"] = "summary"
-    numeric: ClassVar[bool] = True
+class _OverVariables(_NumericAnalysis):
+    """Per-variable sums over a list of numeric variables (a summary's moments, a correlation's
+    cross-products)."""
+
     variables: Vars
 
 
-class QuantileRound(_Analysis):
+class SummaryAnalysis(_OverVariables):
+    type: Literal["summary"] = "summary"
+
+
+class QuantileRound(_NumericAnalysis):
     type: Literal["quantile_round"] = "quantile_round"
-    numeric: ClassVar[bool] = True
     variable: Name
     thresholds: Annotated[list[Number], Field(min_length=1, max_length=200)]
 
 
-class HistogramAnalysis(_Analysis):
+class HistogramAnalysis(_NumericAnalysis):
     type: Literal["histogram"] = "histogram"
-    numeric: ClassVar[bool] = True
     variable: Name
     edges: Edges
 
@@ -747,10 +756,8 @@ class HistogramAnalysis(_Analysis):
         return self
 
 
-class CrossprodAnalysis(_Analysis):
+class CrossprodAnalysis(_OverVariables):
     type: Literal["crossprod"] = "crossprod"
-    numeric: ClassVar[bool] = True
-    variables: Vars
 
 
 class KMRound(_Analysis):
@@ -761,9 +768,8 @@ class KMRound(_Analysis):
     bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxRound(_Analysis):
+class CoxRound(_NumericAnalysis):
     type: Literal["cox_round"] = "cox_round"
-    numeric: ClassVar[bool] = True
     variable_problems = _time_varying_problems
     time: SurvivalTime
     covariates: Vars
@@ -779,9 +785,8 @@ class CoxRound(_Analysis):
         return self
 
 
-class GLMRound(_Analysis):
+class GLMRound(_NumericAnalysis):
     type: Literal["glm_round"] = "glm_round"
-    numeric: ClassVar[bool] = True
     family: Literal["binomial", "gaussian"]
     outcome: Name
     covariates: Vars
@@ -877,12 +882,11 @@ class KMAnalysis(_Analysis):
     bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxAnalysis(_Analysis):
+class CoxAnalysis(_NumericAnalysis):
     """Cox proportional hazards by Newton-Raphson: ``stratified`` (each site a stratum, sites share
     score and information) or ``pooled`` (one baseline; sites share per-time risk-set sums)."""
 
     type: Literal["cox"] = "cox"
-    numeric: ClassVar[bool] = True
     variable_problems = _time_varying_problems
     time: SurvivalTime
     covariates: Vars
@@ -893,11 +897,10 @@ class CoxAnalysis(_Analysis):
     tol: Tolerance = 1e-9
 
 
-class GLMAnalysis(_Analysis):
+class GLMAnalysis(_NumericAnalysis):
     """Logistic (Newton rounds) or linear (normal equations, one round) regression, optionally weighted."""
 
     type: Literal["glm"] = "glm"
-    numeric: ClassVar[bool] = True
     family: Literal["binomial", "gaussian"]
     outcome: Name
     covariates: Vars
@@ -906,21 +909,19 @@ class GLMAnalysis(_Analysis):
     tol: Tolerance = 1e-9
 
 
-class QuantileAnalysis(_Analysis):
+class QuantileAnalysis(_NumericAnalysis):
     """Exact pooled quantiles (numpy's default linear interpolation) by bisection on counts."""
 
     type: Literal["quantile"] = "quantile"
-    numeric: ClassVar[bool] = True
     variable: Name
     probs: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=20)] = [0.5]
     max_rounds: Annotated[int, Field(ge=1, le=100)] = 40
 
 
-class CorrelationAnalysis(_Analysis):
+class CorrelationAnalysis(_NumericAnalysis):
     """Pooled means, covariance and Pearson correlation matrix from one ``crossprod`` round."""
 
     type: Literal["correlation"] = "correlation"
-    numeric: ClassVar[bool] = True
     variables: Annotated[list[Name], Field(min_length=2, max_length=50)]
 
 
