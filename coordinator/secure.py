@@ -39,7 +39,8 @@ from cdm.analyses.session import StatsError
 from coordinator.fanout import QuorumError, describe_missing
 
 #: researcher-level analyses with a secure form, and the node analyses they send
-SECURE_ANALYSES = ("count", "crosstab", "summary", "histogram", "correlation", "quantile", "km", "cox", "glm")
+SECURE_ANALYSES = ("count", "crosstab", "summary", "histogram", "correlation", "concordance", "quantile", "km", "cox",
+                   "glm")
 #: the one-round kinds :func:`secure_table` pools (the others are driven over rounds by their ``run``)
 SECURE_TABLES = ("count", "crosstab", "summary", "histogram")
 
@@ -167,7 +168,7 @@ def combine(results: dict[str, dict], session: str) -> dict:
     return {**(public or {}), **_rounded(nest(summed)), "_policy": pooled_policy(policies)}
 
 
-COUNT_KEYS = ("n", "n_le", "cells", "persons", "events", "d", "positives", "at_risk", "censored", "after_n",
+COUNT_KEYS = ("n", "n_le", "cells", "table", "likely_progression", "indeterminate", "likely_response", "persons", "events", "d", "positives", "at_risk", "censored", "after_n",
               "after_events", "excluded")
 
 
@@ -219,7 +220,24 @@ def check_pooled(analysis: dict, pooled: dict) -> dict:
             if small(pooled["positives"], policy) or small(pooled["n"] - pooled["positives"], policy):
                 raise PooledRefusal("MIN_CELL", f"an outcome class has fewer than {policy['min_cell_count']} rows "
                                                 "pooled over the sites")
+    elif kind == "concordance":
+        pooled = pooled_concordance(analysis, pooled)
     return pooled
+
+
+def pooled_concordance(analysis: dict, pooled: dict) -> dict:
+    """The pooled agreement table as a site would release its own: the strictest minimum on the pooled
+    persons, cells (primary and secondary suppression) and bands (:func:`cdm.analyses.concordance.released`)."""
+    from cdm.analyses.concordance import CELLS, released
+    from cdm.spec import ConcordanceRound
+    from cdm.suppression import suppress_cells
+
+    minimum = pooled["_policy"]["min_cell_count"]
+    if pooled["n"] < minimum:
+        raise PooledRefusal("MIN_CELL", f"fewer than {minimum} persons with both calls pooled over the sites")
+    cells = [c for row in pooled["table"] for c in row]
+    hidden = suppress_cells(list(CELLS), cells, minimum)
+    return {**released(ConcordanceRound(**analysis), pooled, hidden, lambda n: n < minimum), "_policy": pooled["_policy"]}
 
 
 class PooledRefusal(StatsError):

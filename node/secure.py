@@ -19,6 +19,7 @@ analysis                summed (per site, then pooled)
 ``histogram``           ``cells``: below the first edge, per bin, above the last edge
 ``summary``             per variable ``n``, ``sum``, ``sum_sq``
 ``crossprod``           ``n``, ``sums``, ``cross`` (a column rare at this site is still refused)
+``concordance``         ``n``, the 2x2 ``table``, the three band counts
 ``quantile_round``      ``n``, ``n_le`` (per threshold)
 ``km_round``            per group (labels from the spec) on the bins ``bin_days, 2 bin_days, ..``
                         up to the horizon: ``at_risk``, ``events``, ``censored``; beyond it
@@ -71,8 +72,8 @@ from cdm.round_frames import compile_intervals, compile_survival
 from cdm.wire import Signer, public_key_text
 from node.disclosure.policy import Policy, Refusal
 
-SECURE_TYPES = ("count", "crosstab", "histogram", "summary", "crossprod", "quantile_round", "km_round", "cox_round",
-                "glm_round")
+SECURE_TYPES = ("count", "crosstab", "histogram", "summary", "crossprod", "concordance", "quantile_round", "km_round",
+                "cox_round", "glm_round")
 LOCKED_TYPES = ("cox_round", "glm_round", "habitat_round", "quantile_round")
 
 
@@ -339,6 +340,10 @@ def analyse_secure(spec: S.Spec, n_cohort: int, values: dict, engine, site: str,
             return secure_summary(a, values)
         if a.type == "crossprod":
             return secure_crossprod(a, values, policy)
+        if a.type == "concordance":
+            from cdm.analyses.concordance import counts
+
+            return {}, counts(a, values)
         if a.type == "quantile_round":
             x = np.array([v for v in values[a.variable] if v is not None], dtype=float)
             return {}, {"n": int(x.size), "n_le": [int((x <= t).sum()) for t in a.thresholds]}

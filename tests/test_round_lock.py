@@ -106,8 +106,8 @@ def test_an_analysis_without_a_secure_form_stays_plain_unless_secure_is_required
     by_site = {"variables": {"where": {"kind": "site"}}, "analysis": {"type": "crosstab", "by": ["where"]}}
     mode = choose_mode(by_site, None, ["a", "b", "c"], {s: BEAT for s in "abc"})
     assert not mode.secure and "per site by definition" in mode.reason
-    concordance = {"analysis": {"type": "concordance"}}
-    assert not choose_mode(concordance, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
+    habitat = {"analysis": {"type": "habitat"}}
+    assert not choose_mode(habitat, None, ["a", "b", "c"], {s: BEAT for s in "abc"}).secure
     km_by_sex = {"variables": {"sex": {"kind": "sex"}}, "analysis": {"type": "km", "group": "sex"}}
     mode = choose_mode(km_by_sex, None, ["a", "b", "c"], {s: BEAT for s in "abc"})
     assert not mode.secure and "declared in the spec" in mode.reason

@@ -53,9 +53,12 @@ def persons(site: str) -> pd.DataFrame:
     change = 7 * rng.integers(1, 120, n)
     creat = np.round(rng.normal(1.0, 0.2, n), 3)
     creat_late = np.round(creat + rng.normal(0.3, 0.2, n), 3)
+    imaging = rng.random(n) < 0.35  # progression by imaging, and by ctDNA agreeing with it 70 % of the time
+    ctdna = np.where(rng.random(n) < 0.7, imaging, rng.random(n) < 0.35)
     return pd.DataFrame({"person_id": 100_000 * (sorted(SITES).index(site) + 1) + np.arange(n), "age": age,
                          "armb": armb.astype(int), "time": 7.0 * weeks, "event": event.astype(int),
-                         "change": change, "creat": creat, "creat_late": creat_late, "site": site})
+                         "change": change, "creat": creat, "creat_late": creat_late, "site": site,
+                         "imaging": imaging.astype(int), "ctdna": ctdna.astype(int)})
 
 
 def fill(engine, site: str) -> None:
@@ -65,6 +68,8 @@ def fill(engine, site: str) -> None:
     arm = {0: vocab.concept_for("SNOMED", "111111", "arm A", "Condition").concept_id,
            1: vocab.concept_for("SNOMED", "222222", "arm B", "Condition").concept_id}
     creat = vocab.concept_for("LOINC", "2160-0", "creatinine", "Measurement").concept_id
+    calls = {"imaging": vocab.concept_for("SNOMED", "333333", "progression by imaging", "Condition").concept_id,
+             "ctdna": vocab.concept_for("SNOMED", "444444", "progression by ctDNA", "Condition").concept_id}
     T = metadata.tables
     with engine.begin() as conn:
         conn.execute(insert(T["person"]), [
@@ -80,6 +85,10 @@ def fill(engine, site: str) -> None:
             {"condition_occurrence_id": 2 * int(r.person_id) + k, "person_id": int(r.person_id),
              "condition_concept_id": concept, "condition_start_date": INDEX, "condition_type_concept_id": 32817}
             for r in df.itertuples() for k, concept in enumerate((index, arm[int(r.armb)]))])
+        conn.execute(insert(T["condition_occurrence"]), [
+            {"condition_occurrence_id": 3_000_000_000 + 2 * int(r.person_id) + k, "person_id": int(r.person_id),
+             "condition_concept_id": calls[call], "condition_start_date": INDEX, "condition_type_concept_id": 32817}
+            for r in df.itertuples() for k, call in enumerate(("imaging", "ctdna")) if getattr(r, call)])
         conn.execute(insert(T["death"]), [
             {"person_id": int(r.person_id), "death_date": INDEX + dt.timedelta(days=int(r.time)),
              "death_type_concept_id": 32817} for r in df.itertuples() if r.event])
@@ -281,6 +290,23 @@ def test_secure_crosstab_histogram_summary_correlation_equal_pandas_and_numpy(ne
         for value in (int(own.age.sum()), int((own.age ** 2).sum()), int((own.age * own.armb).sum())):
             for where, blob in (("API", text), ("store", store), ("log", log)):
                 assert not re.search(rf"(?<![\w.:/\-]){value}(?![\w.:])", blob), (site, value, where)
+
+
+def test_secure_concordance_equals_the_pooled_table_and_statsmodels_kappa(network, pooled):
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    calls = {"imaging": {"kind": "condition", "codes": ["SNOMED:333333"]},
+             "ctdna": {"kind": "condition", "codes": ["SNOMED:444444"]}}
+    analysis = {"type": "concordance", "imaging": "imaging", "ctdna": "ctdna", "imaging_sens": 0.8,
+                "imaging_spec": 0.9, "ctdna_sens": 0.7, "ctdna_spec": 0.95, "prior": 0.3}
+    result = done(network.run({"cohort": COHORT, "variables": {**VARIABLES, **calls}, "analysis": analysis}))
+    i, c = pooled.imaging.to_numpy(bool), pooled.ctdna.to_numpy(bool)
+    table = [[int((i & c).sum()), int((i & ~c).sum())], [int((~i & c).sum()), int((~i & ~c).sum())]]
+    assert result["table"]["cells"] == table and result["n"] == len(pooled) and result["complete"]
+    ref = cohens_kappa(np.array(table))
+    assert result["agreement"]["kappa"] == pytest.approx(ref.kappa, rel=1e-12)
+    assert result["agreement"]["se"] == pytest.approx(ref.std_kappa, rel=1e-9)
+    assert sum(result["bands"].values()) == len(pooled)
 
 
 def _site_values(site: str) -> list[str]:

@@ -95,37 +95,52 @@ def run(analysis, session: Session) -> dict:
 CELLS = ((1, 1), (1, 0), (0, 1), (0, 0))  # (imaging, ctdna): table[0] = imaging yes, table[1] = no
 
 
-def site(spec: S.Spec, data, policy) -> dict:
-    """The 2x2 table and the band counts at this site, small cells and their bands hidden."""
-    a = spec.analysis
-    rows = complete_rows(data.values, [a.imaging, a.ctdna])
+def counts(a, values: dict) -> dict:
+    """The 2x2 table and the band counts of the persons with both calls (nothing hidden yet)."""
+    rows = complete_rows(values, [a.imaging, a.ctdna])
     if not np.all((rows == 0) | (rows == 1)):
         raise Refusal("BAD_SPEC", f"concordance: {a.imaging!r} and {a.ctdna!r} must take values 0/1 "
                                   "(use reduce: first/last/max for ctdna detected)")
-    not_small(rows.shape[0], policy, "persons with both calls")
     imaging, ctdna = rows[:, 0], rows[:, 1]
-    params = (a.imaging_sens, a.imaging_spec, a.ctdna_sens, a.ctdna_spec, a.prior)
-    posterior = rounds.posterior_progression(imaging, ctdna, *params)
-    table = rounds.concordance_table(imaging, ctdna, posterior, a.band)
-    counts = [table["table"][0][0], table["table"][0][1], table["table"][1][0], table["table"][1][1]]
-    hidden = policy.suppress(list(CELLS), counts)
-    cell_posterior = rounds.posterior_progression([c[0] for c in CELLS], [c[1] for c in CELLS], *params)
+    posterior = rounds.posterior_progression(imaging, ctdna, *_params(a))
+    return rounds.concordance_table(imaging, ctdna, posterior, a.band)
+
+
+def _params(a) -> tuple:
+    return a.imaging_sens, a.imaging_spec, a.ctdna_sens, a.ctdna_spec, a.prior
+
+
+def released(a, table: dict, hidden_cells, small) -> dict:
+    """What is released of ``table`` with the cells ``hidden_cells`` (indexes into :data:`CELLS`)
+    hidden: each band whose cells include a hidden one, or that is ``small`` itself, is hidden too (a
+    band total next to a released cell would give away a suppressed one).  A site applies this to its
+    own table; the coordinator of a secure job to the pooled one."""
+    cells = [table["table"][0][0], table["table"][0][1], table["table"][1][0], table["table"][1][1]]
+    cell_posterior = rounds.posterior_progression([c[0] for c in CELLS], [c[1] for c in CELLS], *_params(a))
     lo, hi = a.band
     band_of = ["likely_progression" if q >= hi else "likely_response" if q <= lo else "indeterminate"
                for q in cell_posterior]
     out = {"n": table["n"],
-           "table": [[None if 0 in hidden else counts[0], None if 1 in hidden else counts[1]],
-                     [None if 2 in hidden else counts[2], None if 3 in hidden else counts[3]]],
+           "table": [[None if i in hidden_cells else cells[i] for i in (0, 1)],
+                     [None if i in hidden_cells else cells[i] for i in (2, 3)]],
            "posterior": [[float(cell_posterior[0]), float(cell_posterior[1])],
                          [float(cell_posterior[2]), float(cell_posterior[3])]],
-           "suppressed": [list(CELLS[i]) for i in sorted(hidden)]}
+           "suppressed": [list(CELLS[i]) for i in sorted(hidden_cells)]}
     for band in BANDS:
-        cells = [i for i, b in enumerate(band_of) if b == band]
-        # a band total next to a released cell would give away a suppressed one: hide it too
-        out[band] = None if any(i in hidden for i in cells) or policy.small(table[band]) else table[band]
+        members = [i for i, b in enumerate(band_of) if b == band]
+        out[band] = None if any(i in hidden_cells for i in members) or small(table[band]) else table[band]
         if out[band] is None:
             out["suppressed"].append(band)
     return out
+
+
+def site(spec: S.Spec, data, policy) -> dict:
+    """The 2x2 table and the band counts at this site, small cells and their bands hidden."""
+    a = spec.analysis
+    table = counts(a, data.values)
+    not_small(table["n"], policy, "persons with both calls")
+    cells = [table["table"][0][0], table["table"][0][1], table["table"][1][0], table["table"][1][1]]
+    return released(a, table, policy.suppress(list(CELLS), cells), policy.small)
 
 
 KIND = Kind(model=S.ConcordanceRound, site=site, run=run, checks_data=True)
