@@ -79,18 +79,24 @@ def outcome(summary) -> dict:
 # -- the validation pool -------------------------------------------------------------------------------
 
 
-def test_worker_pool_loads_exactly_what_in_process_validation_loads(tmp_path):
+def export_with_duplicates(tmp_path: Path) -> tuple[Path, dict]:
+    """A 25-patient synthetic export (with its planted bad records) and one of its Conditions, sent
+    again in a second file of its type, edited, then as before, then edited again: with batches of 37,
+    the first two copies fall in different batches (the second batch's hashes are read before the
+    first is written) and the last two in one batch."""
     generate(tmp_path / "synth", SynthOptions(sites=1, patients=25, seed=4, dicom=False))
     export = tmp_path / "synth" / "site-1" / "fhir"
-    # A resource sent again in a second file of its type, edited, then as before, then edited again:
-    # with batches of 37 below, the first two copies fall in different batches (the second batch's
-    # hashes are read before the first is written) and the last two in one batch.
     conditions = [orjson.loads(line) for line in (export / "Condition.000.ndjson").read_bytes().splitlines()
                   if line.strip().endswith(b"}") and b"no-such" not in line]
     first = next(c for c in conditions if c.get("onsetDateTime"))
     edited = {**first, "onsetDateTime": "2001-02-03"}
     fillers = [condition(f"filler{i}", first["subject"]["reference"][8:]) for i in range(40)]
     write_ndjson(export / "Condition.001.ndjson", [edited, *fillers, first, edited])
+    return export, first
+
+
+def test_worker_pool_loads_exactly_what_in_process_validation_loads(tmp_path):
+    export, first = export_with_duplicates(tmp_path)
     results = {}
     # in-process; 2 workers; and a run that remembers only 3 batches' worth of resources per cache
     # generation, so most references are resolved through the CDM (what a run over millions does)

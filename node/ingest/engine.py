@@ -5,12 +5,16 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
 1. the content hash of each resource (BLAKE2b of its canonical JSON, keys sorted) is compared with
    the one ``source_record`` holds for its key ``fhir|Type|id`` — one query per batch; an equal
    hash means **unchanged** and the resource is not even validated again;
-2. the others are validated against the R4B models (:mod:`node.ingest.validate`) — in worker
-   processes for large inputs, while this process maps and writes the batch before — and mapped
-   by the mapper registered for their type (:mod:`node.ingest.contract`); a failure of either is
+2. the others are validated against the R4B models (:mod:`node.ingest.validate`) and mapped by
+   the mapper registered for their type (:mod:`node.ingest.contract`); a failure of either is
    **quarantined** with file, line and reason;
 3. the batch's rows are written in one transaction (:mod:`node.ingest.load`): an **updated**
    resource's previous rows are replaced, a new one's inserted.
+
+With ``workers`` (the default for inputs over 4 MB: one per core), steps 1-2 run in worker
+processes (:mod:`node.ingest.pool`, :mod:`node.ingest.worker`) on blocks of NDJSON lines and on
+Bundle files, and this process takes their records in input order and only writes; what a worker
+asked of the run is asked again here, so the result is the same as without workers.
 
 A resource whose patient is not loaded yet waits (in a temporary file) and is mapped again after
 the last file — and after every other run loading the same PostgreSQL CDM at the same time has
@@ -23,10 +27,10 @@ type is the table :data:`node.ingest.mappers.MAPPERS`.
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,62 +42,52 @@ from cdm.db import refresh_statistics
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
 from node.ingest.concurrency import RunLease
-from node.ingest.context import IDENTIFIED_TYPES, UNKNOWN_PATIENT, RunContext, identifier_key, source_key
-from node.ingest.contract import Unmappable
-from node.ingest.load import (
-    BatchWriter, Mapped, Rejected, existing_hashes, key_column, pending_references, row_problem,
-)
+from node.ingest.context import UNKNOWN_PATIENT, RunContext, source_key
+from node.ingest.contract import Row, Unmappable
+from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, pending_references, row_problem
 from node.ingest.mappers import AFTER_LOAD, MAPPERS
-from node.ingest.reader import Item, Progress, discover, read
+from node.ingest.mapping import (  # noqa: F401 - content_hash, NO_CDM_TABLE: re-exported for callers
+    MAPPING_ERROR, NO_CDM_TABLE, content_hash, failure_reason, identifiers_of, remember,
+)
+from node.ingest.pool import BLOCK, WorkerCrashed, WorkerPool
+from node.ingest.reader import InputFile, Item, Progress, discover, ndjson_blocks, read
 from node.ingest.summary import IngestSummary
-from node.ingest.validate import ValidationPool, problem, relaxed_gc
+from node.ingest.validate import problem, relaxed_gc
+from node.ingest.worker import ERROR, INVALID, MAPPED, REDO, UNCHANGED, Premapped, Record, replay, worker_url
 
-#: Resource types radfed keeps no CDM rows for: counted as skipped, neither validated nor quarantined.
-NO_CDM_TABLE = frozenset({"PractitionerRole", "OperationOutcome", "Provenance", "CareTeam", "CarePlan", "Claim",
-                          "ExplanationOfBenefit", "SupplyDelivery", "Goal", "Coverage"})
-#: The CDM table a conditional reference to each identified type points at.
-IDENTIFIED_TABLE = {"Organization": "care_site", "Location": "location", "Practitioner": "provider"}
-MAPPING_ERROR = "MAPPING_ERROR"
 BATCH = 5_000
-#: Inputs smaller than this are validated in-process (see :func:`auto_workers`).
-POOL_MIN_BYTES = 16 << 20
-MAX_WORKERS = 4
+#: Inputs smaller than this are loaded without worker processes (see :func:`auto_workers`).
+POOL_MIN_BYTES = 4 << 20
 #: Referenceable resources the run remembers per cache generation (two generations are kept).
 CACHE_SIZE = 100_000
 
 
-def content_hash(resource: dict) -> str:
-    """Hash of a resource's canonical JSON: whitespace and key order do not make it "changed"."""
-    return hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=32).hexdigest()
-
-
 @dataclass
 class _Batch:
-    """A batch read and hashed, its validation running in the pool while the previous one is written."""
+    """A batch read and hashed in this process (no workers, or the resources retried at the end)."""
 
     items: list[Item]
     keys: list[str | None]
     digests: list[str]
     known: dict[str, str]  # source_key -> content hash in the CDM when the batch was read
-    submitted: list[bool]  # sent for validation (changed or new, and of a type radfed keeps)
-    handle: object
 
 
 class IngestRun:
-    """One run over any number of files; feed items with :meth:`add`, then :meth:`finish`.
+    """One run over any number of files; feed items with :meth:`add` (read here) or :meth:`take` (a
+    worker's records), then :meth:`finish`.
 
-    Batches go through a two-stage pipeline: batch N is read, hashed and handed to the validation
-    pool, then batch N-1 (validated meanwhile) is mapped and written.  Mapping and writing stay in
-    this process and in input order, so ids, references, quarantine and counts do not depend on
-    ``workers``.  ``force`` re-maps resources whose content is unchanged (after a vocabulary load).
+    Either way resources are judged, mapped (or their worker's mapping checked) and written in input
+    order, in batches that end at the same resources, so ids, references, quarantine and counts do not
+    depend on ``workers``.  ``force`` re-maps resources whose content is unchanged (after a vocabulary
+    load).
     """
 
     def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM, batch_size: int = BATCH,
-                 workers: int = 0, force: bool = False, cache_size: int = CACHE_SIZE):
-        self.pool = ValidationPool(workers)  # first: the workers fork before this run opens connections
+                 force: bool = False, cache_size: int = CACHE_SIZE):
         self.engine = engine
         # A generation must outlast the two batches in flight, whose rows are not in the CDM yet.
-        self.ctx = RunContext(engine, mrn_system, max(cache_size, 3 * batch_size))
+        self.cache_size = max(cache_size, 3 * batch_size)
+        self.ctx = RunContext(engine, mrn_system, self.cache_size)
         self.writer = BatchWriter(engine)
         self.lease = RunLease(engine)  # among the runs loading this CDM now
         self.batch_size = batch_size
@@ -109,6 +103,17 @@ class IngestRun:
         self._deferred = None
         self._retrying = False
         self._started = time.perf_counter()
+        # Records mapped by worker processes (take()) gather here until a batch is full.
+        self._mapped: list[Mapped] = []
+        self._in_batch: set[str] = set()
+        self._taken = 0  # records taken into this batch
+        #: batches written so far; and, for the batches written since the oldest unit still in a
+        #: worker was handed out, which keys each wrote (take() corrects those units' stored hashes)
+        self.writes = 0
+        self._window: deque[tuple[int, set[str]]] = deque()
+        self._written_at: dict[str, int] = {}
+        #: resources a worker mapped that this process mapped again (a different answer: see replay)
+        self.remapped = 0
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -121,7 +126,7 @@ class IngestRun:
             self._advance()
 
     def _reject(self, item: Item, reason_code: str, reason: str) -> None:
-        resource = item.resource or {}
+        resource = self._resource(item) if item.error is None else {}
         resource_type = resource.get("resourceType") or item.type_hint
         resource_id = resource.get("id")
         payload = item.raw if item.raw is not None else orjson.dumps(resource)
@@ -149,6 +154,7 @@ class IngestRun:
 
     def flush(self) -> None:
         """Map and write everything queued (the pipeline is drained)."""
+        self._flush_mapped()
         self._advance()
         if self._inflight is not None:
             batch, self._inflight = self._inflight, None
@@ -163,15 +169,9 @@ class IngestRun:
             keys.append(source_key(resource["resourceType"], rid) if isinstance(rid, str) and rid else None)
             digests.append(content_hash(resource))
         known = existing_hashes(self.engine, [k for k in keys if k])
-        submitted = [not item.validated and item.resource["resourceType"] not in NO_CDM_TABLE
-                     and (key is None or self.force or known.get(key) != digest)
-                     for item, key, digest in zip(items, keys, digests)]
-        chosen = [item for item, s in zip(items, submitted) if s]
-        handle = self.pool.submit([i.resource for i in chosen], [i.raw for i in chosen])
-        return _Batch(items, keys, digests, known, submitted, handle)
+        return _Batch(items, keys, digests, known)
 
     def _complete(self, batch: _Batch) -> None:
-        problems = iter(self.pool.result(batch.handle))
         known = batch.known
         # The batch before this one was written after this one's hashes were read: a resource present
         # in both (a duplicate in the export) must be judged against what that batch wrote.
@@ -180,7 +180,7 @@ class IngestRun:
             known = self._reread(known, stale)
         mapped: list[Mapped] = []
         in_batch: set[str] = set()
-        for item, key, digest, submitted in zip(batch.items, batch.keys, batch.digests, batch.submitted):
+        for item, key, digest in zip(batch.items, batch.keys, batch.digests):
             if key in in_batch:
                 # The same resource twice in one batch: write what precedes it, so this copy is judged
                 # (unchanged / updated) against the one before it and the copy read last wins.
@@ -188,11 +188,9 @@ class IngestRun:
                 mapped, in_batch = [], set()
                 known = self._reread(known, [key])
             unchanged = not self.force and key in known and known[key] == digest
-            if submitted:
-                found = next(problems)
-            elif unchanged or item.validated or item.resource["resourceType"] in NO_CDM_TABLE:
+            if unchanged or item.validated or item.resource["resourceType"] in NO_CDM_TABLE:
                 found = None
-            else:  # judged unchanged when read, changed by the batch before: validate it now
+            else:
                 found = problem(item.resource)
             outcome = self._map(item, key, digest, unchanged, key in known, found)
             if outcome is not None:
@@ -210,17 +208,102 @@ class IngestRun:
         rejected, self._rejected = self._rejected, []
         if mapped or rejected:
             self.persons |= self.writer.write(mapped, rejected)
+            self.writes += 1
+            if mapped and self._tracking:
+                keys = {m.key for m in mapped}
+                self._window.append((self.writes, keys))
+                self._written_at.update(dict.fromkeys(keys, self.writes))
+
+    # -- records mapped by worker processes ----------------------------------------------------------
+
+    #: take() needs to know which keys recent batches wrote (set while workers map)
+    _tracking = False
+
+    def forget_writes(self, through: int) -> None:
+        """Stop remembering the keys of batches up to ``through`` (no unit handed out before them is
+        still to be taken)."""
+        while self._window and self._window[0][0] <= through:
+            seq, keys = self._window.popleft()
+            for key in keys:
+                if self._written_at.get(key) == seq:
+                    del self._written_at[key]
+
+    def take(self, source_file: str, block: bytes | None, handed_out: int, records: list[Record]) -> None:
+        """Write what a worker made of one unit of input, in order (see :mod:`node.ingest.worker`).
+
+        ``handed_out``: :attr:`writes` when the unit went to the worker; a resource a later batch
+        wrote is judged against the CDM as it is now, not as the worker saw it.
+        """
+        for line, raw, resource_type, resource_id, digest, stored, verdict, payload in records:
+            item = Item(source_file, line, raw if raw is None or isinstance(raw, bytes) else block[raw[0]:raw[1]],
+                        type_hint=resource_type)
+            if verdict == ERROR:
+                item.error, item.type_hint = payload[:2], payload[2]
+                self._reject(item, *payload[:2])
+                continue
+            key = source_key(resource_type, resource_id) if resource_id else None
+            if key is not None and key in self._in_batch:
+                # the same resource twice: write what precedes it, so this copy is judged against it
+                mapped, self._mapped, self._in_batch = self._mapped, [], set()
+                self._write(mapped)
+            if key is not None and self._written_at.get(key, 0) > handed_out:
+                stored = existing_hashes(self.engine, [key]).get(key)
+            unchanged = not self.force and stored is not None and stored == digest
+            premapped = None
+            found = None
+            if verdict == INVALID:
+                found = payload
+            elif verdict == MAPPED and not unchanged:
+                premapped = payload
+            elif verdict in (UNCHANGED, REDO) and not unchanged and resource_type not in NO_CDM_TABLE:
+                # the worker could not map it (or judged it unchanged before this run rewrote it)
+                found = problem(self._resource(item))
+            outcome = self._map(item, key, digest, unchanged, stored is not None, found, premapped,
+                                (resource_type, resource_id))
+            if outcome is not None:
+                self._mapped.append(outcome)
+                self._in_batch.add(key)
+            # batches end where the in-process path's end (every batch_size resources read): rows
+            # two resources write (a ctDNA draw) merge differently within a batch and across two
+            self._taken += 1
+            if self._taken >= self.batch_size:
+                self._flush_mapped()
+
+    def _flush_mapped(self) -> None:
+        mapped, self._mapped, self._in_batch, self._taken = self._mapped, [], set(), 0
+        self._write(mapped)
+
+    @staticmethod
+    def _resource(item: Item) -> dict:
+        """The parsed resource of an item (a worker's record carries only its bytes)."""
+        if item.resource is None:
+            item.resource = orjson.loads(item.raw) if item.raw else {}
+        return item.resource
+
+    def _rows(self, fn, item: Item, premapped: Premapped | None) -> list[Row]:
+        """The rows of a resource: the worker's when replaying its questions gives its answers, else
+        mapped here."""
+        if premapped is not None:
+            if replay(self.ctx, premapped.calls):
+                self.ctx.unmapped_codings = premapped.unmapped
+                if premapped.raised is not None:
+                    raise Unmappable(*premapped.raised)
+                return [Row(table, values) for table, values in premapped.rows]
+            self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
+            self.remapped += 1
+        return fn(self._resource(item), self.ctx)
 
     def _map(self, item: Item, key: str | None, digest: str, unchanged: bool, replaces: bool,
-             found: tuple[str, str] | None) -> Mapped | None:
-        resource = item.resource
-        resource_type = resource["resourceType"]
+             found: tuple[str, str] | None, premapped: Premapped | None = None,
+             identity: tuple[str, str | None] | None = None) -> Mapped | None:
+        """``identity``: (type, id) of an item whose resource is not parsed (a worker's record)."""
+        resource_type, resource_id = identity or (item.resource["resourceType"], item.resource.get("id"))
         self.ctx.current_type = resource_type
         if resource_type in NO_CDM_TABLE:
             self.summary.count(resource_type, "skipped", "no CDM table", item.source_file)
             return None
         if unchanged:
-            self.ctx.mark_present(resource_type, resource["id"])
+            self.ctx.mark_present(resource_type, resource_id)
             self.summary.count(resource_type, "unchanged")
             return None
         if found is not None:
@@ -232,7 +315,7 @@ class IngestRun:
             return None
         self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
         try:
-            rows = fn(resource, self.ctx)
+            rows = self._rows(fn, item, premapped)
         except Unmappable as exc:
             if exc.code == UNKNOWN_PATIENT and not self._retrying:
                 self._defer(item)
@@ -240,7 +323,7 @@ class IngestRun:
                 self._reject(item, exc.code, exc.reason)
             return None
         except Exception as exc:  # noqa: BLE001 - a mapper failing on odd input must not lose the resource
-            self._reject(item, MAPPING_ERROR, f"{resource_type} mapper failed: {type(exc).__name__}: {exc}")
+            self._reject(item, MAPPING_ERROR, failure_reason(resource_type, exc))
             return None
         bad = next((p for p in map(row_problem, rows) if p), None)
         if bad is not None:
@@ -250,24 +333,9 @@ class IngestRun:
             self.summary.count(resource_type, "skipped", "maps to no CDM row")
             # An update that now maps to nothing (entered-in-error, not-done) removes the old rows.
             return Mapped(key, digest, [], [], True) if replaces else None
-        aliases = []
-        if resource_type in IDENTIFIED_TYPES:
-            row_id = self.ctx.row_id(resource_type, resource["id"])
-            for identifier in resource.get("identifier") or ():
-                if identifier.get("value"):
-                    alias = identifier_key(resource_type, identifier.get("system"), identifier["value"])
-                    aliases.append((alias, IDENTIFIED_TABLE[resource_type], row_id))
-                    self.ctx.add_alias(alias, row_id)
-        main_id = self.ctx.row_id(resource_type, resource["id"])
-        main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), None)
-        if main is None:  # no row carries the resource's own id (ImagingStudy: one per series): the smallest
-            main = min((r for r in rows if r.table == rows[0].table), key=lambda r: r.values[key_column(r.table)])
-        own = main.values[key_column(main.table)]
-        self.ctx.mark_present(resource_type, resource["id"], main.table, None if own == main_id else own)
-        provides = [(key, main.table, own)]
-        if main.table == "visit_detail":
-            self.ctx.mark_visit_detail(main_id, main.values["visit_occurrence_id"])
-            provides.append((key, "visit_occurrence", main.values["visit_occurrence_id"]))
+        identifiers = identifiers_of(item.resource) if item.resource is not None else (
+            premapped.identifiers or [] if premapped is not None else [])
+        aliases, provides = remember(self.ctx, key, resource_type, resource_id, identifiers, rows)
         self.summary.count(resource_type, "updated" if replaces else "loaded")
         self.summary.unmapped[resource_type] += self.ctx.unmapped_codings
         return Mapped(key, digest, rows, aliases, replaces, (item.source_file, item.line),
@@ -287,22 +355,19 @@ class IngestRun:
         self._retrying = False
 
     def close(self) -> None:
-        """Stop the validation workers of a run that will not be finished (an error, an interrupt)."""
-        self.pool.terminate()
+        """Let go of what a run that will not be finished holds (an error, an interrupt)."""
         self.lease.close()
         if self._deferred is not None:
             self._deferred.close()
 
     def finish(self) -> IngestSummary:
         """Write the last batch, retry what waited for its patient, recompute observation periods."""
-        # on an error ingest_paths' close() stops the workers
         self.flush()
         # What still waits may be in the files of runs loading this CDM now: wait until they have loaded.
         self.lease.loaded(wait=self._deferred is not None or self.writer.waiting())
         with self.lease.finishing():
             if self._deferred is not None:
                 self._retry_deferred()
-            self.pool.close()
             self.writer.resolve_stored()
             self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
             refresh_statistics(self.engine, self.writer.rows_written)
@@ -310,6 +375,7 @@ class IngestRun:
                 with self.engine.begin() as conn:
                     for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
                         step(conn, self.persons)
+            self.summary.remapped = self.remapped
             self.summary.references_resolved = self.writer.references_resolved
             self.summary.unresolved_references = self.writer.open_references()
         self.summary.seconds = time.perf_counter() - self._started
@@ -317,51 +383,119 @@ class IngestRun:
 
 
 def auto_workers(total_bytes: int) -> int:
-    """Validation processes for an input of ``total_bytes``: none for small loads (a worker's first
-    resources of each type build its model classes, ~1 s), else one per core but one, at most
-    :data:`MAX_WORKERS` (on 2 cores, 2 workers measured 13% slower than 1: see benchmarks/README.md)."""
+    """Mapping processes for an input of ``total_bytes``: none for small loads (starting a worker and
+    building its model classes costs ~1 s), else one per core (this process, which writes, shares
+    them: see benchmarks/README.md)."""
     if total_bytes < POOL_MIN_BYTES:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # This process maps and writes (~half the CPU of a load): it keeps a core, the workers share the rest.
-    return max(0, min(MAX_WORKERS, cores - 1))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str = DEFAULT_MRN_SYSTEM,
                  batch_size: int = BATCH, progress: Callable[[int, int], None] | None = None,
-                 workers: int | None = None, force: bool = False, cache_size: int = CACHE_SIZE) -> IngestSummary:
+                 workers: int | None = None, force: bool = False, cache_size: int = CACHE_SIZE,
+                 unit_bytes: int = BLOCK) -> IngestSummary:
     """Load FHIR Bundles / NDJSON files and folders into the CDM; returns what the run did.
 
     ``progress(bytes_done, bytes_total)`` is called every 1,000 resources and at the end of each file.
-    ``workers``: validation processes (``None``: :func:`auto_workers`; 0: validate in this process).
+    ``workers``: processes that parse, validate and map while this one writes (``None``:
+    :func:`auto_workers`; 0: everything in this process).  The result does not depend on it.
     ``force``: re-map resources even when unchanged since the last run (e.g. after a vocabulary load).
     ``cache_size``: referenceable resources remembered per generation (beyond it, references are
     resolved through the CDM; see :class:`~node.ingest.context.RecentCache`).
-    A missing path raises ``FileNotFoundError`` before anything is written.
+    ``unit_bytes``: NDJSON bytes a worker takes at a time.
+    A missing path raises ``FileNotFoundError`` before anything is written; a worker process that
+    dies raises :class:`~node.ingest.pool.WorkerCrashed` after what came before it is written.
     """
     files = discover(paths)
     total = sum(f.size for f in files)
+    workers = auto_workers(total) if workers is None else workers
     thresholds = relaxed_gc()
-    run = IngestRun(engine, mrn_system, batch_size, auto_workers(total) if workers is None else workers, force,
-                    cache_size)
+    run = IngestRun(engine, mrn_system, batch_size, force, cache_size)
     done = Progress()
-    last_report = 0
     try:
-        for input_file in files:
-            run.summary.files += 1
-            if input_file.kind == "export-metadata":
-                run.summary.metadata_files += 1
-            for n, item in enumerate(read(input_file, done), 1):
-                run.add(item)
-                if progress is not None and n % 1000 == 0 and done.done - last_report > 0:
-                    progress(done.done, total)
-                    last_report = done.done
-            if input_file.kind == "ndjson":
-                run.flush()  # the next file's type may reference this one's rows (DiagnosticReport -> Observation)
-            if progress is not None:
-                progress(done.done, total)
+        if workers > 0:
+            _with_workers(run, files, workers, progress, total, done, unit_bytes)
+        else:
+            _in_process(run, files, progress, total, done)
         return run.finish()
     finally:
         run.close()
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+def _in_process(run: IngestRun, files: list[InputFile], progress, total: int, done: Progress) -> None:
+    last_report = 0
+    for input_file in files:
+        run.summary.files += 1
+        if input_file.kind == "export-metadata":
+            run.summary.metadata_files += 1
+        for n, item in enumerate(read(input_file, done), 1):
+            run.add(item)
+            if progress is not None and n % 1000 == 0 and done.done - last_report > 0:
+                progress(done.done, total)
+                last_report = done.done
+        if input_file.kind == "ndjson":
+            run.flush()  # the next file's type may reference this one's rows (DiagnosticReport -> Observation)
+        if progress is not None:
+            progress(done.done, total)
+
+
+def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress, total: int,
+                  done: Progress, unit_bytes: int) -> None:
+    """Hand the files out to ``workers`` processes in units and write their records in input order.
+
+    Before a file of a later load-order rank than the one before (Patients after Practitioners), the
+    units out are written first: workers then find what the new file references in the CDM.
+    """
+    pool = WorkerPool(worker_url(run.engine), workers, run.ctx.mrn_system, run.cache_size, run.force)
+    run._tracking = True
+
+    def take(units) -> None:
+        for unit, records in units:
+            if records is None:  # a marker: the file before it ended
+                run.flush()
+                continue
+            run.take(unit.source_file, unit.block, unit.handed_out, records)
+            if progress is not None:
+                progress(done.done, total)
+        oldest = pool.oldest_handed_out
+        run.forget_writes(run.writes if oldest is None else oldest)
+
+    try:
+        rank = None
+        for input_file in files:
+            run.summary.files += 1
+            if input_file.kind == "export-metadata":
+                run.summary.metadata_files += 1
+                done.done += input_file.size
+                continue
+            if rank is not None and input_file.rank > rank:
+                take(pool.drain())
+            rank = input_file.rank
+            path = str(input_file.path)
+            if input_file.kind == "bundle":
+                done.done += input_file.size
+                pool.submit(("bundle", path, None, 0, None), run.writes, path)
+            else:
+                for block in ndjson_blocks(input_file, done, unit_bytes):
+                    if isinstance(block, Item):  # a damaged gzip stream: the last item of the file
+                        pool.submit_records(path, [(block.line, block.raw, block.type_hint, None, None, None, ERROR,
+                                                    (*block.error, block.type_hint))], run.writes)
+                        continue
+                    first, data = block
+                    pool.submit(("ndjson", path, input_file.resource_type, first, data), run.writes,
+                                f"{path} from line {first:,}")
+                    take(pool.done())
+                pool.mark()  # the file ended: write what it gave (as in _in_process)
+            take(pool.done())
+        take(pool.drain())
+    except WorkerCrashed:
+        run.flush()  # what was taken before the unit that was lost
+        pool.terminate()
+        raise
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()

@@ -51,7 +51,8 @@ class _Bar:
               help="Resources per transaction.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Validation processes (default: one per core but one, for inputs over 16 MB; 0: none).")
+              help="Processes that parse, validate and map while this one writes (default: one per core "
+                   "for inputs over 4 MB; 0: none). The result does not depend on it.")
 @click.option("--force", is_flag=True,
               help="Re-map resources even when unchanged since the last run (after loading vocabularies).")
 @click.pass_context

@@ -82,6 +82,7 @@ class InputFile:
     path: Path
     kind: str
     resource_type: str | None = None
+    rank: int = 0  # its place in the load order (:func:`discover`)
 
     @property
     def size(self) -> int:
@@ -155,9 +156,8 @@ def discover(paths: Iterable[str | Path]) -> list[InputFile]:
     def load_order(f: InputFile):
         if f.kind == "export-metadata":
             return (0, 0, 0, str(f.path))
-        if f.kind == "bundle":
-            return (1, bundle_rank(f.path), 0, str(f.path))
-        return (1, rank(f.resource_type), 1, str(f.path))
+        f.rank = bundle_rank(f.path) if f.kind == "bundle" else rank(f.resource_type)
+        return (1, f.rank, 0 if f.kind == "bundle" else 1, str(f.path))
 
     return sorted(found, key=load_order)
 
@@ -167,6 +167,28 @@ class Progress:
 
     def __init__(self) -> None:
         self.done = 0
+
+
+def ndjson_item(source_file: str, number: int, line: bytes, type_hint: str | None) -> Item | None:
+    """Line ``number`` of an NDJSON file as an :class:`Item` (``None`` for a blank line)."""
+    if not line.strip():
+        return None
+    try:
+        resource = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Item(source_file, number, line, error=(NOT_JSON, f"line {number} is not JSON ({exc})"),
+                    type_hint=type_hint)
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return Item(source_file, number, line, error=(NOT_A_RESOURCE, f"line {number} has no resourceType"),
+                    type_hint=type_hint)
+    return Item(source_file, number, line, resource)
+
+
+def _damaged(input_file: InputFile, number: int, exc: Exception) -> Item:
+    """The item reporting a gzip stream cut short after line ``number``: what was read stays loaded."""
+    return Item(str(input_file.path), number + 1, None,
+                error=(NOT_JSON, f"compressed stream damaged after line {number}: {exc}"),
+                type_hint=input_file.resource_type)
 
 
 def read_ndjson(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
@@ -182,10 +204,7 @@ def read_ndjson(input_file: InputFile, progress: Progress | None = None) -> Iter
             try:
                 line = handle.readline()
             except (EOFError, gzip.BadGzipFile, OSError) as exc:
-                # A gzip stream cut short: what was read stays loaded, the rest is reported.
-                yield Item(str(path), number + 1, None, error=(NOT_JSON, f"compressed stream damaged after line "
-                                                                          f"{number}: {exc}"),
-                           type_hint=input_file.resource_type)
+                yield _damaged(input_file, number, exc)
                 return
             if not line:
                 return
@@ -194,23 +213,71 @@ def read_ndjson(input_file: InputFile, progress: Progress | None = None) -> Iter
                 position = raw_handle.tell() if gz else last + len(line)
                 progress.done += position - last
                 last = position
-            if not line.strip():
-                continue
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield Item(str(path), number, line, error=(NOT_JSON, f"line {number} is not JSON ({exc})"),
-                           type_hint=input_file.resource_type)
-                continue
-            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-                yield Item(str(path), number, line, error=(NOT_A_RESOURCE, f"line {number} has no resourceType"),
-                           type_hint=input_file.resource_type)
-                continue
-            yield Item(str(path), number, line, resource)
+            item = ndjson_item(str(path), number, line, input_file.resource_type)
+            if item is not None:
+                yield item
     finally:
         handle.close()
         if gz:
             raw_handle.close()
+
+
+def ndjson_blocks(input_file: InputFile, progress: Progress | None = None,
+                  size: int = 1 << 21) -> Iterator[tuple[int, bytes] | Item]:
+    """An NDJSON file as blocks of whole lines, about ``size`` bytes each: ``(number of the block's
+    first line, bytes)`` — what worker processes parse (:mod:`node.ingest.worker`).  A damaged gzip
+    stream ends the blocks with the :class:`Item` :func:`read_ndjson` yields for it, after the same
+    lines."""
+    path = input_file.path
+    if path.name.lower().endswith(".gz"):
+        yield from _gzip_blocks(input_file, progress, size)
+        return
+    number, carry = 1, b""
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            data = handle.read(size)
+            if progress is not None:
+                progress.done += len(data)
+            if not data:
+                if carry:
+                    yield number, carry
+                return
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than a block: keep reading it
+                carry = data
+                continue
+            block, carry = data[:cut], data[cut:]
+            yield number, block
+            number += block.count(b"\n")
+
+
+def _gzip_blocks(input_file: InputFile, progress: Progress | None, size: int) -> Iterator[tuple[int, bytes] | Item]:
+    # line by line, as read_ndjson reads: a damaged stream then keeps exactly the lines it keeps there
+    path = input_file.path
+    with open(path, "rb", buffering=1 << 20) as raw_handle, gzip.GzipFile(fileobj=raw_handle, mode="rb") as handle:
+        number, lines, length, last = 0, [], 0, 0
+        while True:
+            try:
+                line = handle.readline()
+            except (EOFError, gzip.BadGzipFile, OSError) as exc:
+                if lines:
+                    yield number - len(lines) + 1, b"".join(lines)
+                yield _damaged(input_file, number, exc)
+                return
+            if progress is not None:
+                position = raw_handle.tell()
+                progress.done += position - last
+                last = position
+            if line:
+                number += 1
+                lines.append(line)
+                length += len(line)
+            if lines and (not line or length >= size):
+                yield number - len(lines) + 1, b"".join(lines)
+                lines, length = [], 0
+            if not line:
+                return
 
 
 def _rewrite_references(node, targets: dict[str, str]) -> None:

@@ -37,6 +37,9 @@ class IngestSummary:
     unresolved_references: dict[str, int] = field(default_factory=dict)
     persons_with_periods: int = 0
     seconds: float = 0.0
+    #: resources a worker process mapped that the loader mapped again, the worker's view of the run
+    #: being behind (node.ingest.worker); a cost, not an outcome: not part of :meth:`as_dict`
+    remapped: int = 0
 
     def count(self, resource_type: str | None, state: str, reason: str | None = None,
               source_file: str | None = None) -> None:

@@ -9,7 +9,8 @@ first meets :func:`node.ingest.precheck.conforms`, compiled from the same models
 6-9x faster in the same runs (benchmarks/README.md), which passes only what the models certainly
 accept; everything else, every invalid resource among it, is judged by the models themselves, and
 their message is the quarantine reason.
-The engine also skips validation for resources whose content hash is unchanged since the last run.
+The engine also skips validation for resources whose content hash is unchanged since the last run,
+and validates in its worker processes (:mod:`node.ingest.worker`).
 """
 
 from __future__ import annotations
@@ -74,14 +75,7 @@ def model_problem(resource: dict) -> tuple[str, str] | None:
     return None
 
 
-# -- validation in worker processes ------------------------------------------------------------------
-
-def problems_of(payloads: list[bytes]) -> list[tuple[str, str] | None]:
-    """:func:`problem` of each JSON payload (the function a worker process runs)."""
-    from orjson import loads
-
-    return [problem(loads(p)) for p in payloads]
-
+# -- in worker processes ----------------------------------------------------------------------------
 
 def _warm() -> None:
     # Building the R4B model classes of the common types costs ~1 s; do it while the reader starts.
@@ -107,68 +101,3 @@ def relaxed_gc() -> tuple[int, int, int]:
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     return previous
-
-
-class ValidationPool:
-    """Validates batches of resources in ``workers`` processes while the caller maps and writes.
-
-    pydantic validation is CPU-bound Python (the GIL rules out threads), so the only way to use a
-    second core is another process.  Resources travel as their JSON bytes (the NDJSON line itself),
-    which is cheaper to send than a pickled dict; results come back in submission order, so the
-    run's outcome does not depend on the number of workers.  ``workers=0`` validates in this process.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.own_share = 0.0
-        self._pool = None
-        if workers > 0:
-            import multiprocessing
-
-            # fork, not spawn: spawn re-imports the caller's __main__ in each worker, which breaks a
-            # script without an ``if __name__ == "__main__"`` guard.  The engine creates the pool before
-            # it opens connections or starts the progress bar's thread; workers touch neither and
-            # leave through os._exit, so inherited database sockets are never used or closed by them.
-            self._pool = multiprocessing.get_context("fork").Pool(workers, initializer=_warm)
-
-    def submit(self, resources: list[dict], raws: list[bytes | None]):
-        """Start validating ``resources`` (``raws[i]``: the JSON bytes of ``resources[i]`` when at hand);
-        :meth:`result` of the handle returns their problems in order.
-
-        The tail share :attr:`own_share` stays here, validated by :meth:`result` just before it waits
-        for the workers: when the workers are the slower stage this process would otherwise sit idle.
-        """
-        if self._pool is None or not resources:
-            return ("now", resources, None)
-        from orjson import dumps
-
-        cut = len(resources) - int(len(resources) * self.own_share)
-        payloads = [raw if raw is not None else dumps(resource) for resource, raw in zip(resources[:cut], raws[:cut])]
-        # A few chunks per worker: equal shares even when one chunk holds the big resources.
-        size = max(1, -(-len(payloads) // (self.workers * 4)))
-        chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
-        return ("pool", resources[cut:], self._pool.map_async(problems_of, chunks) if chunks else None)
-
-    def result(self, handle) -> list[tuple[str, str] | None]:
-        kind, own, pending = handle
-        mine = [problem(resource) for resource in own]
-        if kind == "now" or pending is None:
-            return mine
-        ready = pending.ready()
-        theirs = [p for chunk in pending.get() for p in chunk]
-        # Balance the two stages: take more of the next batches while the workers lag, less once
-        # they wait for this process.  Which process validates a resource never changes its result.
-        self.own_share = max(0.0, min(0.5, self.own_share + (-0.05 if ready else 0.05)))
-        return theirs + mine
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool.join()
-            self._pool = None
-
-    def terminate(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None

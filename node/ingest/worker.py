@@ -1,0 +1,261 @@
+"""Parse, hash, validate and map FHIR resources in worker processes; the loading process writes.
+
+A worker takes one unit of input — a block of whole NDJSON lines or one Bundle file — and returns,
+per resource and in input order, a :data:`Record`: its content hash, the hash the CDM held for it
+when the worker looked, and its verdict (invalid, or mapped to rows).  The loading process
+(:mod:`node.ingest.engine`) takes the records in order and only writes.
+
+What a mapper asks of the run (:class:`~node.ingest.contract.MapContext`) may depend on what the
+loader has written or mapped *meanwhile*: is the Patient loaded, which row does a reference
+name, does the vocabulary know a code yet.  A worker answers from its own view (the CDM as it
+reads it, the resources it mapped itself) and **records every question and answer**: the
+person and reference look-ups, and every vocabulary look-up and site-local concept below
+``concept()`` / ``unit()`` / ``known_concept()``.  A mapper is a deterministic function of the
+resource and those answers, so the loader replays the questions against its own, authoritative
+:class:`~node.ingest.context.RunContext` (:func:`replay`, dictionary look-ups mostly, and the
+creation of the site-local concepts the worker predicted): when every answer is the same, the
+worker's rows are exactly the rows the loader would have mapped; at the first different answer
+it maps the resource itself, from its bytes.  The rows, quarantine, counts, pending references
+and ids therefore never depend on the number of workers (tests/test_fhir_ingest_workers.py).
+
+Likewise the "unchanged" judgement: the loader corrects the worker's view of the stored hash for
+every resource it wrote after handing the unit out (a resource sent twice in one export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from sqlalchemy import Engine
+
+from cdm.db import layout_of, open_engine, with_layout
+from cdm.vocabulary import ConceptMatch, Vocabulary, local_concept_id, normalise_code
+from node.ingest.context import RunContext, source_key
+from node.ingest.contract import Unmappable
+from node.ingest.load import existing_hashes
+from node.ingest.mappers import MAPPERS
+from node.ingest.mapping import MAPPING_ERROR, NO_CDM_TABLE, content_hash, failure_reason, identifiers_of, remember
+from node.ingest.reader import InputFile, Item, ndjson_item, read_bundle
+from node.ingest.validate import _warm, problem, relaxed_gc
+
+# What a worker recorded a mapper asking (first element of each transcript entry; the answer is last).
+PERSON, REFERENCE, LOOKUP, CONCEPT = range(4)
+#: An answer that was an exception (``UNKNOWN_PATIENT``, ``NO_PATIENT``): (RAISED, code, reason).
+RAISED = "raised"
+
+# Verdicts of a record.
+ERROR = 0      # not a resource (not JSON, no resourceType): payload (code, reason, type hint)
+SKIPPED = 1    # a type radfed keeps no rows for
+UNCHANGED = 2  # the stored hash equals the content hash (not validated, not mapped)
+INVALID = 3    # payload (code, reason)
+MAPPED = 4     # payload :class:`Premapped`
+REDO = 5       # the worker could not tell (its database read failed): the loader maps it
+
+
+@dataclass
+class Premapped:
+    """What a worker's mapper made of a resource and the questions it asked on the way."""
+
+    calls: list[tuple]
+    rows: list[tuple[str, dict]]  # (table, values)
+    unmapped: int = 0  # codings without a standard concept
+    raised: tuple[str, str] | None = None  # (code, reason) of an Unmappable / a failed mapper
+    identifiers: list[tuple[str | None, str]] | None = None
+
+
+#: One resource's record: (line, raw, resource type, id, content hash, stored hash, verdict, payload).
+#: ``raw`` is ``(start, end)`` in the NDJSON block (the loader holds the block) or, for a Bundle
+#: entry, its JSON bytes (references already rewritten): the loader parses it when it must map the
+#: resource itself or quarantine it.
+Record = tuple
+
+
+def _match(found: ConceptMatch | None) -> tuple | None:
+    return None if found is None else (found.concept_id, found.source_concept_id, found.domain_id, found.is_local)
+
+
+class RecordingVocabulary(Vocabulary):
+    """Read-only vocabulary look-ups that record themselves; ``concept_for`` of a code the CDM does
+    not know yet predicts the site-local concept the loader will create (same id rule, no write)."""
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
+        self.log: list[tuple] = []
+
+    def lookup(self, vocabulary_id: str, code: str) -> ConceptMatch | None:
+        found = super().lookup(vocabulary_id, code)
+        self.log.append((LOOKUP, vocabulary_id, code, _match(found)))
+        return found
+
+    def concept_for(self, vocabulary_id: str, code: str, name: str | None = None, domain_id: str | None = None,
+                    conn=None, system_uri: str | None = None) -> ConceptMatch:
+        normal = normalise_code(vocabulary_id, code)
+        found = super().lookup(vocabulary_id, normal)
+        if found is None:  # the loader creates it; a hash collision there shows up as a different answer
+            local = local_concept_id(vocabulary_id, normal)
+            found = self._cache[(vocabulary_id, normal)] = ConceptMatch(local, local, domain_id, True)
+        self.log.append((CONCEPT, vocabulary_id, code, name, domain_id, system_uri, _match(found)))
+        return found
+
+
+class RecordingContext(RunContext):
+    """A worker's :class:`RunContext`: its person and reference answers are recorded too."""
+
+    def __init__(self, engine: Engine, mrn_system: str, cache_size: int):
+        super().__init__(engine, mrn_system, cache_size)
+        self.vocabulary = RecordingVocabulary(engine)
+        self.failed = False  # a question failed other than by Unmappable (a database error)
+
+    def _ask(self, method, entry: tuple):
+        try:
+            found = method(*entry[1:])
+        except Unmappable as exc:
+            self.vocabulary.log.append((*entry, (RAISED, exc.code, exc.reason)))
+            raise
+        except Exception:
+            self.failed = True
+            raise
+        self.vocabulary.log.append((*entry, found))
+        return found
+
+    def person_id(self, reference: str | None) -> int:
+        return self._ask(super().person_id, (PERSON, reference))
+
+    def reference_id(self, reference: str | None, cdm_table: str) -> int | None:
+        return self._ask(super().reference_id, (REFERENCE, reference, cdm_table))
+
+
+def replay(ctx: RunContext, calls: list[tuple]) -> bool:
+    """Ask ``ctx`` what a worker's mapper asked, in order; True when every answer is the same (then the
+    worker's rows are the ones ``ctx`` would give).  Stops at the first difference: the questions
+    asked until then are the ones mapping the resource again asks first, so nothing is done twice."""
+    vocabulary = ctx.vocabulary
+    for call in calls:
+        kind = call[0]
+        try:
+            if kind == PERSON:
+                found = ctx.person_id(call[1])
+            elif kind == REFERENCE:
+                found = ctx.reference_id(call[1], call[2])
+            elif kind == LOOKUP:
+                found = _match(vocabulary.lookup(call[1], call[2]))
+            else:
+                found = _match(vocabulary.concept_for(call[1], call[2], call[3], call[4], system_uri=call[5]))
+        except Unmappable as exc:
+            found = (RAISED, exc.code, exc.reason)
+        if found != call[-1]:
+            return False
+    return True
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+class _Worker:
+    """The state of one worker process: its engine and context, for every unit it maps."""
+
+    def __init__(self, url: str, mrn_system: str, cache_size: int, force: bool):
+        self.engine = open_engine(url)
+        self.ctx = RecordingContext(self.engine, mrn_system, cache_size)
+        self.force = force
+
+    def unit(self, task: tuple) -> list[Record]:
+        kind, path, type_hint, first, block = task
+        if kind == "ndjson":
+            items, spans = [], []
+            start = 0
+            number = first
+            while start < len(block):
+                end = block.find(b"\n", start) + 1 or len(block)
+                item = ndjson_item(path, number, block[start:end], type_hint)
+                if item is not None:
+                    items.append(item)
+                    spans.append((start, end))
+                start, number = end, number + 1
+        else:
+            items = list(read_bundle(InputFile(Path(path), "bundle")))
+            spans = [None] * len(items)
+        keys = [source_key(i.resource["resourceType"], i.resource["id"]) if i.error is None
+                and isinstance(i.resource.get("id"), str) and i.resource["id"] else None for i in items]
+        known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
+        return [self.record(item, span, key, known.get(key)) for item, span, key in zip(items, spans, keys)]
+
+    def record(self, item: Item, span, key: str | None, stored: str | None) -> Record:
+        raw = span if span is not None else (item.raw if item.raw is not None else orjson.dumps(
+            item.resource if item.resource is not None else {}))
+        if item.error is not None:
+            return (item.line, raw, item.type_hint, None, None, None, ERROR, (*item.error, item.type_hint))
+        resource = item.resource
+        resource_type, resource_id = resource["resourceType"], resource.get("id")
+        digest = content_hash(resource)
+        head = (item.line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
+        if resource_type in NO_CDM_TABLE:
+            return (*head, SKIPPED, None)
+        if key is not None and stored == digest:
+            self.ctx.mark_present(resource_type, resource_id)  # as the loader does
+            return (*head, UNCHANGED, None)
+        found = problem(resource)
+        if found is not None:
+            return (*head, INVALID, found)
+        return (*head, *self.map(key, resource))
+
+    def map(self, key: str, resource: dict) -> tuple[int, Premapped | None]:
+        ctx = self.ctx
+        resource_type = resource["resourceType"]
+        fn = MAPPERS.get(resource_type)
+        if fn is None:
+            return MAPPED, Premapped([], [])
+        ctx.current_type = resource_type
+        ctx.unresolved, ctx.unmapped_codings, ctx.failed = [], 0, False
+        ctx.vocabulary.log = log = []
+        raised = None
+        rows = []
+        try:
+            rows = fn(resource, ctx)
+        except Unmappable as exc:
+            raised = (exc.code, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - as the loader: a mapper failing on odd input is quarantined
+            raised = (MAPPING_ERROR, failure_reason(resource_type, exc))
+        if ctx.failed:
+            return REDO, None
+        identifiers = identifiers_of(resource)
+        if rows and raised is None:
+            try:  # what later resources this worker maps may ask about it
+                remember(ctx, key, resource_type, resource["id"], identifiers, rows)
+            except (KeyError, ValueError):  # a row the loader will reject (row_problem)
+                pass
+        return MAPPED, Premapped(log, [(r.table, r.values) for r in rows], ctx.unmapped_codings, raised,
+                                 identifiers or None)
+
+
+_worker: _Worker | None = None
+
+
+def start(url: str, mrn_system: str, cache_size: int, force: bool) -> None:
+    """A worker process's initializer: its own engine and context; the validator's models built."""
+    global _worker
+    _warm()
+    relaxed_gc()
+    _worker = _Worker(url, mrn_system, cache_size, force)
+
+
+def map_unit(task: tuple) -> list[Record]:
+    """The records of one unit ``(kind, path, type hint, first line, block)`` (what a worker runs)."""
+    return _worker.unit(task)
+
+
+def worker_url(engine: Engine) -> str:
+    """The URL a worker opens the same CDM with (with an attached CDM's layout, and the password)."""
+    url = engine.url.render_as_string(hide_password=False)
+    layout = layout_of(engine)
+    if layout is None:
+        return url
+    if engine.dialect.name == "postgresql":
+        params = {"cdm_schema": layout.cdm_schema, "vocabulary_schema": layout.vocabulary_schema,
+                  "radfed_schema": layout.radfed_schema}
+    else:
+        params = {"cdm_file": layout.cdm_file, **({"vocabulary_file": layout.vocabulary_file}
+                                                  if layout.vocabulary_file else {})}
+    return with_layout(url, params)

@@ -1,0 +1,143 @@
+"""Mapping in worker processes (node/ingest/worker.py, pool.py): the CDM, the quarantine, the summary
+and the exit status are those of the single-process path; a worker's stale view of the run is
+corrected by the loader; a worker that dies is reported and loses nothing.
+
+Real SQLite / PostgreSQL CDMs, real forkserver worker processes, real files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import os
+import signal
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import distinct, func, select
+
+from cdm.db import create_cdm, drop_cdm, open_engine
+from cdm.schema import tables
+from node.cli import main
+from node.ingest.engine import ingest_paths
+from node.ingest.pool import WorkerCrashed
+from tests.test_fhir_ingest_runs import (
+    condition, dump, export_with_duplicates, outcome, patient, rid, write_bundle, write_ndjson,
+)
+
+
+def _export(tmp_path):
+    """A synthetic export with a bad file among the good ones, a Bundle, a gzip file and duplicates."""
+    export, first = export_with_duplicates(tmp_path)
+    person = first["subject"]["reference"][8:]
+    # the bad file: not JSON, no resourceType, an invalid resource, an unknown patient, a blank line
+    write_ndjson(export / "Condition.002.ndjson", [
+        b"{not json", b'{"id": "x"}', condition("bad-date", person, onset="2020-13-45"),
+        condition("orphan", "nobody"), b"", condition("fine", person)])
+    write_bundle(export / "extra-bundle.json", [patient("bp1"), condition("bc1", "bp1")], "transaction")
+    with gzip.open(export / "Procedure.001.ndjson.gz", "wb") as handle:
+        handle.write(orjson.dumps({"resourceType": "Procedure", "id": "gz1", "status": "completed",
+                                   "subject": {"reference": f"Patient/{person}"},
+                                   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "80146002"}]},
+                                   "performedDateTime": "2020-05-06T07:08:09Z"}) + b"\n")
+    return export
+
+
+def _fresh(engine) -> None:
+    drop_cdm(engine)
+    create_cdm(engine, source_name="test-site")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_give_the_rows_quarantine_and_summary_of_one_process(backend, tmp_path, request):
+    export = _export(tmp_path)
+    engine = request.getfixturevalue("sqlite_cdm" if backend == "sqlite" else "pg_cdm")
+    results = {}
+    # small batches and units: many batches and units in flight, duplicates across and within them
+    for name, workers in (("in-process", 0), ("1 worker", 1), ("2 workers", 2)):
+        _fresh(engine)
+        summary = ingest_paths(engine, [export], batch_size=37, workers=workers, unit_bytes=4096)
+        again = ingest_paths(engine, [export], batch_size=37, workers=workers, unit_bytes=4096)
+        results[name] = (outcome(summary), dump(engine), outcome(again))
+    reference = results["in-process"]
+    for name in ("1 worker", "2 workers"):
+        assert results[name][0] == reference[0], f"{name}: the same summary"
+        assert results[name][1] == reference[1], f"{name}: the same rows, ids, concepts and quarantine"
+        assert results[name][2] == reference[2], f"{name}: the same re-run"
+    summary, rows, again = reference
+    assert summary["quarantined_by_reason"] == {"INVALID_RESOURCE": 2, "NOT_A_RESOURCE": 1, "NOT_JSON": 2,
+                                                "UNKNOWN_PATIENT": 2}
+    assert (summary["by_type"]["Condition"]["updated"], summary["by_type"]["Condition"]["unchanged"]) == (3, 0)
+    assert again["loaded"] == 0 and again["unchanged"] > 1000
+    assert any(r[0] == rid("Procedure", "gz1") for r in rows["procedure_occurrence"])
+
+
+def test_cli_exit_status_and_summary_do_not_depend_on_workers(tmp_path):
+    export = _export(tmp_path)
+    runner = CliRunner()
+    outputs = {}
+    for workers in (0, 2):
+        db = str(tmp_path / f"cdm-{workers}.sqlite")
+        assert runner.invoke(main, ["--db", db, "init"]).exit_code == 0
+        result = runner.invoke(main, ["--db", db, "ingest", "fhir", "--json", "--workers", str(workers),
+                                      "--batch-size", "50", str(export)])
+        assert result.exit_code == 3, result.output  # something quarantined: partial
+        outputs[workers] = {k: v for k, v in json.loads(result.stdout).items() if k != "seconds"}
+    assert outputs[0] == outputs[2]
+    assert outputs[2]["quarantined"] == 7
+
+
+def test_a_stale_worker_answer_is_mapped_again_by_the_loader(any_cdm, tmp_path):
+    # Sub-encounters partOf a visit in the first line of the same file, in units of ~150 lines: the
+    # worker busy with the first unit is not the one that takes the second, which maps its
+    # sub-encounters before the loader has written (or even received) their visit, so it answers
+    # "no such visit" and makes visit_occurrences; the loader knows better.
+    folder = tmp_path / "in"
+    # many small units of Patients: both workers are started (and idle) when the Encounters come
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(1, 2000)])
+    visit = {"resourceType": "Encounter", "status": "finished", "class": {"code": "IMP"},
+             "subject": {"reference": "Patient/p1"}, "period": {"start": "2021-05-01T10:00:00Z"}}
+    encounters = [{**visit, "id": "e0"}] + [{**visit, "id": f"e{i}", "partOf": {"reference": "Encounter/e0"}}
+                                            for i in range(1, 1201)]
+    write_ndjson(folder / "Encounter.000.ndjson", encounters)
+    summary = ingest_paths(any_cdm, [folder], workers=2, unit_bytes=32_768)
+    assert summary.total("loaded") == 1999 + 1201
+    assert summary.remapped > 0, "some sub-encounter was mapped by a worker that had not seen e0"
+    detail = tables["visit_detail"]
+    with any_cdm.connect() as conn:
+        parents = dict(conn.execute(select(detail.c.visit_detail_id, detail.c.visit_occurrence_id)).all())
+    assert parents == {rid("Encounter", f"e{i}"): rid("Encounter", "e0") for i in range(1, 1201)}
+
+
+def test_a_worker_that_dies_is_reported_and_nothing_is_lost(sqlite_cdm, tmp_path):
+    folder = tmp_path / "in"
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(3000)])
+    write_ndjson(folder / "Condition.000.ndjson", [condition(f"c{i}", f"p{i % 3000}") for i in range(20000)])
+    killed = []
+
+    def kill_a_worker(done: int, total: int) -> None:
+        # a real SIGKILL of a real worker, once the Conditions are being mapped
+        children = multiprocessing.active_children()
+        if not killed and done > total * 0.3 and children:
+            victim = children[-1]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    with pytest.raises(WorkerCrashed) as crash:
+        ingest_paths(sqlite_cdm, [folder], workers=2, unit_bytes=16_384, batch_size=500, progress=kill_a_worker)
+    assert killed
+    assert "ended abruptly" in str(crash.value) and "Condition.000.ndjson from line" in str(crash.value)
+    assert crash.value.exit_code == 1
+    record = tables["source_record"]
+    with sqlite_cdm.connect() as conn:
+        loaded = conn.execute(select(func.count(distinct(record.c.source_key)))).scalar_one()
+    assert 3000 < loaded < 23000, "what came before the lost unit is written, not what came after"
+    # the same command again loads exactly what is missing
+    again = ingest_paths(sqlite_cdm, [folder], workers=2)
+    assert (again.total("quarantined"), again.total("unchanged"), again.total("loaded")) == (0, loaded, 23000 - loaded)
+    fresh = open_engine(tmp_path / "fresh.sqlite")
+    create_cdm(fresh, source_name="test-site")
+    ingest_paths(fresh, [folder], workers=0)
+    assert dump(sqlite_cdm) == dump(fresh)
