@@ -493,9 +493,6 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
         take(pool.drain())
     except WorkerCrashed:
         run.flush()  # what was taken before the unit that was lost
-        pool.terminate()
         raise
-    except BaseException:
-        pool.terminate()
-        raise
-    pool.close()
+    finally:
+        pool.close()

@@ -105,18 +105,10 @@ class WorkerPool:
             f"unchanged resources are skipped and the rest is loaded ({exc})")
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def terminate(self) -> None:
-        """Stop at once (an error in the loading process): queued units are dropped, workers killed."""
+        """Stop the workers; after an error, units not started are dropped and the ones being mapped
+        let finish (a worker killed while it sends its result leaves the executor waiting for the rest)."""
         self._out.clear()
-        processes = list((getattr(self._executor, "_processes", None) or {}).values())
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join(timeout=5)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _ready(value) -> Future:
