@@ -24,6 +24,7 @@ from node.learn.supernode import flower_key_command, flower_pins_command, supern
 from node.model_cli import concordance_command, forecast_command
 from node.omop.cli import attach_command, ingest_omop_command
 from node.query_cli import audit_group, query_command
+from node.secure_cli import secure_group
 from node.synth.cli import synth_command
 
 
@@ -128,6 +129,6 @@ for _name, _command in {
     "dicom": dicom_group, "features": features_command, "query": query_command, "audit": audit_group,
     "config": config_group, "approvals": approvals_group, "concordance": concordance_command,
     "forecast": forecast_command, "flower-key": flower_key_command, "flower-pins": flower_pins_command,
-    "supernode": supernode_run_command, "attach": attach_command,
+    "supernode": supernode_run_command, "attach": attach_command, "secure": secure_group,
 }.items():
     main.add_command(_command, _name)

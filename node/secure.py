@@ -41,10 +41,13 @@ under ``lock`` (the first round's are fixed); it refuses any other with ``ROUND_
 **Peer keys.**  A secure request names every peer by its key certificate
 (:func:`cdm.secagg.certify`: the X25519 key, signed by the peer's Ed25519 site key, bound to its site
 name and key epoch).  The node checks each against the Ed25519 key it trusts for that peer
-(:func:`trusted_key`): the one the administrator pinned under ``[secure.peers]``, else (``trust =
-"first-use"``, the default) the one it saw first and pinned in its state, as SSH's known_hosts does.
-A certificate that does not verify -- a coordinator substituting its own key for a peer's to
-unmask this site -- is refused ``SECURE_PEERS`` before anything is computed.
+(:func:`authenticate`, :func:`pinned_key`): the one the administrator pinned under ``[secure.peers]``,
+else (``trust = "first-use"``, the default) the one it saw first and pinned in its state, as SSH's
+known_hosts does.  A certificate that does not verify -- a coordinator substituting its own key for
+a peer's to unmask this site -- is refused ``SECURE_PEERS`` before anything is computed.  First use
+trusts the coordinator at first contact: a coordinator that invents sites (certificates it signed
+itself) is pinned like a new genuine site, so against a coordinator not trusted at all only
+``trust = "pinned"`` with keys obtained out of band protects (docs/threat-model.md).
 
 ``node.toml``::
 
@@ -114,43 +117,62 @@ _pin_lock = threading.Lock()
 _pins: dict[tuple[str, str], str] = {}  # (state database, site) -> the signing key pinned for it
 
 
-def trusted_key(config, site: str, certificate) -> str:
-    """The X25519 key of peer ``site``, from its certificate verified against the Ed25519 key this node
-    trusts for ``site`` (pinned in node.toml, else pinned here on first use); :class:`Refusal`
-    ``SECURE_PEERS`` when it does not verify."""
-    from node.state import secure_peer_keys, state_engine, utcnow
+def pinned_key(config, site: str) -> str | None:
+    """The Ed25519 key this node trusts for peer ``site``: pinned in node.toml, else pinned on first use
+    in its state database, else None (never met)."""
+    from node.state import secure_peer_keys, state_engine
 
-    chosen = settings(config)
-    try:
-        configured = chosen["peers"].get(site)
-        if configured is not None:
-            return secagg.certified_key(certificate, site, str(configured))
-        if chosen["trust"] == "pinned":
-            raise secagg.SecAggError(f"no key is pinned for {site} under [secure.peers] (trust = \"pinned\")")
-        engine = state_engine(config)
-        known = _pins.get((str(engine.url), site))  # a pin never changes once written: no query per round
-        if known is not None:
-            return secagg.certified_key(certificate, site, known)
-        with _pin_lock, engine.begin() as conn:
-            pinned = conn.execute(select(secure_peer_keys.c.signing_key)
+    configured = settings(config)["peers"].get(site)
+    if configured is not None:
+        return str(configured)
+    engine = state_engine(config)
+    cached = _pins.get((str(engine.url), site))  # a pin never changes once written: no query per round
+    if cached is None:
+        with engine.connect() as conn:
+            cached = conn.execute(select(secure_peer_keys.c.signing_key)
                                   .where(secure_peer_keys.c.site == site)).scalar_one_or_none()
-            candidate = pinned or str(secagg.certificate_record(certificate).get("signing_key"))
-            key = secagg.certified_key(certificate, site, candidate)
-            if pinned is None:  # first use: from now on only this signing key speaks for the site
-                conn.execute(insert(secure_peer_keys).values(site=site, signing_key=candidate, pinned_at=utcnow()))
-            _pins[(str(engine.url), site)] = candidate
-            return key
-    except secagg.SecAggError as exc:
-        raise Refusal("SECURE_PEERS", f"{exc}; this node answers no share with a key it cannot authenticate") from None
+        if cached is not None:
+            _pins[(str(engine.url), site)] = cached
+    return cached
+
+
+def forget_pin(engine, site: str) -> None:
+    """Drop this process's cached pin for ``site`` (``radfed-node secure forget``)."""
+    _pins.pop((str(engine.url), site), None)
 
 
 def authenticate(config, peers: secagg.Peers, site: str) -> None:
-    """Every peer's key is the one its certificate, signed by the key trusted for that peer, names."""
+    """Every other peer's key is the one its certificate names, signed by the key this node trusts for
+    that peer (:func:`pinned_key`); :class:`Refusal` ``SECURE_PEERS`` otherwise.  A peer never met is
+    pinned on first use (``trust = "first-use"``) or refused (``"pinned"``)."""
+    from node.state import secure_peer_keys, state_engine, utcnow
+
     if peers.certificates is None:
         raise Refusal("SECURE_PEERS", "the request names peers without key certificates")
-    for other, certificate in sorted(peers.certificates.items()):
-        if other != site:
-            trusted_key(config, other, certificate)
+    chosen = settings(config)
+    others = sorted(s for s in peers.certificates if s != site)
+    trusted = {s: pinned_key(config, s) for s in others}
+    new = [s for s in others if trusted[s] is None]
+    if new and chosen["trust"] == "pinned":
+        raise Refusal("SECURE_PEERS", f"no key is pinned for {new[0]} under [secure.peers] (trust = \"pinned\")")
+    try:
+        for other in others:
+            claimed = trusted[other] or str(secagg.certificate_record(peers.certificates[other]).get("signing_key"))
+            secagg.certified_key(peers.certificates[other], other, claimed)
+    except secagg.SecAggError as exc:
+        raise Refusal("SECURE_PEERS", f"{exc}; this node answers no share with a key it cannot authenticate") from None
+    if new:  # first use: from now on only these signing keys speak for these sites
+        engine = state_engine(config)
+        with _pin_lock, engine.begin() as conn:
+            for other in new:
+                key = str(secagg.certificate_record(peers.certificates[other])["signing_key"])
+                before = conn.execute(select(secure_peer_keys.c.signing_key)
+                                      .where(secure_peer_keys.c.site == other)).scalar_one_or_none()
+                if before is None:
+                    conn.execute(insert(secure_peer_keys).values(site=other, signing_key=key, pinned_at=utcnow()))
+                elif before != key:  # a concurrent request pinned another key for it first
+                    raise Refusal("SECURE_PEERS", f"{other}'s key certificate is not signed by the key trusted for {other}")
+                _pins[(str(engine.url), other)] = key
 
 
 # -- locked rounds -------------------------------------------------------------------------------

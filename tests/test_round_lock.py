@@ -246,3 +246,44 @@ def test_every_quantile_round_is_the_bisection_step_a_node_recomputes_and_no_oth
          "upper": [int((pooled <= t).sum()) for t in asked[-1]["spec"]["analysis"]["thresholds"]]}]}
     with pytest.raises(Refusal, match="no further round"):  # the brackets closed: nothing more to ask
         check_lock({"spec": {"analysis": first}, "lock": done}, None)
+
+
+def test_the_administrator_sees_and_can_drop_the_peer_pins(sqlite_cdm, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cdm import secagg
+    from cdm.wire import Signer, generate_key, key_fingerprint, public_key_text
+    from node.cli import main
+    from node.execute import run_request
+    from node.secure import describe
+    from survival_sites import write_persons
+
+    config = _node(tmp_path)
+    mine = describe(config)["secagg"]["certificate"]
+    signing = {s: generate_key() for s in ("site-b", "site-c")}
+    write_persons(sqlite_cdm, pd.DataFrame({"person_id": range(1, 9), "yob": 1950, "time": 30.0, "event": 1}))
+    spec = {"cohort": {"index": {"kind": "condition", "codes": ["SNOMED:443487006"]}}, "analysis": {"type": "count"}}
+
+    def ask(keys, session):
+        peers = {s: secagg.certify(Signer(s, k), secagg.generate_key()) for s, k in keys.items()}
+        return run_request(sqlite_cdm, config, {"request_id": session, "requester": "r", "spec": spec,
+                                                "secure": {"protocol": secagg.PROTOCOL, "session": session,
+                                                           "peers": {"site-a": mine, **peers}}})
+
+    def cli(*args):
+        result = CliRunner().invoke(main, ["--config", str(tmp_path / "node.toml"), "secure", *args])
+        return result
+
+    assert ask(signing, "j/round-1/attempt-1")["status"] == "ok"
+    listed = json.loads(cli("peers", "--json").output)
+    assert {r["site"]: r["fingerprint"] for r in listed} == {s: key_fingerprint(public_key_text(k))
+                                                             for s, k in signing.items()}
+    assert {r["source"] for r in listed} == {"first use"}
+    rotated = {**signing, "site-b": generate_key()}  # site-b's key rotated: refused until the pin is dropped
+    assert ask(rotated, "j/round-2/attempt-1")["code"] == "SECURE_PEERS"
+    assert cli("forget", "site-b").exit_code == 0 and cli("forget", "site-z").exit_code == 2
+    assert ask(rotated, "j/round-3/attempt-1")["status"] == "ok"
+    listed = json.loads(cli("peers", "--json").output)
+    assert {r["site"]: r["fingerprint"] for r in listed}["site-b"] == key_fingerprint(public_key_text(rotated["site-b"]))
