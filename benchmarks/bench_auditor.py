@@ -6,6 +6,11 @@ combinations: every release goes through check_and_commit, refused ones are not 
 time of one more audit of a count over all N persons, and of a count over a fresh cohort.
 
     python benchmarks/bench_auditor.py [--persons 100000] [--history 1000] [--out results/auditor.json]
+
+``--against OLD.py`` (e.g. ``git show REV:node/disclosure/auditor.py > /tmp/old.py``) instead builds
+the same history in both implementations and then times, interleaved on the same states (so that the
+machine's load hits both alike), 60 more rounds of: a count over all persons, a new cohort (audit),
+and check_and_commit of that cohort; medians in ms.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from node.disclosure.auditor import ReleaseAuditor
+from node.disclosure.auditor import ReleaseAuditor  # noqa: E402
 from node.disclosure.policy import Refusal  # noqa: E402
 
 
@@ -88,13 +93,57 @@ def run(persons: int, history: int, checkpoints, kind: str) -> dict:
     return {"persons": persons, "history": history, "cohorts": kind, "rows": rows, "load_average": os.getloadavg()}
 
 
+def compare(persons: int, history: int, kind: str, against: Path) -> dict:
+    """The module docstring's ``--against``: both implementations on one history, interleaved."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("auditor_against", against)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["auditor_against"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(16)
+    ids, one = cohorts(persons, rng, kind)
+    past, more = [one() for _ in range(history)], [one() for _ in range(60)]
+    auditors = {"against": module.ReleaseAuditor(5), "this": ReleaseAuditor(5)}
+    for a in auditors.values():
+        for cohort in past:
+            try:
+                a.check_and_commit([cohort])
+            except Refusal:
+                pass
+    taken = {name: {"count_all": [], "new_cohort": [], "check_and_commit": []} for name in auditors}
+    for cohort in more:
+        for name, a in auditors.items():
+            for what, fn in (("count_all", lambda: a.audit([ids])), ("new_cohort", lambda: a.audit([cohort])),
+                             ("check_and_commit", lambda: a.check_and_commit([cohort]))):
+                t0 = time.perf_counter()
+                try:
+                    fn()
+                except Refusal:
+                    pass
+                taken[name][what].append(1000 * (time.perf_counter() - t0))
+    a = auditors["this"]
+    out = {"persons": persons, "history": history, "cohorts": kind, "rank": a.rank, "atoms": a.atoms,
+           "same_span": bool(a.rank == auditors["against"].rank and a.atoms == auditors["against"].atoms),
+           "load_average": os.getloadavg(),
+           **{name: {what: round(float(np.median(v)), 2) for what, v in t.items()} for name, t in taken.items()}}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--persons", type=int, default=100_000)
     ap.add_argument("--history", type=int, default=1000)
     ap.add_argument("--cohorts", choices=("ranges", "bands"), default="ranges")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--against", type=Path)
     args = ap.parse_args()
+    if args.against:
+        result = compare(args.persons, args.history, args.cohorts, args.against)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=1))
+        raise SystemExit(0)
     marks = {h for h in (10, 100, 250, 500, 1000, 2000, 5000) if h <= args.history} | {args.history}
     result = run(args.persons, args.history, marks, args.cohorts)
     if args.out:

@@ -71,3 +71,25 @@ def test_history_is_bounded_fail_closed():
             auditor.check_and_commit([np.arange(i * 10, i * 10 + 60)])
     assert refusal.value.code == "AUDIT_FULL"
     assert auditor.rank * auditor.atoms <= 600
+
+
+def test_the_reduction_shortcuts_equal_plain_modular_arithmetic():
+    """reduce() sums few basis rows directly and most rows as the kept sum of all rows less the
+    others, with Mersenne folds instead of %: both equal v - sum(v[pivot_i] row_i) mod P computed
+    with Python integers."""
+    from node.disclosure.auditor import P
+
+    rng = np.random.default_rng(7)
+    auditor = ReleaseAuditor(2)
+    for _ in range(30):
+        auditor.commit([np.flatnonzero(rng.random(200) < rng.uniform(0.1, 0.9))])
+    basis = [[int(x) for x in row] for row in auditor.basis]
+    assert auditor.rank > 10
+    for density in (0.05, 0.5, 0.95, 1.0):
+        v = (rng.random(auditor.atoms) < density).astype(np.int64)
+        expected = [int(x) for x in v]
+        for row, pivot in zip(basis, auditor.pivots):
+            if v[pivot]:
+                expected = [(e - r) % P for e, r in zip(expected, row)]
+        assert auditor.reduce(v).tolist() == expected, density
+    assert auditor.colsum.tolist() == [sum(col) % P for col in zip(*basis)]

@@ -28,6 +28,13 @@ report a smaller rank than the rationals and could miss a dependency.  For 0/1 v
 minor divisible by 2**31 - 1 and is vanishingly unlikely for cohorts that are not built for it;
 docs/threat-model.md states it as a limit.
 
+**Fast.**  One audit reads at most half the basis: a 0/1 vector's projection is the sum of the
+rows whose pivot it holds, and when it holds most of them (a count over everyone holds all) the sum
+of all rows, kept up to date at O(atoms) per new row, less the others.  Rows are added into one
+accumulator without copying them, residues are reduced by Mersenne folds (2**31 = 1 mod P) instead
+of divisions, and only rows whose pivot is a small atom are read for the unit-vector test (in
+reduced form e_a can only be the row with pivot a).  Every step stays exact.
+
 **Bounded.**  Memory is (rank x atoms) int64.  A release that would take the basis above
 ``max_entries`` is refused ``AUDIT_FULL`` (fail closed) until the site administrator starts a new
 release period (``radfed-node audit new-period``), e.g. with a new data snapshot; releases already
@@ -74,6 +81,26 @@ def _inverse(x: int) -> int:
     return pow(int(x), P - 2, P)
 
 
+def _fold(x: np.ndarray) -> np.ndarray:
+    """``x mod P`` for int64 ``0 <= x < 2**62`` without a division, in place (``x`` is consumed):
+    2**31 = 1 (mod 2**31 - 1), so the high bits fold onto the low ones (a Mersenne reduction;
+    numpy's ``%`` divides, several times slower)."""
+    high = np.right_shift(x, 31)
+    np.bitwise_and(x, P, out=x)
+    x += high
+    np.right_shift(x, 31, out=high)
+    np.bitwise_and(x, P, out=x)
+    x += high
+    np.subtract(x, P, out=x, where=x >= P)
+    return x
+
+
+def _positive(x: np.ndarray) -> np.ndarray:
+    """``x mod P`` for ``-P < x < P`` (a difference of two residues), in place."""
+    np.add(x, P, out=x, where=x < 0)
+    return x
+
+
 class ReleaseAuditor:
     """The span of everything released at one site (module docstring).
 
@@ -90,6 +117,7 @@ class ReleaseAuditor:
         self._store = np.zeros((16, 64), dtype=np.int64)  # [:rank, :atoms]: reduced row-echelon basis mod P
         self.pivots = np.zeros(0, dtype=np.int64)      # pivot atom of each row
         self.hidden = np.zeros((0, 0), dtype=np.int64)  # suppressed small cells, reduced against the basis
+        self.colsum = np.zeros(0, dtype=np.int64)      # sum of all basis rows mod P: a large release's shortcut
         self.releases = 0
         self._undo: list | None = None
 
@@ -152,6 +180,9 @@ class ReleaseAuditor:
         block = np.zeros((self.rank, n_new), dtype=np.int64)
         block[:, known] = self._store[:self.rank, parents[known]]
         self._store[:self.rank, old:old + n_new] = block  # a split atom's column, copied
+        extra_sum = np.zeros(n_new, dtype=np.int64)
+        extra_sum[known] = self.colsum[parents[known]]
+        self.colsum = np.concatenate([self.colsum, extra_sum])
         if self.hidden.shape[0]:
             extra = np.zeros((self.hidden.shape[0], n_new), dtype=np.int64)
             extra[:, known] = self.hidden[:, parents[known]]
@@ -171,11 +202,24 @@ class ReleaseAuditor:
         coef = vector[self.pivots] % P
         basis = self.basis
         if coef.max() <= 1:  # a release's own 0/1 vector: the projection is a sum of basis rows
-            projection = basis[coef.astype(bool)].sum(axis=0) % P
+            chosen = coef.astype(bool)
+            if 2 * int(chosen.sum()) <= self.rank:
+                projection = _fold(self._sum_rows(np.flatnonzero(chosen)))
+            else:  # most rows (a count over everyone: all): the sum of all rows less the others
+                projection = _positive(self.colsum - _fold(self._sum_rows(np.flatnonzero(~chosen))))
         else:  # residues < 2**31: coef @ basis could overflow int64, so coef is split in 16-bit halves
             lo, hi = coef & 0xFFFF, coef >> 16
             projection = ((hi @ basis) % P * 65536 + (lo @ basis)) % P
-        return (vector - projection) % P
+        return _positive(vector % P - projection)
+
+    def _sum_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The sum of basis ``rows``, row by row into one accumulator: no copy of the rows (a fancy
+        index would copy them first, which cost more than the additions).  At most 2**22 residues
+        < 2**31 are added: no int64 overflow before the fold."""
+        total = np.zeros(self.atoms, dtype=np.int64)
+        for i in rows.tolist():
+            np.add(total, self._store[i, :self.atoms], out=total)
+        return total
 
     def _add(self, vector: np.ndarray) -> int | None:
         """Add ``vector`` to the span; its new pivot, or None when it was in the span already."""
@@ -190,23 +234,37 @@ class ReleaseAuditor:
                                              "audited until the site administrator starts a new release period")
         basis = self.basis
         touched = np.flatnonzero(basis[:, q])
+        factors = basis[touched, q].copy()
         if touched.size:
-            self._undo.append(("rows", touched, basis[touched].copy()))
-            basis[touched] = (basis[touched] - (basis[touched, q:q + 1] * row[None, :]) % P) % P
+            old = basis[touched]
+            self._undo.append(("rows", touched, old))
+            change = _fold(factors[:, None] * row[None, :])
+            basis[touched] = _positive(np.subtract(old, change, out=change))
+        # the rows' sum: touched row i lost factors[i] * row, and row itself joined
+        self.colsum = _positive(self.colsum - _fold(_fold(np.array([factors.sum()]))[0] * row)) + row
+        self.colsum = np.where(self.colsum >= P, self.colsum - P, self.colsum)
         self._reserve(self.rank + 1, self.atoms)
         self._store[self.rank, :self.atoms] = row
         self.pivots = np.append(self.pivots, q)
         if self.hidden.shape[0]:  # keep the suppressed cells reduced against the grown basis
-            self.hidden = (self.hidden - (self.hidden[:, q:q + 1] * row[None, :]) % P) % P
+            holding = np.flatnonzero(self.hidden[:, q])
+            if holding.size:
+                self.hidden = self.hidden.copy()  # the rollback keeps the old array
+                self.hidden[holding] = _positive(self.hidden[holding]
+                                                 - _fold(self.hidden[holding, q:q + 1] * row[None, :]))
         self._check_rows = np.append(touched, self.rank - 1)
         return q
 
     def _determined_small_atoms(self, rows: np.ndarray) -> list[int]:
-        """Atoms of 1..k-1 persons whose unit vector is one of ``rows`` of the reduced basis."""
-        block = self.basis[rows] != 0
-        unit = rows[block.sum(axis=1) == 1]
-        atoms = np.flatnonzero(self.basis[unit] != 0) % max(self.atoms, 1) if unit.size else unit
-        return [int(a) for a in np.atleast_1d(atoms) if 0 < self.sizes[a] < self.min_cell]
+        """Atoms of 1..k-1 persons whose unit vector is one of ``rows`` of the reduced basis.  In
+        reduced form a row equal to a unit vector e_a has its pivot at a, so only rows whose pivot is
+        a small atom are read."""
+        pivots = self.pivots[rows]
+        rows = rows[(self.sizes[pivots] > 0) & (self.sizes[pivots] < self.min_cell)]
+        if rows.size == 0:
+            return []
+        unit = rows[np.count_nonzero(self.basis[rows], axis=1) == 1]
+        return [int(a) for a in self.pivots[unit]]
 
     # ------------------------------------------------------------------ the audit
 
@@ -224,7 +282,7 @@ class ReleaseAuditor:
         return self._run(shown, hidden, keep=lambda verdict: verdict.safe)
 
     def _run(self, shown, hidden, keep) -> Verdict:
-        saved = (self.persons, self.atom_of.copy(), self.sizes, self.pivots, self.hidden, self.releases)
+        saved = (self.persons, self.atom_of.copy(), self.sizes, self.pivots, self.hidden, self.colsum, self.releases)
         self._undo = []
         try:
             verdict = self._apply(shown, hidden)
@@ -239,7 +297,7 @@ class ReleaseAuditor:
     def _rollback(self, saved) -> None:
         for _kind, rows, values in reversed(self._undo):
             self._store[rows, :values.shape[1]] = values
-        (self.persons, self.atom_of, self.sizes, self.pivots, self.hidden, self.releases) = saved
+        (self.persons, self.atom_of, self.sizes, self.pivots, self.hidden, self.colsum, self.releases) = saved
 
     def _apply(self, shown, hidden) -> Verdict:
         shown = [s for s in map(_person_set, shown) if s.size]
