@@ -196,6 +196,12 @@ def _audited_sets(spec, ids, values, result) -> tuple[list, list] | None:
     a = spec.analysis
     if a.type == "quantile_round":  # audited threshold by threshold (_audit_thresholds)
         return None
+    if _own_frame(spec) or a.type == "concordance":
+        # survival, habitat and concordance rounds: their numbers (KM's at-risk counts, risk-set
+        # sums, pair counts) are not all subset sums, but each is taken over the cohort, whose size
+        # they release (at risk at time 0, n): the cohort is recorded, so that two researchers'
+        # rounds over a cohort and the cohort less a few patients are refused like two counts
+        return [ids], []
     if a.type in ("crossprod", "glm_round"):
         names = list(a.variables) if a.type == "crossprod" else \
             [a.outcome, *a.covariates] + ([a.weights] if a.weights else [])

@@ -91,8 +91,8 @@ def load_site(engine) -> None:
 
 def load_survival(engine, death_day: dict | None = None) -> None:
     """Observation periods for everyone and the deaths of :data:`DEATH_DAY` (``death_day`` overrides
-    some: a second world that differs only in a protected value)."""
-    days = {**DEATH_DAY, **(death_day or {})}
+    some, None: alive at the end of follow-up -- a second world that differs only in a protected value)."""
+    days = {i: day for i, day in {**DEATH_DAY, **(death_day or {})}.items() if day is not None}
     with engine.begin() as c:
         c.execute(insert(tables["observation_period"]), [
             dict(observation_period_id=int(i), person_id=int(i), observation_period_start_date=D(2010, 1, 1),
