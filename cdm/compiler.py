@@ -22,69 +22,14 @@ from functools import singledispatch
 from sqlalchemy import (
     Date, Integer, and_, case, event, exists, extract, false, func, not_, or_, select, true,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 
 from cdm import spec as S
 from cdm.schema import tables
-from cdm.sqldates import _sql_args, days_between  # noqa: F401  (days_between: also imported from here)
+from cdm.sqldates import date_key, day_of, days_between  # noqa: F401  (days_between: also imported from here)
 from cdm.vocabulary import Vocabulary, parse_reference, standard_equivalents
 
 T = tables
 MALE, FEMALE = 8507, 8532
-
-
-class day_of(FunctionElement):
-    """The calendar day of a TIMESTAMP, as a DATE (so :class:`days_between` can take it)."""
-
-    type = Date()
-    inherit_cache = True
-    name = "day_of"
-
-
-@compiles(day_of)
-def _day_of_default(element, compiler, **kw):
-    (t,) = _sql_args(element, compiler, **kw)
-    return f"CAST({t} AS DATE)"
-
-
-@compiles(day_of, "sqlite")
-def _day_of_sqlite(element, compiler, **kw):
-    # CAST(... AS DATE) has NUMERIC affinity in SQLite ('2024-03-01 10:00' -> 2024); date() keeps the day
-    (t,) = _sql_args(element, compiler, **kw)
-    return f"date({t})"
-
-
-class date_key(FunctionElement):
-    """A DATE as the integer ``YYYYMMDD`` (for age arithmetic without per-part date functions)."""
-
-    type = Integer()
-    inherit_cache = True
-    name = "date_key"
-
-
-@compiles(date_key)
-def _date_key_default(element, compiler, **kw):
-    (d,) = _sql_args(element, compiler, **kw)
-    return f"CAST(EXTRACT(YEAR FROM {d}) * 10000 + EXTRACT(MONTH FROM {d}) * 100 + EXTRACT(DAY FROM {d}) AS INTEGER)"
-
-
-@compiles(date_key, "postgresql")
-def _date_key_pg(element, compiler, **kw):
-    # date_part() is double precision (exact for these integers); EXTRACT is numeric since
-    # PostgreSQL 14 and twice as slow over 100k rows
-    (d,) = _sql_args(element, compiler, **kw)
-    return f"CAST(date_part('year', {d}) * 10000 + date_part('month', {d}) * 100 + date_part('day', {d}) AS INTEGER)"
-
-
-@compiles(date_key, "sqlite")
-def _date_key_sqlite(element, compiler, **kw):
-    # SQLAlchemy stores a SQLite DATE as ISO text ('YYYY-MM-DD', DATETIME with a time after it):
-    # one replace() + CAST reads it, where three strftime() calls cost ~0.4 us each per row, which is
-    # most of an age-limited count's time on 100k persons (benchmarks/README.md).  CAST stops at the
-    # first non-digit, so a time part is ignored.
-    (d,) = _sql_args(element, compiler, **kw)
-    return f"CAST(replace({d}, '-', '') AS INTEGER)"
 
 
 class Resolver:
@@ -192,16 +137,20 @@ def _measurement(m, r):
     return Events(t, t.c.person_id, t.c.measurement_date, where, t.c.value_as_number, t.c.measurement_id)
 
 
-@events.register
-def _(m: S.MeasurementCriterion, r):
-    ev = _measurement(m, r)
-    ev.where += _range(ev.value, m.value)
-    return ev
+def _valued(criterion: type, variable: type, events_of) -> None:
+    """Register the events of a measured kind: a variable reads all of them (``events_of``), a
+    criterion those whose value lies in its ``value`` range."""
+
+    def in_range(m, r):
+        ev = events_of(m, r)
+        ev.where += _range(ev.value, m.value)
+        return ev
+
+    events.register(criterion, in_range)
+    events.register(variable, events_of)
 
 
-@events.register
-def _(m: S.MeasurementVar, r):
-    return _measurement(m, r)
+_valued(S.MeasurementCriterion, S.MeasurementVar, _measurement)
 
 
 def _variant(m, r):
@@ -250,16 +199,7 @@ def _image(m, r):
     return Events(table, f.c.person_id, date, where, f.c.value_as_number, f.c.image_feature_id)
 
 
-@events.register
-def _(m: S.ImageFeatureCriterion, r):
-    ev = _image(m, r)
-    ev.where += _range(ev.value, m.value)
-    return ev
-
-
-@events.register
-def _(m: S.ImageFeatureVar, r):
-    return _image(m, r)
+_valued(S.ImageFeatureCriterion, S.ImageFeatureVar, _image)
 
 
 _CTDNA_FIELDS = {"tumour_fraction", "max_vaf", "mean_vaf"}
