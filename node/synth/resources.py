@@ -84,17 +84,26 @@ def condition(rid: str, subject: dict, codings: list[tuple], onset: dt.date, cb:
     return out
 
 
-def lab(rid: str, subject: dict, coding: tuple, value: float, unit: str, day: dt.date, cb: CodeBook) -> dict:
-    return {
+def _lab_observation(rid: str, subject: dict, coding: dict, day: dt.date, cb: CodeBook, specimen: dict | None = None,
+                     **value) -> dict:
+    """A laboratory Observation (FHIR R4) of ``subject`` on ``day``, on ``specimen`` when given; ``value``:
+    its ``value[x]`` (and ``component``), in that order."""
+    out = {
         "resourceType": "Observation",
         "id": rid,
         "status": "final",
         "category": _category(cb, "laboratory"),
-        "code": {"coding": [cb.coding(*coding)]},
+        "code": {"coding": [coding]},
         "subject": ref(subject),
         "effectiveDateTime": iso(day),
-        "valueQuantity": quantity(value, unit, 2),
     }
+    if specimen is not None:
+        out["specimen"] = ref(specimen)
+    return {**out, **value}
+
+
+def lab(rid: str, subject: dict, coding: tuple, value: float, unit: str, day: dt.date, cb: CodeBook) -> dict:
+    return _lab_observation(rid, subject, cb.coding(*coding), day, cb, valueQuantity=quantity(value, unit, 2))
 
 
 def specimen(rid: str, subject: dict, kind: tuple, day: dt.date, cb: CodeBook, parent_procedure: dict | None = None) -> dict:
@@ -143,47 +152,19 @@ def variant(rid: str, subject: dict, spec: dict, gene: str, day: dt.date, cb: Co
                   "valueCodeableConcept": {"coding": [cb.coding(fp.SEQUENCE_ONTOLOGY, change)]}})
     comps.append({"code": {"coding": [cb.coding(fp.LOINC, fp.GENOMIC_SOURCE_CLASS, "Genomic source class")]},
                   "valueCodeableConcept": {"coding": [cb.coding(*(C.GERMLINE if germline else C.SOMATIC))]}})
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": _category(cb, "laboratory"),
-        "code": {"coding": [cb.coding(fp.LOINC, fp.VARIANT_ASSESSMENT, "Genetic variant assessment")]},
-        "subject": ref(subject),
-        "effectiveDateTime": iso(day),
-        "specimen": ref(spec),
-        "valueCodeableConcept": {"coding": [cb.coding(*C.PRESENT)]},
-        "component": comps,
-    }
+    return _lab_observation(rid, subject, cb.coding(fp.LOINC, fp.VARIANT_ASSESSMENT, "Genetic variant assessment"),
+                            day, cb, spec, valueCodeableConcept={"coding": [cb.coding(*C.PRESENT)]}, component=comps)
 
 
 def ctdna_fraction(rid: str, subject: dict, spec: dict, fraction: float, day: dt.date, cb: CodeBook) -> dict:
     """Tumour fraction (0-1) of a plasma cfDNA specimen, RADFED ``ctdna_tumour_fraction``."""
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": _category(cb, "laboratory"),
-        "code": {"coding": [cb.coding(fp.RADFED, fp.CTDNA_TUMOUR_FRACTION, "ctDNA tumour fraction")]},
-        "subject": ref(subject),
-        "effectiveDateTime": iso(day),
-        "specimen": ref(spec),
-        "valueQuantity": quantity(fraction, "1"),
-    }
+    return _lab_observation(rid, subject, cb.coding(fp.RADFED, fp.CTDNA_TUMOUR_FRACTION, "ctDNA tumour fraction"),
+                            day, cb, spec, valueQuantity=quantity(fraction, "1"))
 
 
 def ctdna_detected(rid: str, subject: dict, spec: dict, detected: bool, day: dt.date, cb: CodeBook) -> dict:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "category": _category(cb, "laboratory"),
-        "code": {"coding": [cb.coding(fp.RADFED, fp.CTDNA_DETECTED, "ctDNA detected")]},
-        "subject": ref(subject),
-        "effectiveDateTime": iso(day),
-        "specimen": ref(spec),
-        "valueCodeableConcept": {"coding": [cb.coding(*(C.DETECTED if detected else C.NOT_DETECTED))]},
-    }
+    return _lab_observation(rid, subject, cb.coding(fp.RADFED, fp.CTDNA_DETECTED, "ctDNA detected"), day, cb, spec,
+                            valueCodeableConcept={"coding": [cb.coding(*(C.DETECTED if detected else C.NOT_DETECTED))]})
 
 
 def _series_components(cb: CodeBook, series_uid: str, finding: str) -> list[dict]:
