@@ -42,11 +42,11 @@ class SiteRequest(_Wire):
 
     request_id: str
     job_id: str | None = None
-    requester: str | None = None
-    site: str | None = None
-    issued_at: Any = None
+    requester: str | None = Field(None, description="the researcher the coordinator asks for")
+    site: str | None = Field(None, description="the one site this request is for (else MISDIRECTED)")
+    issued_at: Any = Field(None, description="epoch seconds; with expires_at, the request's validity")
     expires_at: Any = None
-    nonce: Any = None
+    nonce: Any = Field(None, description="random hex, never accepted twice by a site (else REPLAYED)")
     spec: dict | None = None
     plan: dict | None = None
 

@@ -352,9 +352,20 @@ class Not(Model):
     not_: "Criterion" = Field(alias="not")
 
 
-EVENT_KINDS = ("condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "signal",
-               "episode", "death", "visit", "note")
-CRITERION_KINDS = EVENT_KINDS + ("age", "sex", "group", "all", "any", "not")
+#: the events a criterion can ask for, in the order the error message lists them
+EVENT_CRITERIA = (ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
+                  ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion,
+                  VisitCriterion, NoteCriterion)
+#: the events that can be a cohort's index event (one with a date of its own per occurrence)
+INDEX_EVENTS = (ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
+                ImageFeatureCriterion, CtdnaCriterion, EpisodeCriterion, VisitCriterion, NoteCriterion)
+
+
+def _kind(model) -> str:
+    return model.model_fields["kind"].default
+
+
+EVENT_KINDS = tuple(map(_kind, EVENT_CRITERIA))
 
 
 def _tag(value: Any) -> str | None:
@@ -368,41 +379,19 @@ def _tag(value: Any) -> str | None:
     return getattr(value, "kind", None)
 
 
-Criterion = Annotated[
-    Union[
-        Annotated[ConditionCriterion, Tag("condition")],
-        Annotated[ProcedureCriterion, Tag("procedure")],
-        Annotated[DrugCriterion, Tag("drug")],
-        Annotated[MeasurementCriterion, Tag("measurement")],
-        Annotated[VariantCriterion, Tag("variant")],
-        Annotated[ImageFeatureCriterion, Tag("image_feature")],
-        Annotated[CtdnaCriterion, Tag("ctdna")],
-        Annotated[SignalCriterion, Tag("signal")],
-        Annotated[EpisodeCriterion, Tag("episode")],
-        Annotated[DeathCriterion, Tag("death")],
-        Annotated[VisitCriterion, Tag("visit")],
-        Annotated[NoteCriterion, Tag("note")],
-        Annotated[AgeCriterion, Tag("age")],
-        Annotated[SexCriterion, Tag("sex")],
-        Annotated[GroupCriterion, Tag("group")],
-        Annotated[AllOf, Tag("all")],
-        Annotated[AnyOf, Tag("any")],
-        Annotated[Not, Tag("not")],
-    ],
-    Discriminator(
-        _tag,
-        custom_error_type="criterion_kind",
-        custom_error_message="a criterion needs kind: " + "|".join(CRITERION_KINDS),
-    ),
-]
+def _by_kind(models: tuple, error_type: str, what: str):
+    """The union of ``models``, told apart by their ``kind`` (:func:`_tag`: a logical criterion by its
+    key); another kind fails with ``what`` and the kinds there are."""
+    kinds = [_kind(m) for m in models]
+    return Annotated[Union[tuple(Annotated[m, Tag(k)] for m, k in zip(models, kinds))],
+                     Discriminator(_tag, custom_error_type=error_type,
+                                   custom_error_message=f"{what} needs kind: " + "|".join(kinds))]
+
+
+Criterion = _by_kind(EVENT_CRITERIA + (AgeCriterion, SexCriterion, GroupCriterion, AllOf, AnyOf, Not),
+                     "criterion_kind", "a criterion")
 for _m in (AllOf, AnyOf, Not):
     _m.model_rebuild()
-
-EventCriterion = Union[
-    ConditionCriterion, ProcedureCriterion, DrugCriterion, MeasurementCriterion, VariantCriterion,
-    ImageFeatureCriterion, CtdnaCriterion, SignalCriterion, EpisodeCriterion, DeathCriterion, VisitCriterion,
-    NoteCriterion,
-]
 
 
 # -- cohort ---------------------------------------------------------------------------------------
@@ -414,31 +403,7 @@ class ObservationStart(Model):
     kind: Literal["observation_start"] = "observation_start"
 
 
-IndexKind = Literal["condition", "procedure", "drug", "measurement", "variant", "image_feature", "ctdna", "episode",
-                    "visit", "note"]
-
-
-IndexEvent = Annotated[
-    Union[
-        Annotated[ConditionCriterion, Tag("condition")],
-        Annotated[ProcedureCriterion, Tag("procedure")],
-        Annotated[DrugCriterion, Tag("drug")],
-        Annotated[MeasurementCriterion, Tag("measurement")],
-        Annotated[VariantCriterion, Tag("variant")],
-        Annotated[ImageFeatureCriterion, Tag("image_feature")],
-        Annotated[CtdnaCriterion, Tag("ctdna")],
-        Annotated[EpisodeCriterion, Tag("episode")],
-        Annotated[VisitCriterion, Tag("visit")],
-        Annotated[NoteCriterion, Tag("note")],
-        Annotated[ObservationStart, Tag("observation_start")],
-    ],
-    Discriminator(
-        _tag,
-        custom_error_type="index_kind",
-        custom_error_message="the index event needs kind: condition|procedure|drug|measurement|variant|"
-        "image_feature|ctdna|episode|visit|note|observation_start",
-    ),
-]
+IndexEvent = _by_kind(INDEX_EVENTS + (ObservationStart,), "index_kind", "the index event")
 
 
 class Cohort(Model):
@@ -562,14 +527,18 @@ class AgeVar(_Var):
     kind: Literal["age"] = "age"
 
 
-class SexVar(_Var):
+class _CategoricalVar(_Var):
+    """A variable whose values are categories, never numbers."""
+
+    categorical: ClassVar[bool] = True
+
+
+class SexVar(_CategoricalVar):
     kind: Literal["sex"] = "sex"
-    categorical: ClassVar[bool] = True
 
 
-class SiteVar(_Var):
+class SiteVar(_CategoricalVar):
     kind: Literal["site"] = "site"
-    categorical: ClassVar[bool] = True
 
 
 NumericVariable = Annotated[
