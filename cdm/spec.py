@@ -729,23 +729,33 @@ class CrossprodAnalysis(_OverVariables):
     type: Literal["crossprod"] = "crossprod"
 
 
-class KMRound(_Analysis):
-    type: Literal["km_round"] = "km_round"
+class _KaplanMeier(_Analysis):
+    """Survival by ``group`` on a shared ``bin_days`` time grid (the analysis, and its site round)."""
+
     variable_problems = _group_problems
     time: SurvivalTime
     group: Name | None = None
     bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxRound(_NumericAnalysis):
-    type: Literal["cox_round"] = "cox_round"
+class KMRound(_KaplanMeier):
+    type: Literal["km_round"] = "km_round"
+
+
+class _Cox(_NumericAnalysis):
+    """A Cox model's survival time and covariates (the analysis, and its site round)."""
+
     variable_problems = _time_varying_problems
     time: SurvivalTime
     covariates: Vars
+    time_varying: bool = False
+
+
+class CoxRound(_Cox):
+    type: Literal["cox_round"] = "cox_round"
     beta: Beta
     ties: Literal["breslow", "efron"] = "breslow"
     mode: Literal["stratified", "pooled"] = "stratified"
-    time_varying: bool = False
 
     @model_validator(mode="after")
     def _shape(self):
@@ -841,27 +851,19 @@ MaxIter = Annotated[int, Field(ge=1, le=200)]
 Tolerance = Annotated[float, Field(gt=0, le=1e-3)]
 
 
-class KMAnalysis(_Analysis):
+class KMAnalysis(_KaplanMeier):
     """Kaplan-Meier curves (by ``group``) and the log-rank test on a shared ``bin_days`` time grid."""
 
     type: Literal["km"] = "km"
-    variable_problems = _group_problems
-    time: SurvivalTime
-    group: Name | None = None
-    bin_days: Annotated[int, Field(ge=1, le=3660)] = 30
 
 
-class CoxAnalysis(_NumericAnalysis):
+class CoxAnalysis(_Cox):
     """Cox proportional hazards by Newton-Raphson: ``stratified`` (each site a stratum, sites share
     score and information) or ``pooled`` (one baseline; sites share per-time risk-set sums)."""
 
     type: Literal["cox"] = "cox"
-    variable_problems = _time_varying_problems
-    time: SurvivalTime
-    covariates: Vars
     ties: Literal["breslow", "efron"] = "efron"
     mode: Literal["stratified", "pooled"] = "pooled"
-    time_varying: bool = False
     max_iter: MaxIter = 50
     tol: Tolerance = 1e-9
 
