@@ -284,30 +284,36 @@ async function drawFigure(box, jobId) {
 
 // ---------------------------------------------------------------- operator pages
 
+// An operator form: `action(out)` runs on submit; its failure is told in `out`, after `failed`.
+function onSubmit(formId, outId, failed, action) {
+  const form = document.getElementById(formId);
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const out = document.getElementById(outId);
+    try {
+      await action(out);
+    } catch (err) {
+      out.replaceChildren(el("p", {class: "error", role: "alert", text: `${failed}: ${err.message}`}));
+    }
+  });
+}
+
 function operator() {
-  const add = document.getElementById("add-researcher");
-  if (add) {
-    add.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const out = document.getElementById("add-result");
-      const days = document.getElementById("new-expiry").value;
-      const body = {name: document.getElementById("new-name").value, role: document.getElementById("new-role").value};
-      if (days) body.expires_in_days = Number(days);
-      try {
-        const made = await api("POST", "/v1/researchers", body);
-        const token = el("input", {id: "new-token", readonly: "", value: made.token, "aria-label": `Token of ${made.name}`, class: "token"});
-        const copy = el("button", {type: "button", text: "Copy"});
-        copy.addEventListener("click", () => { token.select(); navigator.clipboard && navigator.clipboard.writeText(made.token); });
-        out.replaceChildren(el("p", {class: "ok-note", text: `${made.name} (${made.role}) added; token ${made.expires_at ? "expires " + made.expires_at + " UTC" : "does not expire"}. It is shown only now:`}), token, copy);
-        token.focus();
-        token.select();
-        const doc = await freshPage();
-        if (doc) replaceFrom(doc, "#researchers-table tbody");
-      } catch (err) {
-        out.replaceChildren(el("p", {class: "error", role: "alert", text: `Not added: ${err.message}`}));
-      }
-    });
-  }
+  onSubmit("add-researcher", "add-result", "Not added", async (out) => {
+    const days = document.getElementById("new-expiry").value;
+    const body = {name: document.getElementById("new-name").value, role: document.getElementById("new-role").value};
+    if (days) body.expires_in_days = Number(days);
+    const made = await api("POST", "/v1/researchers", body);
+    const token = el("input", {id: "new-token", readonly: "", value: made.token, "aria-label": `Token of ${made.name}`, class: "token"});
+    const copy = el("button", {type: "button", text: "Copy"});
+    copy.addEventListener("click", () => { token.select(); navigator.clipboard && navigator.clipboard.writeText(made.token); });
+    out.replaceChildren(el("p", {class: "ok-note", text: `${made.name} (${made.role}) added; token ${made.expires_at ? "expires " + made.expires_at + " UTC" : "does not expire"}. It is shown only now:`}), token, copy);
+    token.focus();
+    token.select();
+    const doc = await freshPage();
+    if (doc) replaceFrom(doc, "#researchers-table tbody");
+  });
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("button.revoke-researcher, button.revoke-site");
     if (!button) return;
@@ -322,25 +328,16 @@ function operator() {
       window.alert(`Not revoked: ${err.message}`);
     }
   });
-  const enrol = document.getElementById("enrol-site");
-  if (enrol) {
-    enrol.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const out = document.getElementById("enrol-result");
-      const name = document.getElementById("site-name").value;
-      try {
-        const blob = await api("POST", "/v1/sites", {name});
-        const link = el("a", {href: URL.createObjectURL(blob), download: `radfed-site-${name}.zip`, id: "bundle-link",
-          text: `Save the bundle of ${name} again`});
-        out.replaceChildren(el("p", {class: "ok-note", text: `Site ${name} enrolled; its bundle is downloading. `}), link);
-        link.click();
-        const doc = await freshPage();
-        if (doc) replaceFrom(doc, "#enrolled-table tbody");
-      } catch (err) {
-        out.replaceChildren(el("p", {class: "error", role: "alert", text: `Not enrolled: ${err.message}`}));
-      }
-    });
-  }
+  onSubmit("enrol-site", "enrol-result", "Not enrolled", async (out) => {
+    const name = document.getElementById("site-name").value;
+    const blob = await api("POST", "/v1/sites", {name});
+    const link = el("a", {href: URL.createObjectURL(blob), download: `radfed-site-${name}.zip`, id: "bundle-link",
+      text: `Save the bundle of ${name} again`});
+    out.replaceChildren(el("p", {class: "ok-note", text: `Site ${name} enrolled; its bundle is downloading. `}), link);
+    link.click();
+    const doc = await freshPage();
+    if (doc) replaceFrom(doc, "#enrolled-table tbody");
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
