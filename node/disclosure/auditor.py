@@ -32,8 +32,9 @@ docs/threat-model.md states it as a limit.
 rows whose pivot it holds, and when it holds most of them (a count over everyone holds all) the sum
 of all rows, kept up to date at O(atoms) per new row, less the others.  Rows are added into one
 accumulator without copying them, residues are reduced by Mersenne folds (2**31 = 1 mod P) instead
-of divisions, and only rows whose pivot is a small atom are read for the unit-vector test (in
-reduced form e_a can only be the row with pivot a).  Every step stays exact.
+of divisions, a new pivot is eliminated only in the columns where its row is non-zero (the
+residue is often sparse), and only rows whose pivot is a small atom are read for the unit-vector
+test (in reduced form e_a can only be the row with pivot a).  Every step stays exact.
 
 **Bounded.**  Memory is (rank x atoms) int64.  A release that would take the basis above
 ``max_entries`` is refused ``AUDIT_FULL`` (fail closed) until the site administrator starts a new
@@ -236,10 +237,16 @@ class ReleaseAuditor:
         touched = np.flatnonzero(basis[:, q])
         factors = basis[touched, q].copy()
         if touched.size:
-            old = basis[touched]
-            self._undo.append(("rows", touched, old))
-            change = _fold(factors[:, None] * row[None, :])
-            basis[touched] = _positive(np.subtract(old, change, out=change))
+            # only the columns where the new row is non-zero change: when they are few (the
+            # residue is often sparse), gather and scatter those instead of rewriting whole rows
+            where = np.flatnonzero(row)
+            cells = (touched, where) if 3 * where.size < self.atoms else (touched, slice(None))
+            block = np.ix_(*cells) if isinstance(cells[1], np.ndarray) else cells[0]
+            old = basis[block]
+            self._undo.append((cells, old))
+            part = row[where] if isinstance(cells[1], np.ndarray) else row
+            change = _fold(factors[:, None] * part[None, :])
+            basis[block] = _positive(np.subtract(old, change, out=change))
         # the rows' sum: touched row i lost factors[i] * row, and row itself joined
         self.colsum = _positive(self.colsum - _fold(_fold(np.array([factors.sum()]))[0] * row)) + row
         self.colsum = np.where(self.colsum >= P, self.colsum - P, self.colsum)
@@ -295,8 +302,11 @@ class ReleaseAuditor:
         return verdict
 
     def _rollback(self, saved) -> None:
-        for _kind, rows, values in reversed(self._undo):
-            self._store[rows, :values.shape[1]] = values
+        for (rows, columns), values in reversed(self._undo):  # atoms only grow: old columns kept their index
+            if isinstance(columns, np.ndarray):
+                self._store[np.ix_(rows, columns)] = values
+            else:
+                self._store[rows, :values.shape[1]] = values
         (self.persons, self.atom_of, self.sizes, self.pivots, self.hidden, self.colsum, self.releases) = saved
 
     def _apply(self, shown, hidden) -> Verdict:
