@@ -27,6 +27,11 @@ def quantity(value: float, unit: str, digits: int = 4) -> dict:
     return {"value": round(float(value), digits), "unit": unit, "system": fp.UCUM, "code": unit}
 
 
+def _resource(resource_type: str, rid: str, status: str) -> dict:
+    """What every FHIR R4 resource built here starts with: its type, id and status."""
+    return {"resourceType": resource_type, "id": rid, "status": status}
+
+
 def _category(cb: CodeBook, code: str) -> list[dict]:
     return [{"coding": [cb.coding(fp.OBSERVATION_CATEGORY, code)]}]
 
@@ -54,9 +59,7 @@ def patient(rid: str, mrn: str, mrn_system: str, sex: str, birth: dt.date, decea
 
 def encounter(rid: str, subject: dict, day: dt.date, cb: CodeBook) -> dict:
     return {
-        "resourceType": "Encounter",
-        "id": rid,
-        "status": "finished",
+        **_resource("Encounter", rid, "finished"),
         "class": cb.coding(C.ENCOUNTER_CLASS, "AMB", "ambulatory"),
         "subject": ref(subject),
         "period": {"start": iso(day), "end": iso(day)},
@@ -89,9 +92,7 @@ def _lab_observation(rid: str, subject: dict, coding: dict, day: dt.date, cb: Co
     """A laboratory Observation (FHIR R4) of ``subject`` on ``day``, on ``specimen`` when given; ``value``:
     its ``value[x]`` (and ``component``), in that order."""
     out = {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
+        **_resource("Observation", rid, "final"),
         "category": _category(cb, "laboratory"),
         "code": {"coding": [coding]},
         "subject": ref(subject),
@@ -108,9 +109,7 @@ def lab(rid: str, subject: dict, coding: tuple, value: float, unit: str, day: dt
 
 def specimen(rid: str, subject: dict, kind: tuple, day: dt.date, cb: CodeBook, parent_procedure: dict | None = None) -> dict:
     out = {
-        "resourceType": "Specimen",
-        "id": rid,
-        "status": "available",
+        **_resource("Specimen", rid, "available"),
         "type": cb.concept(kind),
         "subject": ref(subject),
         "collection": {"collectedDateTime": iso(day)},
@@ -182,9 +181,7 @@ def image_feature(rid: str, subject: dict, study: dict, series_uid: str, feature
     (unit ``1``), as OMOP stores them (value_as_number), so an ingest needs only the numeric path.
     """
     out = {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
+        **_resource("Observation", rid, "final"),
         "category": _category(cb, "imaging"),
         "code": {"coding": [cb.coding(fp.RADFED, feature)]},
         "subject": ref(subject),
@@ -203,9 +200,7 @@ def disease_status(rid: str, subject: dict, cancer: dict, status: str, day: dt.d
                    evidence: dict | None = None) -> dict:
     """mCODE Cancer Disease Status (LOINC 97509-4), ``focus`` the cancer Condition."""
     out = {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
+        **_resource("Observation", rid, "final"),
         "code": {"coding": [cb.coding(fp.LOINC, fp.CANCER_DISEASE_STATUS, "Cancer disease status")]},
         "subject": ref(subject),
         "focus": [ref(cancer)],
@@ -251,9 +246,7 @@ def imaging_study(rid: str, subject: dict, study_uid: str, day: dt.date, series:
 
 def procedure(rid: str, subject: dict, code: tuple, day: dt.date, cb: CodeBook, body_site: tuple | None = None) -> dict:
     out = {
-        "resourceType": "Procedure",
-        "id": rid,
-        "status": "completed",
+        **_resource("Procedure", rid, "completed"),
         "code": cb.concept(code),
         "subject": ref(subject),
         "performedDateTime": iso(day),
@@ -270,9 +263,7 @@ def biopsy_location(rid: str, subject: dict, proc: dict, core: dict, study: dict
         return {"code": {"coding": [cb.coding(fp.RADFED, code)]}, **value}
 
     return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
+        **_resource("Observation", rid, "final"),
         "category": _category(cb, "imaging"),
         "partOf": [ref(proc)],
         "code": {"coding": [cb.coding(fp.RADFED, fp.BIOPSY_LOCATION, "Biopsy location in image coordinates")]},
@@ -294,9 +285,7 @@ def biopsy_location(rid: str, subject: dict, proc: dict, core: dict, study: dict
 
 def device(rid: str, subject: dict, cb: CodeBook, serial: str) -> dict:
     return {
-        "resourceType": "Device",
-        "id": rid,
-        "status": "active",
+        **_resource("Device", rid, "active"),
         "serialNumber": serial,
         "type": cb.concept(C.WEARABLE),
         "patient": ref(subject),
@@ -308,9 +297,7 @@ def sampled(rid: str, subject: dict, dev: dict, loinc: tuple[str, str, str], sta
     """A wearable series as ``valueSampledData`` (period in ms, origin 0, data space-separated)."""
     fmt = f"{{:.{digits}f}}"
     return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
+        **_resource("Observation", rid, "final"),
         "category": _category(cb, "vital-signs" if loinc[0] == fp.HEART_RATE else "activity"),
         "code": {"coding": [cb.coding(fp.LOINC, loinc[0], loinc[1])]},
         "subject": ref(subject),
@@ -327,9 +314,7 @@ def sampled(rid: str, subject: dict, dev: dict, loinc: tuple[str, str, str], sta
 
 def medication_statement(rid: str, subject: dict, drug: tuple, start: dt.date, cb: CodeBook) -> dict:
     return {
-        "resourceType": "MedicationStatement",
-        "id": rid,
-        "status": "active",
+        **_resource("MedicationStatement", rid, "active"),
         "medicationCodeableConcept": cb.concept(drug),
         "subject": ref(subject),
         "effectivePeriod": {"start": iso(start)},
@@ -346,9 +331,7 @@ def genomics_report(rid: str, subject: dict, spec: dict, results: list[dict], da
     """Genomics Reporting IG "Genomics Report": a DiagnosticReport (LOINC 81247-9) grouping the
     variant / ctDNA Observations of one specimen; an empty ``result`` means nothing reportable."""
     out = {
-        "resourceType": "DiagnosticReport",
-        "id": rid,
-        "status": "final",
+        **_resource("DiagnosticReport", rid, "final"),
         "category": [{"coding": [cb.coding("http://terminology.hl7.org/CodeSystem/v2-0074", "GE", "Genetics")]}],
         "code": {"coding": [cb.coding(fp.LOINC, "81247-9", "Master HL7 genetic variant reporting panel")], "text": panel},
         "subject": ref(subject),
