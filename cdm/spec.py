@@ -601,15 +601,23 @@ TIME_VARYING_KINDS = ("image_feature", "measurement", "ctdna", "signal")
 
 
 class DeathEnd(Model):
+    """The survival event is death (OMOP ``death``)."""
+
     kind: Literal["death"] = "death"
 
 
 class EpisodeEnd(Model):
+    """The survival event is the first episode of ``code`` after the index date (e.g. progression,
+    OMOP Oncology ``episode``)."""
+
     kind: Literal["episode"] = "episode"
     code: Code
 
 
 class ConditionEnd(Model):
+    """The survival event is the first condition ``code`` (or, with ``descendants``, one below it)
+    recorded after the index date."""
+
     kind: Literal["condition"] = "condition"
     code: Code
     descendants: bool = True
