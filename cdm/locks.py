@@ -66,7 +66,7 @@ def release(conn: Connection, name: str, shared: bool = False) -> None:
 
 
 def conflicted(exc: BaseException) -> bool:
-    """True for a database error that says the transaction lost a race (see :data:`CONFLICT_STATES`)."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    return getattr(exc.orig, "sqlstate", None) in CONFLICT_STATES
+    """True for a database error that says the transaction lost a race (see :data:`CONFLICT_STATES`):
+    SQLAlchemy's wrapped error, or psycopg's own from a ``COPY`` on the driver's cursor."""
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(error, "sqlstate", None) in CONFLICT_STATES

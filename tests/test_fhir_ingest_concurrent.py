@@ -290,3 +290,39 @@ def test_a_run_whose_resources_wait_for_another_runs_waits_for_it_to_load(case, 
     finally:
         one_engine.dispose()
         two_engine.dispose()
+
+
+def test_a_batch_that_meets_a_row_another_process_commits_meanwhile_is_written_again(tmp_path, new_database):
+    """Another writer inserts one of the batch's ``person`` rows (uncommitted) before the batch's
+    ``COPY`` reaches it; the COPY waits for that transaction, which then commits: the batch fails on
+    the primary key, is rolled back, and is written again with that row present (filled, not
+    inserted).  The run ends as if it had been alone."""
+    source = synthetic_export(tmp_path)
+    patients = cut(source, tmp_path / "p", "Patient")
+    assert len((patients / "Patient.000.ndjson").read_bytes().splitlines()) >= 100  # COPY, not INSERT
+    one_url, two_url = new_database(), new_database()
+    one_code, one = outcome(start_ingest(one_url, patients))
+    one_engine = open_engine(one_url)
+    person = tables["person"]
+    with one_engine.connect() as conn:
+        taken = conn.execute(select(person).order_by(person.c.person_id).limit(1)).mappings().one()
+    with psycopg.connect(two_url) as other, psycopg.connect(two_url, autocommit=True) as watcher:
+        columns = list(taken)
+        other.execute(sql.SQL("INSERT INTO person ({}) VALUES ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(", ").join(sql.Placeholder() * len(columns))),
+            [taken[c] for c in columns])
+        process = subprocess.Popen([str(BIN / "radfed-node"), "--db", two_url, "ingest", "fhir", "--json",
+                                    "--no-progress", "--batch-size", "5000", str(patients)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(watcher, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                            " WHERE NOT l.granted AND l.locktype = 'transactionid' AND a.datname = current_database()",
+                   None, process)
+        other.commit()  # the COPY now meets a committed duplicate key
+        code, summary = outcome(process)
+    two_engine = open_engine(two_url)
+    try:
+        assert code == one_code == EXIT_OK and summary["loaded"] == one["loaded"]
+        assert differences(rows(one_engine), rows(two_engine)) == {}
+    finally:
+        one_engine.dispose()
+        two_engine.dispose()

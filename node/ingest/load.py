@@ -39,7 +39,6 @@ from sqlalchemy import (
     Connection, Engine, Select, String, Table, and_, any_, bindparam, delete, insert, select, update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError
 
 from cdm.ids import stable_id
 from cdm.locks import conflicted, xact_lock
@@ -239,7 +238,7 @@ class BatchWriter:
             try:
                 written, resolved = self._write_once(mapped, rejected)
                 break
-            except DBAPIError as exc:
+            except Exception as exc:  # noqa: BLE001 - a COPY raises the driver's own error, not DBAPIError
                 if attempt == RETRIES or not conflicted(exc):
                     raise
                 mapped = self._rejudge(mapped)
