@@ -15,8 +15,10 @@ on the same machine in the same run:
 * then a second load of the same export into the same CDM (everything unchanged: hash check only;
   ``--no-rerun`` skips it).
 
-Validation runs in ``auto_workers`` processes (one on a 2-core machine) unless ``--workers`` says
-otherwise; the load's peak RSS and its validation workers' peak RSS are reported apart.  The figures,
+Parsing, validation and mapping run in ``auto_workers`` processes (one per core) unless ``--workers``
+says otherwise (``--workers 1,2``: a load, and its re-run, with each); the loader's and the workers'
+CPU time per resource and peak RSS are reported apart (the per-stage costs a core count is projected
+from: benchmarks/README.md).  The figures,
 the machine's load average before and after, and the command go to ``benchmarks/results/fhir.json``.
 Other engineers benchmark on the same machine: run it under ``flock /tmp/radfed-bench.lock``.
 
@@ -115,32 +117,41 @@ def hash_and_skip(folder: Path) -> dict:
 
 
 def validators(folder: Path, reference: int) -> list[dict]:
-    """``problem`` (the ingest's validator) over the parsed resources and fhir.resources alone over
-    an even sample of ``reference`` of them (parsing not timed), in this process, after a warm-up."""
+    """``problem`` (the ingest's validator) over every resource and fhir.resources alone over an even
+    sample of ``reference`` of them, in this process, after a warm-up; parsing is not timed, and the
+    export is streamed (a 1M-resource export parsed at once does not fit in memory)."""
     import gc
+
+    import orjson
 
     from node.ingest.validate import INVALID_RESOURCE, model_problem, problem
 
-    resources = _parsed(folder)
-    gc.freeze()  # the parsed export is live: keep the collector from rescanning it (as the ingest does)
-    for resource in resources[:2000]:
-        problem(resource)
+    total = sum(1 for _ in _lines(folder))
+    step = max(1, total // reference) if reference else 0
+    gc.freeze()
     rows = []
-    step = max(1, len(resources) // reference) if reference else 1
-    for what, check, sample in [("validator alone (node.ingest.validate.problem)", problem, resources),
-                                ("fhir.resources alone (model_problem)", model_problem, resources[::step])][
-                                    :2 if reference else 1]:
+    for what, check, every in [("validator alone (node.ingest.validate.problem)", problem, 1),
+                               ("fhir.resources alone (model_problem)", model_problem, step)][:2 if reference else 1]:
         load = os.getloadavg()[0]
-        started = time.perf_counter()
-        found = 0
-        for resource in sample:
+        seconds, checked, found = 0.0, 0, 0
+        for n, line in enumerate(_lines(folder)):
+            if n % every:
+                continue
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+                continue
             if check is model_problem and not (isinstance(resource.get("id"), str) and resource["id"]):
                 continue
+            started = time.perf_counter()
             verdict = check(resource)
+            seconds += time.perf_counter() - started
+            checked += 1
             found += verdict is not None and verdict[0] == INVALID_RESOURCE
-        seconds = time.perf_counter() - started
-        rows.append({"what": what, "resources": len(sample), "invalid": found, "seconds": round(seconds, 1),
-                     "resources_per_s": round(len(sample) / seconds), "load_average": round(load, 2)})
+        rows.append({"what": what, "resources": checked, "invalid": found, "seconds": round(seconds, 1),
+                     "resources_per_s": round(checked / seconds), "load_average": round(load, 2)})
     gc.unfreeze()
     return rows
 
@@ -159,14 +170,18 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
         load = os.getloadavg()[0]
         started = time.process_time()
         summary = ingest_paths(engine, [folder], workers=used)
-        out.append({"resources": summary.total(), "loaded": summary.total("loaded"),
+        main_cpu = time.process_time() - started
+        resources = summary.total()
+        out.append({"resources": resources, "loaded": summary.total("loaded"),
                     "unchanged": summary.total("unchanged"), "quarantined": summary.total("quarantined"),
                     "skipped": summary.total("skipped"), "workers": used, "load_average": round(load, 2),
                     "seconds": round(summary.seconds, 1), "resources_per_s": round(summary.resources_per_second),
-                    "main_cpu_s": round(time.process_time() - started, 1),
+                    "main_cpu_s": round(main_cpu, 1), "main_cpu_us_per_resource": round(1e6 * main_cpu / resources),
+                    "worker_cpu_s": round(summary.worker_cpu_seconds, 1),
+                    "worker_cpu_us_per_resource": round(1e6 * summary.worker_cpu_seconds / resources),
+                    "remapped": summary.remapped,
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                    "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-                    if used else None})
+                    "worker_peak_rss_mb": round(summary.worker_peak_rss_mb, 1) if used else None})
     engine.dispose()
     return out
 
@@ -186,7 +201,10 @@ def main() -> None:
                         help="resources fhir.resources alone validates for comparison (0: none)")
     parser.add_argument("--no-rerun", action="store_true", help="load once (skip the all-unchanged second load)")
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--workers", type=int, default=None, help="validation processes (default: auto)")
+    parser.add_argument("--workers", default="auto",
+                        help="mapping processes of the loads, comma-separated for several loads each "
+                             "(e.g. 1,2; default: auto)")
+    parser.add_argument("--skip-steps", action="store_true", help="loads only (no bare parse or validators)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "fhir.json"),
                         help="where to write the figures ('-' for nowhere)")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
@@ -202,38 +220,43 @@ def main() -> None:
     for step in (bare_parse, hash_and_skip):
         load = os.getloadavg()[0]
         rows.append({**step(folder), "load_average": round(load, 2)})
-    rows += validators(folder, args.reference_sample)
+    if not args.skip_steps:
+        rows += validators(folder, args.reference_sample)
     runs = 1 if args.no_rerun else 2
-    with tempfile.TemporaryDirectory() as tmp:
-        for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, args.workers)):
-            rows.append({"what": "SQLite" + (" (re-run)" if n else ""), **r})
+    worker_counts = [None if w == "auto" else int(w) for w in args.workers.split(",")]
+    for workers in worker_counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, workers)):
+                rows.append({"what": "SQLite" + (" (re-run)" if n else ""), **r})
     if not args.no_postgres:
         import psycopg
         from psycopg import sql
 
         name = f"radfed_bench_fhir_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-            for n, r in enumerate(_in_subprocess(url, folder, runs, args.workers)):
-                rows.append({"what": "PostgreSQL" + (" (re-run)" if n else ""), **r})
-        finally:
+        for workers in worker_counts:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            try:
+                url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+                for n, r in enumerate(_in_subprocess(url, folder, runs, workers)):
+                    rows.append({"what": "PostgreSQL" + (" (re-run)" if n else ""), **r})
+            finally:
+                with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     parse_rate = rows[0]["resources_per_s"]
     for r in rows:
         r["percent_of_bare_parse"] = round(100 * r["resources_per_s"] / parse_rate, 1)
     load_after = os.getloadavg()
     print(f"export: {args.folder or f'{args.patients:,} patients'}, {rows[0]['resources']:,} lines, "
           f"{size_mb:,.0f} MB; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print("| run | resources | seconds | resources/s | % of bare parse | load avg | workers | peak RSS MB | "
-          "worker peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | workers | resources | seconds | resources/s | % of bare parse | load avg | "
+          "loader CPU µs/resource | worker CPU µs/resource | peak RSS MB (loader / worker) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['what']} | {r['resources']:,} | {r['seconds']} | {r['resources_per_s']:,} | "
-              f"{r['percent_of_bare_parse']}% | {r.get('load_average', '-')} | {r.get('workers', '-')} | "
-              f"{r.get('peak_rss_mb', '-')} | {r.get('worker_peak_rss_mb') or '-'} |")
+        print(f"| {r['what']} | {r.get('workers', '-')} | {r['resources']:,} | {r['seconds']} | "
+              f"{r['resources_per_s']:,} | {r['percent_of_bare_parse']}% | {r.get('load_average', '-')} | "
+              f"{r.get('main_cpu_us_per_resource', '-')} | {r.get('worker_cpu_us_per_resource', '-')} | "
+              f"{r.get('peak_rss_mb', '-')} / {r.get('worker_peak_rss_mb') or '-'} |")
     result = {"command": " ".join(["benchmarks/bench_fhir.py", *sys.argv[1:]]),
               "patients": None if args.folder else args.patients, "folder": str(folder),
               "export_mb": round(size_mb), "cores": os.cpu_count(),

@@ -477,7 +477,7 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
             path = str(input_file.path)
             if input_file.kind == "bundle":
                 done.done += input_file.size
-                pool.submit(("bundle", path, None, 0, None), run.writes, path)
+                pool.submit("bundle", path, None, 0, None, run.writes, path)
             else:
                 for block in ndjson_blocks(input_file, done, unit_bytes):
                     if isinstance(block, Item):  # a damaged gzip stream: the last item of the file
@@ -485,7 +485,7 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
                                                     (*block.error, block.type_hint))], run.writes)
                         continue
                     first, data = block
-                    pool.submit(("ndjson", path, input_file.resource_type, first, data), run.writes,
+                    pool.submit("ndjson", path, input_file.resource_type, first, data, run.writes,
                                 f"{path} from line {first:,}")
                     take(pool.done())
                 pool.mark()  # the file ended: write what it gave (as in _in_process)
@@ -496,3 +496,4 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
         raise
     finally:
         pool.close()
+        run.summary.worker_cpu_seconds, run.summary.worker_peak_rss_mb = pool.cpu_seconds, pool.peak_rss_mb

@@ -7,6 +7,11 @@ of the loading process is ever inherited).  At most :data:`AHEAD` units per work
 once, so memory does not grow with the input: the loading process holds those units' blocks and
 the records of the one it is writing, whatever the size of the export.
 
+Units and records travel through files in a run-private folder (in ``/dev/shm`` where there is
+one); the executor's pipes carry only their names.  A message of a pipe is then always far below
+``PIPE_BUF`` and written whole: a worker killed while it sends megabytes of records would leave the
+executor's thread waiting forever for the rest of a message (CPython's ProcessPoolExecutor).
+
 A worker that dies (killed, out of memory, a crash in an extension module) breaks the pool: the
 unit it held, and every unit after it, is never written; :class:`WorkerCrashed` says which unit
 that was.  Everything before it is written (the caller writes what it has taken, then raises), so
@@ -16,6 +21,10 @@ running the same command again loads exactly what is missing: unchanged resource
 from __future__ import annotations
 
 import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -39,10 +48,11 @@ class Unit:
 
     __slots__ = ("task", "source_file", "block", "handed_out", "future", "where")
 
-    def __init__(self, task: tuple | None, handed_out: int, future: Future, where: str, source_file: str = ""):
+    def __init__(self, task: tuple | None, handed_out: int, future: Future, where: str, source_file: str = "",
+                 block: bytes | None = None):
         self.task = task  # None: already done here (a marker, an item of the reader's own)
         self.source_file = task[1] if task else source_file
-        self.block = task[4] if task else None
+        self.block = block
         self.handed_out = handed_out
         self.future = future
         self.where = where
@@ -60,14 +70,28 @@ class WorkerPool:
         self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=worker.start,
                                              initargs=(url, mrn_system, cache_size, force))
         self._out: deque[Unit] = deque()
+        shm = "/dev/shm"
+        self._folder = tempfile.mkdtemp(prefix="radfed-ingest-", dir=shm if os.access(shm, os.W_OK) else None)
+        self._units = 0
+        #: CPU seconds the workers spent on the units taken back (what a core count must cover)
+        self.cpu_seconds = 0.0
+        self.peak_rss_mb = 0.0  # the largest of the workers'
 
-    def submit(self, task: tuple, handed_out: int, where: str) -> None:
+    def submit(self, kind: str, path: str, type_hint: str | None, first: int, block: bytes | None,
+               handed_out: int, where: str) -> None:
+        """Hand out a unit: an NDJSON ``block`` whose first line is number ``first``, or a Bundle file."""
+        self._units += 1
+        name = os.path.join(self._folder, str(self._units))
+        if block is not None:
+            with open(name + ".in", "wb") as handle:
+                handle.write(block)
+        task = (kind, path, type_hint, first, name)
         try:
             future = self._executor.submit(worker.map_unit, task)
         except BrokenProcessPool as exc:
             # a worker died since the last unit came back: the oldest unit out is the first lost
             raise self._crashed(next((u.where for u in self._out if u.task is not None), where), exc) from None
-        self._out.append(Unit(task, handed_out, future, where))
+        self._out.append(Unit(task, handed_out, future, where, block=block))
 
     def submit_records(self, source_file: str, records: list, handed_out: int) -> None:
         """Records made in this process (a damaged gzip stream's last item), in their place in the order."""
@@ -93,9 +117,18 @@ class WorkerPool:
     def _next(self) -> tuple[Unit, list]:
         unit = self._out.popleft()
         try:
-            return unit, unit.future.result()
+            if unit.task is None:
+                return unit, unit.future.result()
+            seconds, peak = unit.future.result()
         except BrokenProcessPool as exc:
             raise self._crashed(unit.where, exc) from None
+        name = unit.task[4]
+        with open(name + ".out", "rb") as handle:
+            records = pickle.load(handle)
+        os.unlink(name + ".out")
+        self.cpu_seconds += seconds
+        self.peak_rss_mb = max(self.peak_rss_mb, peak)
+        return unit, records
 
     def _crashed(self, where: str, exc: Exception) -> WorkerCrashed:
         self._out.clear()
@@ -109,6 +142,7 @@ class WorkerPool:
         let finish (a worker killed while it sends its result leaves the executor waiting for the rest)."""
         self._out.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def _ready(value) -> Future:

@@ -40,6 +40,9 @@ class IngestSummary:
     #: resources a worker process mapped that the loader mapped again, the worker's view of the run
     #: being behind (node.ingest.worker); a cost, not an outcome: not part of :meth:`as_dict`
     remapped: int = 0
+    #: CPU seconds the worker processes spent, and the largest peak RSS of one (not in :meth:`as_dict`)
+    worker_cpu_seconds: float = 0.0
+    worker_peak_rss_mb: float = 0.0
 
     def count(self, resource_type: str | None, state: str, reason: str | None = None,
               source_file: str | None = None) -> None:

@@ -24,6 +24,10 @@ every resource it wrote after handing the unit out (a resource sent twice in one
 
 from __future__ import annotations
 
+import os
+import pickle
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,9 +245,23 @@ def start(url: str, mrn_system: str, cache_size: int, force: bool) -> None:
     _worker = _Worker(url, mrn_system, cache_size, force)
 
 
-def map_unit(task: tuple) -> list[Record]:
-    """The records of one unit ``(kind, path, type hint, first line, block)`` (what a worker runs)."""
-    return _worker.unit(task)
+def map_unit(task: tuple) -> tuple[float, float]:
+    """Map one unit ``(kind, path, type hint, first line, name)``: the NDJSON block is the file
+    ``name.in`` (the worker deletes it), the records go to ``name.out``
+    (:mod:`node.ingest.pool` says why files).  Returns the CPU seconds the worker spent and its peak
+    RSS in MB so far (what a worker runs)."""
+    started = time.process_time()
+    kind, path, type_hint, first, name = task
+    block = None
+    if kind == "ndjson":
+        with open(name + ".in", "rb") as handle:
+            block = handle.read()
+        os.unlink(name + ".in")
+    records = _worker.unit((kind, path, type_hint, first, block))
+    with open(name + ".part", "wb") as handle:
+        pickle.dump(records, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(name + ".part", name + ".out")
+    return time.process_time() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_url(engine: Engine) -> str:
