@@ -145,8 +145,9 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict]) -> None:
     """Insert ``rows`` (dicts with the same keys) into ``table`` within ``conn``'s transaction.
 
     On PostgreSQL with psycopg 3 this is one ``COPY table (columns) FROM STDIN`` fed row by row
-    (psycopg's ``Cursor.copy``, values adapted by their Python types as for bound parameters);
-    elsewhere one executemany of the Core ``insert``.  Either way a constraint violation fails the
+    (psycopg's ``Cursor.copy``, values adapted by their Python types as for bound parameters); on
+    SQLite the driver's executemany of the Core ``insert``'s SQL (:func:`_sqlite_insert`); elsewhere,
+    and for a few rows, one executemany of the Core ``insert``.  Either way a constraint violation fails the
     statement and rolls the batch back.
     """
     driver = conn.connection.driver_connection
