@@ -21,7 +21,20 @@ content hash, so a re-run is idempotent and an updated resource replaces its row
 Every column carries its documentation as ``doc=`` (the column comment on PostgreSQL).
 """
 
-from sqlalchemy import Boolean, Date, DateTime, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 from cdm.columns import ID, col
 
@@ -29,20 +42,38 @@ CONCEPT = ("concept", "concept_id")
 PERSON = ("person", "person_id")
 
 
+def _key(table: str, doc: str) -> Column:
+    """The table's own ``<table>_id`` primary key: deterministic (cdm/ids.py), never generated."""
+    return col(f"{table}_id", ID, primary_key=True, doc=doc)
+
+
+def _person(doc: str) -> Column:
+    """``person_id``: every clinical extension row belongs to one person."""
+    return col("person_id", ID, required=True, references=PERSON, doc=doc)
+
+
+def _row_of(table: str, doc: str, *, name: str | None = None, required: bool = False) -> Column:
+    """An id pointing at a row of ``table`` (its ``<table>_id``); ``name`` when the column is not called
+    so (a second specimen)."""
+    return col(name or f"{table}_id", ID, required=required, references=(table, f"{table}_id"), doc=doc)
+
+
+def _concept(name: str, doc: str, *, required: bool = False) -> Column:
+    """A ``..._concept_id`` column: the id of an OMOP ``concept``."""
+    return col(name, Integer, required=required, references=CONCEPT, doc=doc)
+
+
 def define_extension_tables(metadata: MetaData) -> None:
     """Add radfed's extension and bookkeeping tables to ``metadata``."""
 
     Table(
-        "image_occurrence",
-        metadata,
-        col("image_occurrence_id", ID, primary_key=True, doc="Deterministic id from the SeriesInstanceUID."),
-        col("person_id", ID, required=True, references=PERSON, doc="Matched from PatientID."),
-        col("procedure_occurrence_id", ID, references=("procedure_occurrence", "procedure_occurrence_id"),
-            doc="The imaging procedure (MI-CDM: every series belongs to a procedure)."),
-        col("visit_occurrence_id", ID, references=("visit_occurrence", "visit_occurrence_id"),
-            doc="The visit the study was acquired in, when known."),
-        col("anatomic_site_concept_id", Integer, references=CONCEPT,
-            doc="Anatomic site from BodyPartExamined (0010,0015) / AnatomicRegionSequence."),
+        "image_occurrence", metadata,
+        _key("image_occurrence", "Deterministic id from the SeriesInstanceUID."),
+        _person("Matched from PatientID."),
+        _row_of("procedure_occurrence", "The imaging procedure (MI-CDM: every series belongs to a procedure)."),
+        _row_of("visit_occurrence", "The visit the study was acquired in, when known."),
+        _concept("anatomic_site_concept_id",
+                 "Anatomic site from BodyPartExamined (0010,0015) / AnatomicRegionSequence."),
         col("anatomic_site_source_value", String(64), doc="BodyPartExamined as sent."),
         col("wadors_uri", String(1000), doc="DICOMweb (WADO-RS) URI of the series, when served."),
         col("local_path", String(1000), doc="Folder or file holding the series at the node."),
@@ -50,8 +81,7 @@ def define_extension_tables(metadata: MetaData) -> None:
         col("image_occurrence_datetime", DateTime, doc="SeriesDate+SeriesTime when present."),
         col("image_study_uid", String(250), required=True, doc="StudyInstanceUID (0020,000D)."),
         col("image_series_uid", String(250), required=True, doc="SeriesInstanceUID (0020,000E)."),
-        col("modality_concept_id", Integer, required=True, references=CONCEPT,
-            doc="Modality (0008,0060) as a DICOM-vocabulary concept."),
+        _concept("modality_concept_id", "Modality (0008,0060) as a DICOM-vocabulary concept.", required=True),
         col("modality_source_value", String(16), doc="Modality as sent (CT, MR, PT, SEG, RTSTRUCT...)."),
         col("sop_class_uid", String(64), doc="SOPClassUID of the series' instances."),
         col("series_description", String(255), doc="SeriesDescription (0008,103E)."),
@@ -65,29 +95,26 @@ def define_extension_tables(metadata: MetaData) -> None:
     Index("idx_image_occurrence_series", metadata.tables["image_occurrence"].c.image_series_uid, unique=True)
 
     Table(
-        "image_feature",
-        metadata,
-        col("image_feature_id", ID, primary_key=True, doc="Deterministic id from (series, ROI, feature, algorithm)."),
-        col("person_id", ID, required=True, references=PERSON, doc="The person whose image it is."),
-        col("image_occurrence_id", ID, required=True, references=("image_occurrence", "image_occurrence_id"),
-            doc="The image series the feature was measured on."),
-        col("image_feature_event_field_concept_id", Integer, references=CONCEPT,
-            doc="MI-CDM: the table of a linked event (e.g. measurement), 0 when none."),
+        "image_feature", metadata,
+        _key("image_feature", "Deterministic id from (series, ROI, feature, algorithm)."),
+        _person("The person whose image it is."),
+        _row_of("image_occurrence", "The image series the feature was measured on.", required=True),
+        _concept("image_feature_event_field_concept_id",
+                 "MI-CDM: the table of a linked event (e.g. measurement), 0 when none."),
         col("image_feature_event_id", ID, doc="MI-CDM: id of the linked event row (e.g. measurement_id)."),
-        col("image_feature_concept_id", Integer, required=True, references=CONCEPT,
-            doc="What was measured (RADFED project concept, e.g. ADC mean, SUVmax, fat fraction)."),
+        _concept("image_feature_concept_id",
+                 "What was measured (RADFED project concept, e.g. ADC mean, SUVmax, fat fraction).", required=True),
         col("image_feature_source_value", String(255), required=True,
             doc="The feature's name as produced, e.g. pyradiomics 'original_firstorder_Mean'."),
-        col("image_feature_type_concept_id", Integer, required=True, references=CONCEPT,
-            doc="Provenance: radiomic extraction, parametric-map statistic, reader annotation."),
-        col("image_finding_concept_id", Integer, references=CONCEPT, doc="MI-CDM: the finding the ROI depicts."),
+        _concept("image_feature_type_concept_id",
+                 "Provenance: radiomic extraction, parametric-map statistic, reader annotation.", required=True),
+        _concept("image_finding_concept_id", "MI-CDM: the finding the ROI depicts."),
         col("image_finding_id", ID, doc="MI-CDM: groups features of one finding (lesion) across series."),
-        col("anatomic_site_concept_id", Integer, references=CONCEPT, doc="Site of the ROI."),
+        _concept("anatomic_site_concept_id", "Site of the ROI."),
         col("roi_label", String(255), doc="Segment label (SEG SegmentLabel / RTSTRUCT ROIName)."),
         col("value_as_number", Float, doc="The feature value; kept here so imaging criteria need no join."),
-        col("value_as_concept_id", Integer, references=CONCEPT,
-            doc="A categorical feature (e.g. calcification present, target sign)."),
-        col("unit_concept_id", Integer, references=CONCEPT, doc="UCUM unit concept of value_as_number."),
+        _concept("value_as_concept_id", "A categorical feature (e.g. calcification present, target sign)."),
+        _concept("unit_concept_id", "UCUM unit concept of value_as_number."),
         col("unit_source_value", String(50), doc="UCUM unit as produced, e.g. 'um2/s', 'g/ml', '%'."),
         col("alg_system", String(255), required=True, doc="Producing algorithm, e.g. 'pyradiomics'."),
         col("alg_version", String(50), doc="Its version."),
@@ -97,21 +124,17 @@ def define_extension_tables(metadata: MetaData) -> None:
     Index("idx_image_feature_concept", metadata.tables["image_feature"].c.image_feature_concept_id)
 
     Table(
-        "variant_occurrence",
-        metadata,
-        col("variant_occurrence_id", ID, primary_key=True, doc="Deterministic id from the source resource."),
-        col("person_id", ID, required=True, references=PERSON, doc="The patient."),
-        col("procedure_occurrence_id", ID, references=("procedure_occurrence", "procedure_occurrence_id"),
-            doc="The sequencing procedure."),
-        col("specimen_id", ID, references=("specimen", "specimen_id"),
-            doc="Tumour tissue, or plasma for ctDNA (then ctdna_result shares this specimen)."),
-        col("reference_specimen_id", ID, references=("specimen", "specimen_id"), doc="Matched normal, if any."),
-        col("measurement_id", ID, references=("measurement", "measurement_id"),
-            doc="G-CDM link to the measurement row of the test result, when written."),
+        "variant_occurrence", metadata,
+        _key("variant_occurrence", "Deterministic id from the source resource."),
+        _person("The patient."),
+        _row_of("procedure_occurrence", "The sequencing procedure."),
+        _row_of("specimen", "Tumour tissue, or plasma for ctDNA (then ctdna_result shares this specimen)."),
+        _row_of("specimen", "Matched normal, if any.", name="reference_specimen_id"),
+        _row_of("measurement", "G-CDM link to the measurement row of the test result, when written."),
         col("variant_date", Date, required=True, doc="Specimen collection date, else report date."),
-        col("target_gene1_concept_id", Integer, references=CONCEPT, doc="HGNC gene concept."),
+        _concept("target_gene1_concept_id", "HGNC gene concept."),
         col("target_gene1_symbol", String(50), doc="HGNC symbol, e.g. MDM2."),
-        col("target_gene2_concept_id", Integer, references=CONCEPT, doc="Fusion partner gene concept."),
+        _concept("target_gene2_concept_id", "Fusion partner gene concept."),
         col("target_gene2_symbol", String(50), doc="Fusion partner, e.g. DDIT3 in FUS::DDIT3."),
         col("variant_type", String(20), required=True,
             doc="snv, indel, cnv (amplification/deletion), fusion, or loss (biallelic/LOH loss)."),
@@ -137,24 +160,22 @@ def define_extension_tables(metadata: MetaData) -> None:
     Index("idx_variant_gene", metadata.tables["variant_occurrence"].c.target_gene1_symbol)
 
     Table(
-        "variant_annotation",
-        metadata,
-        col("variant_annotation_id", ID, primary_key=True, doc="Deterministic id from (variant, field, source)."),
-        col("variant_occurrence_id", ID, required=True, references=("variant_occurrence", "variant_occurrence_id"), doc="The annotated variant."),
+        "variant_annotation", metadata,
+        _key("variant_annotation", "Deterministic id from (variant, field, source)."),
+        _row_of("variant_occurrence", "The annotated variant.", required=True),
         col("annotation_field", String(255), required=True, doc="e.g. clinical_significance, oncokb_level."),
         col("value_as_string", String(1000), doc="Textual annotation value."),
         col("value_as_number", Float, doc="Numeric annotation value (e.g. a population frequency)."),
-        col("value_as_concept_id", Integer, references=CONCEPT, doc="Coded annotation value."),
+        _concept("value_as_concept_id", "Coded annotation value."),
         col("annotation_source", String(255), doc="Knowledge base and version (ClinVar 2026-10, ...)."),
     )
 
     Table(
-        "ctdna_result",
-        metadata,
-        col("ctdna_result_id", ID, primary_key=True, doc="Deterministic id from the source result."),
-        col("person_id", ID, required=True, references=PERSON, doc="The patient."),
-        col("specimen_id", ID, references=("specimen", "specimen_id"), doc="The plasma specimen."),
-        col("measurement_id", ID, references=("measurement", "measurement_id"), doc="The result as a measurement."),
+        "ctdna_result", metadata,
+        _key("ctdna_result", "Deterministic id from the source result."),
+        _person("The patient."),
+        _row_of("specimen", "The plasma specimen."),
+        _row_of("measurement", "The result as a measurement."),
         col("result_date", Date, required=True, doc="Blood draw date."),
         col("assay", String(255), doc="Assay name/version (panel, tumour-informed or not)."),
         col("detected", Boolean, doc="ctDNA detected (molecular residual disease positive)."),
@@ -165,15 +186,12 @@ def define_extension_tables(metadata: MetaData) -> None:
     Index("idx_ctdna_person", metadata.tables["ctdna_result"].c.person_id)
 
     Table(
-        "biopsy_location",
-        metadata,
-        col("biopsy_location_id", ID, primary_key=True, doc="Deterministic id from the biopsy procedure/specimen."),
-        col("person_id", ID, required=True, references=PERSON, doc="The patient."),
-        col("procedure_occurrence_id", ID, references=("procedure_occurrence", "procedure_occurrence_id"),
-            doc="The biopsy procedure."),
-        col("specimen_id", ID, references=("specimen", "specimen_id"), doc="The core whose genomics are tested."),
-        col("image_occurrence_id", ID, references=("image_occurrence", "image_occurrence_id"),
-            doc="The (habitat map) series the coordinates refer to."),
+        "biopsy_location", metadata,
+        _key("biopsy_location", "Deterministic id from the biopsy procedure/specimen."),
+        _person("The patient."),
+        _row_of("procedure_occurrence", "The biopsy procedure."),
+        _row_of("specimen", "The core whose genomics are tested."),
+        _row_of("image_occurrence", "The (habitat map) series the coordinates refer to."),
         col("frame_of_reference_uid", String(250), doc="DICOM FrameOfReferenceUID of the coordinates."),
         col("x_mm", Float, required=True, doc="Patient-coordinate (LPS) position, mm."),
         col("y_mm", Float, required=True, doc="Patient-coordinate (LPS) y, mm."),
@@ -181,18 +199,17 @@ def define_extension_tables(metadata: MetaData) -> None:
         col("registration_error_mm", Float, required=True,
             doc="1-sigma registration uncertainty (isotropic Gaussian), mm."),
         col("habitat_label", String(50), doc="Habitat the imaging assigns at the point, e.g. 'hypercellular'."),
-        col("habitat_concept_id", Integer, references=CONCEPT, doc="The habitat as a RADFED concept."),
+        _concept("habitat_concept_id", "The habitat as a RADFED concept."),
         col("distance_to_border_mm", Float,
             doc="Distance from the point to the nearest other habitat; with the error gives the weight."),
     )
 
     Table(
-        "signal_window",
-        metadata,
-        col("signal_window_id", ID, primary_key=True, doc="Deterministic id from (device stream, signal, window start)."),
-        col("person_id", ID, required=True, references=PERSON, doc="The wearer."),
-        col("device_exposure_id", ID, references=("device_exposure", "device_exposure_id"), doc="The wearable."),
-        col("signal_concept_id", Integer, required=True, references=CONCEPT, doc="e.g. heart rate (LOINC 8867-4)."),
+        "signal_window", metadata,
+        _key("signal_window", "Deterministic id from (device stream, signal, window start)."),
+        _person("The wearer."),
+        _row_of("device_exposure", "The wearable."),
+        _concept("signal_concept_id", "e.g. heart rate (LOINC 8867-4).", required=True),
         col("signal_source_value", String(255), doc="The signal's code as sent."),
         col("window_start_datetime", DateTime, required=True, doc="Start of the window (UTC)."),
         col("window_seconds", Integer, required=True, doc="Window length; samples inside are summarised."),
@@ -201,15 +218,14 @@ def define_extension_tables(metadata: MetaData) -> None:
         col("sd", Float, doc="Sample standard deviation (n-1)."),
         col("min", Float, doc="Smallest sample."),
         col("max", Float, doc="Largest sample."),
-        col("unit_concept_id", Integer, references=CONCEPT, doc="UCUM unit concept of the samples."),
+        _concept("unit_concept_id", "UCUM unit concept of the samples."),
         col("unit_source_value", String(50), doc="Unit as sent."),
     )
     Index("idx_signal_window_person", metadata.tables["signal_window"].c.person_id)
 
     Table(
-        "quarantine",
-        metadata,
-        col("quarantine_id", ID, primary_key=True, doc="Deterministic from (source, file, line, resource)."),
+        "quarantine", metadata,
+        _key("quarantine", "Deterministic from (source, file, line, resource)."),
         col("ingest_kind", String(20), required=True, doc="fhir, dicom, genomics, wearables."),
         col("source_file", String(1000), doc="File the input came from."),
         col("source_line", Integer, doc="Line (NDJSON) or entry index (Bundle)."),
@@ -222,8 +238,7 @@ def define_extension_tables(metadata: MetaData) -> None:
     )
 
     Table(
-        "source_record",
-        metadata,
+        "source_record", metadata,
         col("source_key", String(400), primary_key=True, doc="(source system, resource type, resource id)."),
         col("cdm_table", String(64), primary_key=True, doc="A table the resource wrote a row to."),
         col("cdm_id", ID, primary_key=True, doc="That row's id (one resource may write several rows)."),
@@ -234,8 +249,7 @@ def define_extension_tables(metadata: MetaData) -> None:
           metadata.tables["source_record"].c.cdm_id)
 
     Table(
-        "pending_reference",
-        metadata,
+        "pending_reference", metadata,
         col("target_key", String(400), primary_key=True,
             doc="The source key of the resource referenced but not loaded yet (fhir|Practitioner|id, or "
                 "fhir|Practitioner?identifier=system|value)."),
