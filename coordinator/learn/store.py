@@ -1,9 +1,10 @@
 """Trained models in the coordinator's store, with their provenance.
 
-One table, ``coord_model``, on the coordinator store's engine (its own ``MetaData``, created on first
-use).  A row holds the model's parameters (``.npz`` bytes), the canonical model spec and its digest,
-the Flower run id and FAB hash, the strategy and rounds, per-site and pooled evaluation, the radfed
-and Flower versions, and when it finished; :meth:`ModelStore.get` gives all of it back.
+One table, ``coord_model``, on the coordinator store's engine, declared in that store's ``MetaData``
+(:data:`coordinator.store.metadata`: one database, one schema) and created on first use.  A row holds
+the model's parameters (``.npz`` bytes), the canonical model spec and its digest, the Flower run id and
+FAB hash, the strategy and rounds, per-site and pooled evaluation, the radfed and Flower versions, and
+when it finished; :meth:`ModelStore.get` gives all of it back.
 """
 
 from __future__ import annotations
@@ -13,23 +14,21 @@ import io
 import uuid
 
 import numpy as np
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, Table, insert, select
 
-metadata = MetaData()
+from coordinator.store import metadata
 
-models = Table(
-    "coord_model", metadata,
-    Column("model_id", String(36), primary_key=True),
-    Column("name", String(64), nullable=False),
-    Column("spec_digest", String(64), nullable=False),
-    Column("spec", JSON, nullable=False),
-    Column("created_at", DateTime, nullable=False),
-    Column("flower_run_id", String(32)),
-    Column("fab_hash", String(64)),
-    Column("parameters", LargeBinary, nullable=False),
-    Column("result", JSON, nullable=False),      # train loss per round, per-site / pooled evaluation
-    Column("provenance", JSON, nullable=False),  # versions, requester, strategy, sites
-)
+models = Table("coord_model", metadata,
+               Column("model_id", String(36), primary_key=True),
+               Column("name", String(64), nullable=False),
+               Column("spec_digest", String(64), nullable=False),
+               Column("spec", JSON, nullable=False),
+               Column("created_at", DateTime, nullable=False),
+               Column("flower_run_id", String(32)),
+               Column("fab_hash", String(64)),
+               Column("parameters", LargeBinary, nullable=False),
+               Column("result", JSON, nullable=False),      # train loss per round, per-site / pooled evaluation
+               Column("provenance", JSON, nullable=False))  # versions, requester, strategy, sites
 
 
 def arrays_to_bytes(arrays: list[np.ndarray]) -> bytes:
@@ -46,7 +45,7 @@ def arrays_from_bytes(blob: bytes) -> list[np.ndarray]:
 class ModelStore:
     def __init__(self, engine):
         self.engine = engine
-        metadata.create_all(engine)
+        models.create(engine, checkfirst=True)
 
     def add(self, *, name: str, spec: dict, spec_digest: str, arrays: list[np.ndarray], result: dict,
             provenance: dict, flower_run_id: str | None = None, fab_hash: str | None = None) -> str:
@@ -60,13 +59,13 @@ class ModelStore:
         return model_id
 
     def get(self, model_id: str) -> dict | None:
+        """The stored model with its parameters decoded into ``arrays``; None when there is no such model."""
         with self.engine.connect() as conn:
             row = conn.execute(select(models).where(models.c.model_id == model_id)).mappings().first()
         if row is None:
             return None
-        out = dict(row)
-        out["arrays"] = arrays_from_bytes(out.pop("parameters"))
-        return out
+        return {name: value for name, value in row.items() if name != "parameters"} | {
+            "arrays": arrays_from_bytes(row["parameters"])}
 
     def list(self) -> list[dict]:
         cols = [models.c.model_id, models.c.name, models.c.spec_digest, models.c.created_at, models.c.flower_run_id]
