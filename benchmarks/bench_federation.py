@@ -20,7 +20,6 @@ job store, aggregation), not 100 copies of SQLite competing for 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
@@ -38,7 +37,9 @@ from sqlalchemy import insert
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import cli_options  # noqa: E402
 from cdm.db import open_engine  # noqa: E402
 from federation import Network  # noqa: E402
 
@@ -214,15 +215,10 @@ def part_fanout(root: Path, agents: int, runs: int, workers: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--persons", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--agents", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--skip-nodes", action="store_true")
+    parser = cli_options.parser(__doc__, "federation.json", persons=100_000, runs=50, agents=100, workers=4,
+                                skip_nodes=False)
     parser.add_argument("--cache", choices=("both", "on", "off"), default="both",
                         help="node frame cache for part 1: run with it off (cold), on (warm), or both")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "federation.json"))
     parser.add_argument("--swarm-worker", nargs="*")
     args = parser.parse_args()
     if args.swarm_worker is not None:

@@ -19,7 +19,6 @@ plus the slowest site per round (sites answer concurrently; bus latency excluded
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import cli_options  # noqa: E402
 from bench_stats import TIME, Bus, make_site  # noqa: E402
 
 from cdm import rounds, secagg  # noqa: E402
@@ -186,15 +186,8 @@ def part_count(persons: int, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count-persons", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--sites", type=int, default=10)
-    parser.add_argument("--persons", type=int, default=50_000)
-    parser.add_argument("--skip-count", action="store_true")
-    parser.add_argument("--skip-cox", action="store_true")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "secure.json"))
-    args = parser.parse_args()
+    args = cli_options.parser(__doc__, "secure.json", count_persons=100_000, runs=20, sites=10, persons=50_000,
+                              skip_count=False, skip_cox=False).parse_args()
     import os
 
     record = {"load_average_start": os.getloadavg()}
