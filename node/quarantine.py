@@ -19,19 +19,13 @@ from cdm.schema import tables
 QUARANTINE = tables["quarantine"]
 
 
-def quarantine(
-    conn: Connection,
-    kind: str,
-    reason_code: str,
-    reason: str,
-    *,
-    source_file: str | None = None,
-    source_line: int | None = None,
-    resource_type: str | None = None,
-    resource_id: str | None = None,
-    payload: bytes | None = None,
-) -> int:
-    """Store one piece of bad input; returns its quarantine id."""
+def quarantine(conn: Connection, kind: str, reason_code: str, reason: str, *, source_file: str | None = None,
+               source_line: int | None = None, resource_type: str | None = None, resource_id: str | None = None,
+               payload: bytes | None = None) -> int:
+    """Store one piece of bad input; returns its quarantine id.
+
+    Where it came from (``source_file``, ``source_line``, ``resource_type``, ``resource_id``: each
+    ``None`` when unknown) is part of its id with ``kind`` and ``reason_code``."""
     quarantine_id = stable_id("quarantine", kind, source_file, source_line, resource_type, resource_id, reason_code)
     conn.execute(delete(QUARANTINE).where(QUARANTINE.c.quarantine_id == quarantine_id))
     conn.execute(
