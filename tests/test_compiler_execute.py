@@ -1,37 +1,18 @@
 """Spec -> SQL -> released result, the same on SQLite and PostgreSQL, with rows inserted via Core."""
 
-import datetime as dt
-
-from sqlalchemy import insert
-
 from cdm.compiler import compile_spec
-from cdm.schema import tables
 from cdm.spec import SpecError, parse_spec
 from node.audit import AuditLog
 from node.config import NodeConfig
 from node.execute import run_request
+from test_policy_attacks import load_persons
 
 import pytest
 
-D = dt.date
-
 
 def _load(engine, n=30):
-    persons, conds, meas, variants = [], [], [], []
-    for i in range(1, n + 1):
-        persons.append(dict(person_id=i, gender_concept_id=8507 if i % 2 else 8532, year_of_birth=1950 + i,
-                            race_concept_id=0, ethnicity_concept_id=0))
-        conds.append(dict(condition_occurrence_id=i, person_id=i, condition_concept_id=2000000400,
-                          condition_start_date=D(2020, 1, 1) + dt.timedelta(days=i), condition_type_concept_id=0))
-        meas.append(dict(measurement_id=i, person_id=i, measurement_concept_id=2000000200,
-                         measurement_date=D(2020, 3, 1), measurement_type_concept_id=0, value_as_number=float(i)))
-        if i % 3 == 0:
-            variants.append(dict(variant_occurrence_id=i, person_id=i, variant_date=D(2020, 2, 1),
-                                 target_gene1_symbol="MDM2", variant_type="cnv", is_ctdna=False, allele_frequency=0.1 * (i % 10)))
-    with engine.begin() as c:
-        for t, rows in (("person", persons), ("condition_occurrence", conds), ("measurement", meas),
-                        ("variant_occurrence", variants)):
-            c.execute(insert(tables[t]), rows)
+    """Person i of :func:`test_policy_attacks.load_persons`, born 1950 + i, MDM2 VAF 0.1 * (i % 10)."""
+    load_persons(engine, n, year_of_birth=lambda i: 1950 + i, allele_frequency=lambda i: 0.1 * (i % 10))
 
 
 BASE = {"index": {"kind": "condition", "codes": ["RADFED:progression"]}}

@@ -40,12 +40,14 @@ VARIABLES = {"sex": {"kind": "sex"},
              "tf": {"kind": "measurement", "code": "RADFED:ctdna_tumour_fraction", "reduce": "mean"}}
 
 
-def load_persons(engine, n: int = N_PERSONS) -> None:
-    """Person i: male when i is odd, an MDM2 amplification when 3 | i, tumour fraction i, indexed by
-    a progression on 2020-01-01 + i days."""
+def load_persons(engine, n: int = N_PERSONS, year_of_birth=lambda i: 1950 + i % 30,
+                 allele_frequency=lambda i: 0.2) -> None:
+    """Person i: male when i is odd, born in ``year_of_birth(i)``, an MDM2 amplification (VAF
+    ``allele_frequency(i)``) when 3 | i, tumour fraction i, indexed by a progression on 2020-01-01 + i
+    days."""
     persons, conds, meas, variants = [], [], [], []
     for i in range(1, n + 1):
-        persons.append(dict(person_id=i, gender_concept_id=8507 if i % 2 else 8532, year_of_birth=1950 + i % 30,
+        persons.append(dict(person_id=i, gender_concept_id=8507 if i % 2 else 8532, year_of_birth=year_of_birth(i),
                             race_concept_id=0, ethnicity_concept_id=0))
         conds.append(dict(condition_occurrence_id=i, person_id=i, condition_concept_id=2000000400,
                           condition_start_date=D(2020, 1, 1) + dt.timedelta(days=i), condition_type_concept_id=0))
@@ -53,7 +55,8 @@ def load_persons(engine, n: int = N_PERSONS) -> None:
                          measurement_date=D(2020, 3, 1), measurement_type_concept_id=0, value_as_number=float(i)))
         if i % 3 == 0:
             variants.append(dict(variant_occurrence_id=i, person_id=i, variant_date=D(2020, 2, 1),
-                                 target_gene1_symbol="MDM2", variant_type="cnv", is_ctdna=False, allele_frequency=0.2))
+                                 target_gene1_symbol="MDM2", variant_type="cnv", is_ctdna=False,
+                                 allele_frequency=allele_frequency(i)))
     with engine.begin() as c:
         for t, rows in (("person", persons), ("condition_occurrence", conds), ("measurement", meas),
                         ("variant_occurrence", variants)):
