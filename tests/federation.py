@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cdm.db import create_cdm, open_engine
 from coordinator.home import CoordinatorHome
@@ -162,3 +163,14 @@ class Network:
         while job["status"] in ("queued", "running"):
             job = self.call("GET", f"/v1/jobs/{job['job_id']}", params={"wait": 30}).json()
         return job
+
+
+def network_fixture(folder: str, sites, fill):
+    """A module-scoped ``network`` fixture: :meth:`Network.started` with ``sites``, each CDM filled by
+    ``fill``, in a fresh temporary ``folder``; closed when the module's tests are done."""
+    @pytest.fixture(scope="module")
+    def network(tmp_path_factory):
+        net = Network.started(tmp_path_factory.mktemp(folder), list(sites), fill)
+        yield net
+        net.close()
+    return network

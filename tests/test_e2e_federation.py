@@ -16,7 +16,7 @@ from sqlalchemy import insert
 
 from cdm.schema import metadata
 from cdm.vocabulary import Vocabulary
-from federation import Network
+from federation import network_fixture
 
 BIN = Path(sys.executable).parent
 SITES = {"site-a": 40, "site-b": 23, "site-c": 3}   # site-c is below the default minimum cell count (5)
@@ -55,11 +55,7 @@ BY_SEX = {"cohort": COHORT, "variables": {"sex": {"kind": "sex"}}, "analysis": {
 AGE = {"cohort": COHORT, "variables": {"age": {"kind": "age"}}, "analysis": {"type": "summary", "variables": ["age"]}}
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
-    net = Network.started(tmp_path_factory.mktemp("e2e"), list(SITES), fill)
-    yield net
-    net.close()
+network = network_fixture("e2e", SITES, fill)
 
 
 ANSWERED = ("ok", "refused", "error")   # a signed, verified answer from the node's execution layer

@@ -9,17 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from federation import Network
+from federation import network_fixture
 from test_e2e_federation import AGE, BY_SEX, COUNT, SITES, expected_sex, fill
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
-    net = Network.started(tmp_path_factory.mktemp("e2e-results"), list(SITES), fill)
-    yield net
-    net.close()
+network = network_fixture("e2e-results", SITES, fill)
 
 
 def test_count_pools_exactly_and_a_small_site_refuses_rather_than_reporting_zero(network):

@@ -28,7 +28,7 @@ from sqlalchemy import insert
 from cdm import rounds, secagg, wire
 from cdm.schema import metadata
 from cdm.vocabulary import Vocabulary
-from federation import Network
+from federation import network_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -112,11 +112,7 @@ def intervals(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
-    net = Network.started(tmp_path_factory.mktemp("e2e-secure"), list(SITES), fill)
-    yield net
-    net.close()
+network = network_fixture("e2e-secure", SITES, fill)
 
 
 @pytest.fixture(scope="module")

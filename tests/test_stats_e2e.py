@@ -20,18 +20,16 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 
 from cdm.rounds import bin_time
-from federation import Network
-from survival_sites import write_persons
+from federation import network_fixture
+from survival_sites import CODE, COHORT, write_persons
 
 pytestmark = pytest.mark.slow  # starts nats-server, the coordinator and three nodes (~10-20 s)
 
 BIN = Path(sys.executable).parent
 SITES = {"site-a": 30, "site-b": 45, "site-c": 60}
 BASE = {"site-a": 1_000, "site-b": 2_000, "site-c": 3_000}
-CODE = "443487006"
 INDEX = dt.date(2015, 3, 1)
 END = dt.date(2020, 12, 31)
-COHORT = {"index": {"kind": "condition", "codes": [f"SNOMED:{CODE}"]}}
 TIME = {"event": {"kind": "death"}}
 
 
@@ -53,11 +51,7 @@ def fill(engine, site: str) -> None:
     write_persons(engine, persons(site), CODE, INDEX, END)
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
-    net = Network.started(tmp_path_factory.mktemp("e2e-stats"), list(SITES), fill)
-    yield net
-    net.close()
+network = network_fixture("e2e-stats", SITES, fill)
 
 
 @pytest.fixture(scope="module")
