@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -24,6 +25,35 @@ from test_dicom_fixtures import add_person, make_study
 
 IO = tables["image_occurrence"]
 REPO = Path(__file__).resolve().parent.parent
+AET = "RADFEDTEST"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@contextmanager
+def storage_scp(engine, tmp_path, *indexed_handlers):
+    """A StorageSCP called ``AET`` on a free port, storing under ``tmp_path / "data"`` and telling each of
+    ``indexed_handlers`` of what it indexes; yields (scp, port) and stops it on the way out."""
+    scp = StorageSCP(engine, tmp_path / "data", AET, port=0)
+    scp.store.indexed_handlers.extend(indexed_handlers)
+    port = scp.start()
+    try:
+        yield scp, port
+    finally:
+        scp.stop()
+
+
+def dcmtk(tool: str, port: int, *paths, options=(), timeout: float = 60) -> None:
+    """dcmtk's ``echoscu`` / ``storescu`` against the SCP on ``port`` (sending ``paths``); it must succeed."""
+    done = subprocess.run([tool, *options, "-aec", AET, "127.0.0.1", str(port), *map(str, paths)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+
+
+def associate(port: int):
+    """A pynetdicom association from a CT modality to the SCP on ``port``, TCP_NODELAY on both ends."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    return ae.associate("127.0.0.1", port, ae_title=AET, evt_handlers=NODELAY_HANDLERS)
 
 
 def _series(engine):
@@ -34,17 +64,9 @@ def _series(engine):
 def test_storescu_sends_a_study_incl_seg(any_cdm, tmp_path):
     study = make_study(tmp_path / "src")
     add_person(any_cdm, study["patient_id"])
-    scp = StorageSCP(any_cdm, tmp_path / "data", "RADFEDTEST", port=0)
-    port = scp.start()
-    try:
-        echo = subprocess.run(["echoscu", "-aec", "RADFEDTEST", "127.0.0.1", str(port)],
-                              capture_output=True, text=True, timeout=30)
-        assert echo.returncode == 0, echo.stderr
-        sent = subprocess.run(["storescu", "-R", "+sd", "+r", "-aec", "RADFEDTEST", "127.0.0.1", str(port),
-                               str(tmp_path / "src")], capture_output=True, text=True, timeout=60)
-        assert sent.returncode == 0, sent.stderr
-    finally:
-        scp.stop()
+    with storage_scp(any_cdm, tmp_path) as (scp, port):
+        dcmtk("echoscu", port, timeout=30)
+        dcmtk("storescu", port, tmp_path / "src", options=("-R", "+sd", "+r"))
     assert scp.store.stored == 25
     rows = _series(any_cdm)
     assert rows[study["ct"]]["instance_count"] == 8 and rows[study["ct"]]["image_source"] == "scp"
@@ -60,12 +82,8 @@ def test_storescu_sends_a_study_incl_seg(any_cdm, tmp_path):
 def test_abort_mid_transfer_keeps_what_was_stored(sqlite_cdm, tmp_path):
     study = make_study(tmp_path / "src")
     add_person(sqlite_cdm, study["patient_id"])
-    scp = StorageSCP(sqlite_cdm, tmp_path / "data", "RADFEDTEST", port=0)
-    port = scp.start()
-    try:
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
-        assoc = ae.associate("127.0.0.1", port, ae_title="RADFEDTEST", evt_handlers=NODELAY_HANDLERS)
+    with storage_scp(sqlite_cdm, tmp_path) as (scp, port):
+        assoc = associate(port)
         assert assoc.is_established
         assert nodelay_is_set(assoc)  # requestor side
         assert all(nodelay_is_set(a) for a in scp.server.active_associations)  # acceptor side
@@ -75,8 +93,6 @@ def test_abort_mid_transfer_keeps_what_was_stored(sqlite_cdm, tmp_path):
         deadline = time.time() + 10
         while scp.store.report.indexed < 3 and time.time() < deadline:
             time.sleep(0.05)
-    finally:
-        scp.stop()
     assert scp.store.stored == 3
     assert _series(sqlite_cdm)[study["ct"]]["instance_count"] == 3
     assert len(list((tmp_path / "data").rglob("*.dcm"))) == 3
@@ -84,14 +100,8 @@ def test_abort_mid_transfer_keeps_what_was_stored(sqlite_cdm, tmp_path):
 
 
 def test_unknown_patient_via_scp_is_kept_on_disk_and_quarantined(sqlite_cdm, tmp_path):
-    scp = StorageSCP(sqlite_cdm, tmp_path / "data", "RADFEDTEST", port=0)
-    port = scp.start()
-    try:
-        sent = subprocess.run(["storescu", "-aec", "RADFEDTEST", "127.0.0.1", str(port),
-                               get_testdata_file("CT_small.dcm")], capture_output=True, text=True, timeout=30)
-        assert sent.returncode == 0, sent.stderr
-    finally:
-        scp.stop()
+    with storage_scp(sqlite_cdm, tmp_path) as (_, port):
+        dcmtk("storescu", port, get_testdata_file("CT_small.dcm"), timeout=30)
     with sqlite_cdm.connect() as conn:
         assert quarantine_counts(conn, "dicom") == {"UNKNOWN_PATIENT": 1}
         assert conn.execute(select(func.count()).select_from(IO)).scalar_one() == 0
@@ -140,18 +150,12 @@ def test_cli_listen_receives_and_stops_cleanly(tmp_path):
 
 
 def test_instance_without_patient_id_is_stored_and_quarantined(sqlite_cdm, tmp_path):
-    scp = StorageSCP(sqlite_cdm, tmp_path / "data", "RADFEDTEST", port=0)
-    port = scp.start()
-    try:
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
-        assoc = ae.associate("127.0.0.1", port, ae_title="RADFEDTEST", evt_handlers=NODELAY_HANDLERS)
+    with storage_scp(sqlite_cdm, tmp_path) as (_, port):
+        assoc = associate(port)
         ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         del ds.PatientID
         assert assoc.send_c_store(ds).Status == 0x0000  # kept: the site fixes the header, not the sender
         assoc.release()
-    finally:
-        scp.stop()
     with sqlite_cdm.connect() as conn:
         assert quarantine_counts(conn, "dicom") == {"MISSING_ATTRIBUTE": 1}
         reason = conn.execute(select(tables["quarantine"].c.reason)).scalar_one()
@@ -164,21 +168,16 @@ def test_features_follow_segmentations_as_they_arrive(sqlite_cdm, tmp_path):
 
     study = make_study(tmp_path / "src")
     add_person(sqlite_cdm, study["patient_id"])
-    scp = StorageSCP(sqlite_cdm, tmp_path / "data", "RADFEDTEST", port=0)
     worker = FeatureWorker(sqlite_cdm)
-    scp.store.indexed_handlers.append(worker.on_indexed)
-    port = scp.start()
     try:
-        for part in ("ct", "adc", "seg"):  # the SEG last, after its images, as a PACS would route it
-            sent = subprocess.run(["storescu", "-R", "+sd", "-aec", "RADFEDTEST", "127.0.0.1", str(port),
-                                   str(tmp_path / "src" / part)], capture_output=True, text=True, timeout=60)
-            assert sent.returncode == 0, sent.stderr
-        deadline = time.time() + 30
-        while worker.report.segmentations == 0 and time.time() < deadline:
-            time.sleep(0.05)
-        worker.join()
+        with storage_scp(sqlite_cdm, tmp_path, worker.on_indexed) as (_, port):
+            for part in ("ct", "adc", "seg"):  # the SEG last, after its images, as a PACS would route it
+                dcmtk("storescu", port, tmp_path / "src" / part, options=("-R", "+sd"))
+            deadline = time.time() + 30
+            while worker.report.segmentations == 0 and time.time() < deadline:
+                time.sleep(0.05)
+            worker.join()
     finally:
-        scp.stop()
         worker.stop()
     assert worker.report.segmentations == 1 and not worker.report.quarantined
     with sqlite_cdm.connect() as conn:
