@@ -326,3 +326,22 @@ def test_a_batch_that_meets_a_row_another_process_commits_meanwhile_is_written_a
     finally:
         one_engine.dispose()
         two_engine.dispose()
+
+
+def test_the_same_files_given_to_two_processes_at_once_are_loaded_once(tmp_path, new_database):
+    """Not the intended use (give each process its own files), but safe: two processes loading the
+    same patients and conditions at once leave one copy of every row, as one process does."""
+    source = synthetic_export(tmp_path)
+    both = cut(source, tmp_path / "pc", "Patient", "Condition")
+    one_url, two_url = new_database(), new_database()
+    one_code, one = outcome(start_ingest(one_url, both))
+    (a_code, a_summary), (b_code, b_summary) = ingest_together(two_url, both, both)
+    assert a_code == b_code == one_code
+    for summary in (a_summary, b_summary):  # each read every resource and loaded or found it unchanged
+        assert summary["loaded"] + summary["updated"] + summary["unchanged"] == one["loaded"]
+    one_engine, two_engine = open_engine(one_url), open_engine(two_url)
+    try:
+        assert differences(rows(one_engine), rows(two_engine)) == {}
+    finally:
+        one_engine.dispose()
+        two_engine.dispose()
