@@ -11,7 +11,7 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
 3. the batch's rows are written in one transaction (:mod:`node.ingest.load`): an **updated**
    resource's previous rows are replaced, a new one's inserted.
 
-With ``workers`` (the default for inputs over 4 MB: one per core), steps 1-2 run in worker
+With ``workers`` (the default for inputs over 4 MB: one per core but one), steps 1-2 run in worker
 processes (:mod:`node.ingest.pool`, :mod:`node.ingest.worker`) on blocks of NDJSON lines and on
 Bundle files, and this process takes their records in input order and only writes; what a worker
 asked of the run is asked again here, so the result is the same as without workers.
@@ -384,11 +384,12 @@ class IngestRun:
 
 def auto_workers(total_bytes: int) -> int:
     """Mapping processes for an input of ``total_bytes``: none for small loads (starting a worker and
-    building its model classes costs ~1 s), else one per core (this process, which writes, shares
-    them: see benchmarks/README.md)."""
+    building its model classes costs ~1 s), else one per core but the one this process writes on, at
+    least one (on 2 cores 1 worker loaded 92,073 resources 1.5x faster than 2: benchmarks/README.md)."""
     if total_bytes < POOL_MIN_BYTES:
         return 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str = DEFAULT_MRN_SYSTEM,

@@ -52,7 +52,7 @@ class _Bar:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Processes that parse, validate and map while this one writes (default: one per core "
-                   "for inputs over 4 MB; 0: none). The result does not depend on it.")
+                   "but one, at least one, for inputs over 4 MB; 0: none). The result does not depend on it.")
 @click.option("--force", is_flag=True,
               help="Re-map resources even when unchanged since the last run (after loading vocabularies).")
 @click.pass_context
