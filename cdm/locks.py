@@ -23,10 +23,17 @@ redo the batch against what the CDM holds then.
 from __future__ import annotations
 
 import hashlib
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
+T = TypeVar("T")
+#: Times a transaction that lost a race is run again before the error is raised.
+RETRIES = 8
 #: SQLSTATEs of a transaction that lost a race with another one (PostgreSQL docs, Appendix A):
 #: unique_violation, serialization_failure, deadlock_detected.
 CONFLICT_STATES = frozenset({"23505", "40001", "40P01"})
@@ -70,3 +77,20 @@ def conflicted(exc: BaseException) -> bool:
     SQLAlchemy's wrapped error, or psycopg's own from a ``COPY`` on the driver's cursor."""
     error = exc.orig if isinstance(exc, DBAPIError) else exc
     return getattr(error, "sqlstate", None) in CONFLICT_STATES
+
+
+def retry_conflicts(transaction: Callable[[], T], before_retry: Callable[[], None] | None = None,
+                    retries: int = RETRIES) -> T:
+    """``transaction()`` (which opens and commits its own transaction), run again while it loses a
+    race (:func:`conflicted`), after ``before_retry()`` and a short random pause (two deadlock
+    victims do not meet again at once)."""
+    for attempt in range(retries + 1):
+        try:
+            return transaction()
+        except Exception as exc:  # noqa: BLE001 - a COPY raises the driver's own error, not DBAPIError
+            if attempt == retries or not conflicted(exc):
+                raise
+            if before_retry is not None:
+                before_retry()
+            time.sleep(random.uniform(0, 0.01 * 2 ** attempt))
+    raise AssertionError("unreachable")

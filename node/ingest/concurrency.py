@@ -15,6 +15,10 @@ kept apart by two session advisory locks (:mod:`cdm.locks`) on a connection of i
    maps the waiting resources again, fills the references whose target arrived (from any run), and
    recomputes observation periods: finishing runs go one at a time, and of two runs that wrote rows
    of one person, the one finishing last sees both runs' rows.
+3. **settling** — a run that still has references waiting at its end (targets in no file, or in
+   the files of a run still finishing) takes :data:`RUNNING`, which every run holds shared for its
+   whole life, exclusively for an instant: that waits until every run running alongside has ended.
+   Then it fills what they brought and reports only what is still waiting, as one run would.
 
 A run that dies (an error, a kill, a lost connection) frees its locks with its connection: nobody
 waits for it.  A run starting while another waits for the loaders starts once that wait is over
@@ -35,6 +39,8 @@ from cdm.locks import hold, release
 LOADING = "fhir ingest: loading"
 #: Held by the one run that is finishing.
 FINISHING = "fhir ingest: finishing"
+#: Held shared by every run from its start to its end.
+RUNNING = "fhir ingest: running"
 
 
 class RunLease:
@@ -46,8 +52,9 @@ class RunLease:
             # Session locks outlive transactions; in autocommit the connection never sits idle inside
             # one while the run loads (which would hold back VACUUM for hours).
             self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            hold(self._conn, RUNNING, shared=True)
             hold(self._conn, LOADING, shared=True)
-        self._loading = self._conn is not None
+        self._loading = self._running = self._conn is not None
 
     def loaded(self, wait: bool) -> None:
         """This run has written all its batches; with ``wait``, return only once every run loading
@@ -59,6 +66,15 @@ class RunLease:
         if wait:
             hold(self._conn, LOADING)
             release(self._conn, LOADING)
+
+    def settle(self) -> None:
+        """Return once every run running now (this one aside) has ended."""
+        if self._conn is None or not self._running:
+            return
+        release(self._conn, RUNNING, shared=True)
+        self._running = False
+        hold(self._conn, RUNNING)
+        release(self._conn, RUNNING)
 
     @contextmanager
     def finishing(self) -> Iterator[None]:

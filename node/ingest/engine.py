@@ -39,6 +39,7 @@ import orjson
 from sqlalchemy import Engine
 
 from cdm.db import refresh_statistics
+from cdm.locks import retry_conflicts
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import periods
 from node.ingest.concurrency import RunLease
@@ -360,6 +361,11 @@ class IngestRun:
         if self._deferred is not None:
             self._deferred.close()
 
+    def _after_load(self) -> None:
+        with self.engine.begin() as conn:
+            for step in AFTER_LOAD:
+                step(conn, self.persons)
+
     def finish(self) -> IngestSummary:
         """Write the last batch, retry what waited for its patient, recompute observation periods."""
         self.flush()
@@ -371,13 +377,16 @@ class IngestRun:
             self.writer.resolve_stored()
             self.summary.persons_with_periods = periods.recompute(self.engine, self.persons)
             refresh_statistics(self.engine, self.writer.rows_written)
-            if self.persons:
-                with self.engine.begin() as conn:
-                    for step in AFTER_LOAD:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
-                        step(conn, self.persons)
+            if self.persons:  # facts spanning resources loaded apart (a ctDNA variant's Specimen)
+                retry_conflicts(self._after_load)  # may meet a batch of a run still loading
             self.summary.remapped = self.remapped
-            self.summary.references_resolved = self.writer.references_resolved
-            self.summary.unresolved_references = self.writer.open_references()
+        open_references = self.writer.open_references()
+        if open_references:  # some may be another run's, or wait for its targets: let the others end first
+            self.lease.settle()
+            self.writer.resolve_stored()
+            open_references = self.writer.open_references()
+        self.summary.references_resolved = self.writer.references_resolved
+        self.summary.unresolved_references = open_references
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 

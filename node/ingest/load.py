@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import random
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from cdm.ids import stable_id
-from cdm.locks import conflicted, xact_lock
+from cdm.locks import retry_conflicts, xact_lock
 from cdm.schema import tables
 from node.ingest.contract import Row
 from node.quarantine import QUARANTINE, quarantine
@@ -59,8 +57,6 @@ LOOKUP_CHUNK = 500
 COPY_MIN_ROWS = 50
 #: The column a reference to a table fills when it is not ``<table>_id`` (a note's imaging study).
 REFERENCE_COLUMNS = {"image_occurrence": "note_event_id"}
-#: Times a batch that lost a race with another process's batch is written again before the run fails.
-RETRIES = 8
 #: Transaction advisory lock of the first claim of an identifier (``fhir|Type?identifier=...``).
 IDENTIFIER_CLAIMS = "fhir ingest: identifier claims"
 
@@ -254,15 +250,13 @@ class BatchWriter:
         rolled back and written again, its resources that another process loaded meanwhile now
         replacing that process's rows (the same resource in both runs' files: the last one wins).
         """
-        for attempt in range(RETRIES + 1):
-            try:
-                written, resolved = self._write_once(mapped, rejected)
-                break
-            except Exception as exc:  # noqa: BLE001 - a COPY raises the driver's own error, not DBAPIError
-                if attempt == RETRIES or not conflicted(exc):
-                    raise
-                mapped = self._rejudge(mapped)
-                time.sleep(random.uniform(0, 0.01 * 2 ** attempt))  # deadlock victims do not meet again at once
+        batch = [mapped]
+
+        def rejudge() -> None:
+            batch[0] = self._rejudge(batch[0])
+
+        written, resolved = retry_conflicts(lambda: self._write_once(batch[0], rejected), rejudge)
+        mapped = batch[0]
         self.rows_written.update(written)
         self.references_resolved += resolved
         return {r.values["person_id"] for m in mapped for r in m.rows if r.values.get("person_id") is not None}
@@ -370,6 +364,11 @@ class BatchWriter:
         and table (the resource's own stable id when it wrote several; an Encounter kept as a
         sub-encounter gives its parent visit).  Returns how many were filled.
         """
+        resolved = retry_conflicts(self._resolve_stored_once)  # its fills may meet a loading run's batch
+        self.references_resolved += resolved
+        return resolved
+
+    def _resolve_stored_once(self) -> int:
         detail = tables["visit_detail"]
         as_parent = and_(PENDING.c.target_table == "visit_occurrence", SOURCE_RECORD.c.cdm_table == "visit_detail")
         with self.engine.begin() as conn:
@@ -386,9 +385,7 @@ class BatchWriter:
                 entry = candidates.setdefault(tuple(p[c] for c in PENDING_KEY), (p, set()))
                 entry[1].add(p["row_id"])
             found = [(p, _main_row(p["target_key"], ids)) for p, ids in candidates.values()]
-            resolved = _fill(conn, found)
-        self.references_resolved += resolved
-        return resolved
+            return _fill(conn, found)
 
     def waiting(self) -> bool:
         """Whether any reference in the CDM waits for its target (this run's or another's)."""
