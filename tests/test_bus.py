@@ -141,7 +141,14 @@ def test_a_site_cannot_read_another_sites_requests_or_replies(bus):
         await spy.publish(wire.request_subject("site-b"), b"forged request")
         await spy.publish(wire.heartbeat_subject("site-a"), b"own heartbeat")
         await spy.flush()
-        await asyncio.sleep(0.5)
+        # NATS keeps one publisher's order to a subscriber: once the own heartbeat (published last) is
+        # here, a forged one that got through would be here too.  Wait for it instead of a fixed 0.5 s
+        # (on a busy CI machine delivery once took longer and the test read an empty list).
+        for _ in range(200):
+            if beats:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
 
         for nc in (coordinator, spy, victim):
             await nc.close()
