@@ -248,7 +248,7 @@ def horizon(spec_time: S.SurvivalTime, secure: dict) -> int:
 def km_sums(times, events, bin_days: int, last: int) -> dict:
     """At-risk, events and censored on the bins ``bin_days .. last`` plus what lies beyond ``last``."""
     grid = np.arange(bin_days, last + 1, bin_days)
-    binned = np.ceil(np.asarray(times, float) / bin_days) * bin_days
+    binned = rounds.bin_time(times, bin_days)   # the grid every site uses, plain or secure
     ev = np.asarray(events, dtype=bool)
     ordered = np.sort(binned)
     at_risk = ordered.size - np.searchsorted(ordered, grid, side="left")
