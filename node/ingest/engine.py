@@ -48,7 +48,7 @@ from node.ingest.contract import Row, Unmappable
 from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, pending_references, row_problem
 from node.ingest.mappers import AFTER_LOAD, MAPPERS
 from node.ingest.mapping import (  # noqa: F401 - content_hash, NO_CDM_TABLE: re-exported for callers
-    MAPPING_ERROR, NO_CDM_TABLE, content_hash, failure_reason, identifiers_of, remember,
+    MAPPING_ERROR, NO_CDM_TABLE, Provided, content_hash, failure_reason, identifiers_of, learn, remember,
 )
 from node.ingest.pool import BLOCK, WorkerCrashed, WorkerPool
 from node.ingest.reader import InputFile, Item, Progress, discover, ndjson_blocks, read
@@ -115,6 +115,7 @@ class IngestRun:
         self._written_at: dict[str, int] = {}
         #: resources a worker mapped that this process mapped again (a different answer: see replay)
         self.remapped = 0
+        self._asked: set = set()  # questions of the workers' mappers replayed with the same answer
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -281,18 +282,21 @@ class IngestRun:
             item.resource = orjson.loads(item.raw) if item.raw else {}
         return item.resource
 
-    def _rows(self, fn, item: Item, premapped: Premapped | None) -> list[Row]:
-        """The rows of a resource: the worker's when replaying its questions gives its answers, else
-        mapped here."""
+    def _rows(self, fn, item: Item, premapped: Premapped | None) -> tuple[list[Row], str | None, Provided | None]:
+        """The rows of a resource, why one cannot be written (:func:`row_problem`) and what it
+        provides to later references: the worker's when replaying its questions gives its answers
+        (``None`` facts: not computed, no rows or a bad one), else mapped and checked here (facts
+        ``None``: :func:`remember` them)."""
         if premapped is not None:
-            if replay(self.ctx, premapped.calls):
+            if replay(self.ctx, premapped.calls, self._asked):
                 self.ctx.unmapped_codings = premapped.unmapped
                 if premapped.raised is not None:
                     raise Unmappable(*premapped.raised)
-                return [Row(table, values) for table, values in premapped.rows]
+                return [Row(table, values) for table, values in premapped.rows], premapped.bad, premapped.facts
             self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
             self.remapped += 1
-        return fn(self._resource(item), self.ctx)
+        rows = fn(self._resource(item), self.ctx)
+        return rows, next((p for p in map(row_problem, rows) if p), None), None
 
     def _map(self, item: Item, key: str | None, digest: str, unchanged: bool, replaces: bool,
              found: tuple[str, str] | None, premapped: Premapped | None = None,
@@ -316,7 +320,7 @@ class IngestRun:
             return None
         self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
         try:
-            rows = self._rows(fn, item, premapped)
+            rows, bad, facts = self._rows(fn, item, premapped)
         except Unmappable as exc:
             if exc.code == UNKNOWN_PATIENT and not self._retrying:
                 self._defer(item)
@@ -326,7 +330,6 @@ class IngestRun:
         except Exception as exc:  # noqa: BLE001 - a mapper failing on odd input must not lose the resource
             self._reject(item, MAPPING_ERROR, failure_reason(resource_type, exc))
             return None
-        bad = next((p for p in map(row_problem, rows) if p), None)
         if bad is not None:
             self._reject(item, MAPPING_ERROR, bad)
             return None
@@ -334,13 +337,14 @@ class IngestRun:
             self.summary.count(resource_type, "skipped", "maps to no CDM row")
             # An update that now maps to nothing (entered-in-error, not-done) removes the old rows.
             return Mapped(key, digest, [], [], True) if replaces else None
-        identifiers = identifiers_of(item.resource) if item.resource is not None else (
-            premapped.identifiers or [] if premapped is not None else [])
-        aliases, provides = remember(self.ctx, key, resource_type, resource_id, identifiers, rows)
+        if facts is None:
+            facts = remember(self.ctx, key, resource_type, resource_id, identifiers_of(self._resource(item)), rows)
+        else:
+            learn(self.ctx, resource_type, resource_id, facts)
         self.summary.count(resource_type, "updated" if replaces else "loaded")
         self.summary.unmapped[resource_type] += self.ctx.unmapped_codings
-        return Mapped(key, digest, rows, aliases, replaces, (item.source_file, item.line),
-                      pending_references(self.ctx.unresolved, rows), provides)
+        return Mapped(key, digest, rows, facts.aliases, replaces, (item.source_file, item.line),
+                      pending_references(self.ctx.unresolved, rows), facts.provides)
 
     def _retry_deferred(self) -> None:
         """Map the resources that met no patient once more; those still without one are quarantined."""

@@ -73,6 +73,15 @@ def key_column(table_name: str) -> str:
 
 
 @lru_cache(maxsize=None)
+def _all_columns(table_name: str) -> tuple[str, ...]:
+    return tuple(tables[table_name].c.keys())
+
+
+#: The ``source_record`` columns :meth:`BatchWriter._record` writes, in the order of its tuples.
+RECORD_COLUMNS = ("source_key", "cdm_table", "cdm_id", "content_hash", "loaded_at")
+
+
+@lru_cache(maxsize=None)
 def _columns(table_name: str) -> tuple[frozenset[str], tuple[str, ...]]:
     """(all columns, required columns: NOT NULL or the key) of a table."""
     table, key = tables[table_name], key_column(table_name)
@@ -137,47 +146,81 @@ def pending_references(unresolved: list[tuple[str, str]], rows: list[Row]) -> li
     return out
 
 
-def bulk_insert(conn: Connection, table: Table, rows: list[dict]) -> None:
-    """Insert ``rows`` (dicts with the same keys) into ``table`` within ``conn``'s transaction.
+def bulk_insert(conn: Connection, table: Table, rows: list, columns: tuple[str, ...] | None = None) -> None:
+    """Insert ``rows`` into ``table`` within ``conn``'s transaction.
 
-    On PostgreSQL with psycopg 3 this is one ``COPY table (columns) FROM STDIN`` fed row by row
-    (psycopg's ``Cursor.copy``, values adapted by their Python types as for bound parameters); on
-    SQLite the driver's executemany of the Core ``insert``'s SQL (:func:`_sqlite_insert`); elsewhere,
-    and for a few rows, one executemany of the Core ``insert``.  Either way a constraint violation fails the
-    statement and rolls the batch back.
+    ``rows`` are dicts (a missing key is NULL) with ``columns`` naming what to write (default: the
+    keys of the first row), or tuples in the order of ``columns``.  On PostgreSQL with psycopg 3 this
+    is one ``COPY table (columns) FROM STDIN`` fed row by row (psycopg's ``Cursor.copy``, values
+    adapted by their Python types as for bound parameters); on SQLite the driver's executemany of the
+    Core ``insert``'s SQL on value tuples (:func:`_sqlite_rows`); elsewhere, and for a few rows, one
+    executemany of the Core ``insert``.  Either way a constraint violation fails the statement and
+    rolls the batch back.
     """
-    driver = conn.connection.driver_connection
-    if conn.dialect.name == "sqlite" and len(rows) >= COPY_MIN_ROWS:
-        _sqlite_insert(conn, table, rows)
+    if not rows:
         return
-    if conn.dialect.name != "postgresql" or not hasattr(driver, "cursor") or len(rows) < COPY_MIN_ROWS:
-        conn.execute(insert(table), rows)
+    as_tuples = not isinstance(rows[0], dict)
+    columns = tuple(columns if columns is not None else rows[0])
+    dialect = conn.dialect.name
+    driver = conn.connection.driver_connection
+    if dialect == "sqlite" and len(rows) >= COPY_MIN_ROWS:
+        statement, convert = _sqlite_rows(conn.dialect, table, columns, as_tuples)
+        conn.exec_driver_sql(statement, convert(rows))
+        return
+    if dialect != "postgresql" or not hasattr(driver, "cursor") or len(rows) < COPY_MIN_ROWS:
+        conn.execute(insert(table), [dict(zip(columns, r)) if as_tuples else {c: r.get(c) for c in columns}
+                                     for r in rows])
         return
     from psycopg import sql
 
-    columns = list(rows[0])
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(*([table.schema] if table.schema else []), table.name),
         sql.SQL(", ").join(map(sql.Identifier, columns)))
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
+        if as_tuples:
+            for row in rows:
+                copy.write_row(row)
+        else:
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
 
 
-def _sqlite_insert(conn: Connection, table: Table, rows: list[dict]) -> None:
-    """The Core ``insert``'s SQL run by the driver's executemany on value tuples, each value through
-    its column type's bind processor (``TypeEngine.dialect_impl().bind_processor``: SQLite's date
-    and datetime strings, booleans as 0/1, decimals as floats), as SQLAlchemy would: the same stored
-    values without building a parameter dict per row, which cost more than SQLite's insert itself."""
-    columns = list(rows[0])
-    processors = [table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in columns]
-    statement = insert(table).compile(dialect=conn.dialect, column_keys=columns)
-    sql_text = str(statement)
-    order = [columns.index(name) for name in statement.positiontup]
-    values = [tuple(row[c] for c in columns) for row in rows]
-    if any(processors):
-        values = [tuple(v if f is None or v is None else f(v) for f, v in zip(processors, row)) for row in values]
-    conn.exec_driver_sql(sql_text, [tuple(row[i] for i in order) for row in values])
+#: (table, columns, tuples?) -> the SQLite insert and its row converter (:func:`_sqlite_rows`)
+_SQLITE_ROWS: dict[tuple, tuple] = {}
+
+
+def _sqlite_rows(dialect, table: Table, columns: tuple[str, ...], as_tuples: bool):
+    """The Core ``insert``'s SQL for ``columns`` and a function turning a list of rows into the value
+    tuples the driver's executemany takes, each value through its column type's bind processor
+    (``TypeEngine.dialect_impl().bind_processor``: SQLite's date and datetime strings, booleans as
+    0/1, decimals as floats), as SQLAlchemy would: the same stored values.
+
+    The function is generated once per table and column list (as :func:`collections.namedtuple`
+    generates its class): one expression per column, no per-value Python call where the column has
+    no processor.  Building a parameter dict per row, and then a tuple per row through generic
+    loops, cost more than SQLite's insert itself (benchmarks/README.md, issue 23).
+    """
+    key = (dialect.name, dialect.paramstyle, table.fullname, columns, as_tuples)
+    found = _SQLITE_ROWS.get(key)
+    if found is not None:
+        return found
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
+    env: dict = {}
+    values = []
+    for name in compiled.positiontup:  # the statement's parameter order
+        source = f"r[{columns.index(name)}]" if as_tuples else f"g({name!r})"
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is None:
+            values.append(source)
+        else:
+            env[f"p_{name}"] = processor
+            values.append(f"(None if (v := {source}) is None else p_{name}(v))")
+    body = ", ".join(values) + ("," if len(values) == 1 else "")
+    code = (f"def convert(rows):\n    return [({body}) for r in rows]\n" if as_tuples else
+            f"def convert(rows):\n    return [({body}) for r in rows for g in (r.get,)]\n")
+    exec(compile(code, f"<sqlite rows of {table.name}>", "exec"), env)  # noqa: S102 - column names from the schema
+    found = _SQLITE_ROWS[key] = (str(compiled), env["convert"])
+    return found
 
 
 def _chunks(values: list, size: int = CHUNK) -> Iterable[list]:
@@ -443,10 +486,9 @@ class BatchWriter:
         keys = sorted(by_key)  # key order: two batches lock the rows they share in the same order
         for chunk in _chunks(keys):
             present.update(conn.execute(select(table.c[column]).where(table.c[column].in_(chunk))).scalars())
-        columns = table.c.keys()
-        new = [{c: by_key[key].get(c) for c in columns} for key in keys if key not in present]
+        new = [by_key[key] for key in keys if key not in present]
         if new:
-            bulk_insert(conn, table, new)
+            bulk_insert(conn, table, new, _all_columns(table_name))
         for key in sorted(present):
             existing = conn.execute(select(table).where(table.c[column] == key).limit(1)).mappings().first()
             changes = fills(existing, by_key[key])
@@ -475,9 +517,8 @@ class BatchWriter:
                     claimed.add(alias_key)
                     records[(alias_key, table_name, row_id)] = content_hash
         if records:
-            bulk_insert(conn, SOURCE_RECORD, [
-                {"source_key": k, "cdm_table": t, "cdm_id": i, "content_hash": h, "loaded_at": now}
-                for (k, t, i), h in records.items()])
+            bulk_insert(conn, SOURCE_RECORD, [(k, t, i, h, now) for (k, t, i), h in records.items()],
+                        RECORD_COLUMNS)
         return len(records)
 
 

@@ -9,6 +9,7 @@ was mapped.  Each of those rules is declared here, once.
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 import orjson
 
@@ -41,28 +42,56 @@ def identifiers_of(resource: dict) -> list[tuple[str | None, str]]:
     return [(i.get("system"), i["value"]) for i in resource.get("identifier") or () if i.get("value")]
 
 
-def remember(ctx: RunContext, key: str, resource_type: str, resource_id: str,
-             identifiers: list[tuple[str | None, str]], rows: list[Row]
-             ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
-    """Tell ``ctx`` what a resource just mapped to ``rows`` provides to later references: its main
-    row (the one carrying its own stable id; else the smallest of its first table's, an
-    ImagingStudy's first series), a sub-encounter's visit, its identifiers.  Returns the identifier
-    aliases ``(alias key, table, row id)`` and what references to it resolve to ``(key, table, id)``."""
+class Provided(NamedTuple):
+    """What a mapped resource provides to later references (see :func:`provided`); a named tuple,
+    as it crosses from a worker process to the loader with every resource."""
+
+    #: identifier aliases ``(alias key, table, row id)`` (Organization, Location, Practitioner)
+    aliases: list[tuple[str, str, int]]
+    #: what references to the resource resolve to ``(key, table, row id)``
+    provides: list[tuple[str, str, int]]
+    main_table: str
+    #: the main row's id when it is not the resource's own stable id (an ImagingStudy's first series)
+    main_row: int | None
+    #: (visit_detail id, its visit_occurrence id) of a sub-encounter
+    detail: tuple[int, int] | None
+
+
+def provided(ctx: RunContext, key: str, resource_type: str, resource_id: str,
+             identifiers: list[tuple[str | None, str]], rows: list[Row]) -> Provided:
+    """What a resource just mapped to ``rows`` provides to later references: its main row (the one
+    carrying its own stable id; else the smallest of its first table's, an ImagingStudy's first
+    series), a sub-encounter's visit, its identifiers.  A function of its rows alone, so a worker
+    process computes it and the loader only applies it (:func:`learn`)."""
+    main_id = ctx.row_id(resource_type, resource_id)
     aliases = []
     if resource_type in IDENTIFIED_TYPES:
-        row_id = ctx.row_id(resource_type, resource_id)
-        for system, value in identifiers:
-            alias = identifier_key(resource_type, system, value)
-            aliases.append((alias, IDENTIFIED_TABLE[resource_type], row_id))
-            ctx.add_alias(alias, row_id)
-    main_id = ctx.row_id(resource_type, resource_id)
+        aliases = [(identifier_key(resource_type, system, value), IDENTIFIED_TABLE[resource_type], main_id)
+                   for system, value in identifiers]
     main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), None)
     if main is None:
         main = min((r for r in rows if r.table == rows[0].table), key=lambda r: r.values[key_column(r.table)])
     own = main.values[key_column(main.table)]
-    ctx.mark_present(resource_type, resource_id, main.table, None if own == main_id else own)
     provides = [(key, main.table, own)]
+    detail = None
     if main.table == "visit_detail":
-        ctx.mark_visit_detail(main_id, main.values["visit_occurrence_id"])
-        provides.append((key, "visit_occurrence", main.values["visit_occurrence_id"]))
-    return aliases, provides
+        detail = (main_id, main.values["visit_occurrence_id"])
+        provides.append((key, "visit_occurrence", detail[1]))
+    return Provided(aliases, provides, main.table, None if own == main_id else own, detail)
+
+
+def learn(ctx: RunContext, resource_type: str, resource_id: str, facts: Provided) -> None:
+    """Tell ``ctx`` what a mapped resource provides (:func:`provided`)."""
+    for alias, _table, row_id in facts.aliases:
+        ctx.add_alias(alias, row_id)
+    ctx.mark_present(resource_type, resource_id, facts.main_table, facts.main_row)
+    if facts.detail is not None:
+        ctx.mark_visit_detail(*facts.detail)
+
+
+def remember(ctx: RunContext, key: str, resource_type: str, resource_id: str,
+             identifiers: list[tuple[str | None, str]], rows: list[Row]) -> Provided:
+    """:func:`provided`, told to ``ctx`` (:func:`learn`)."""
+    facts = provided(ctx, key, resource_type, resource_id, identifiers, rows)
+    learn(ctx, resource_type, resource_id, facts)
+    return facts
