@@ -9,14 +9,19 @@ ingest used before); ``problem`` (what the ingest runs) must return exactly the 
 from __future__ import annotations
 
 import copy
+import math
 import random
+import struct
 from pathlib import Path
 
 import orjson
 import pytest
 
+from fhir.resources.R4B import get_fhir_model_class
+
+from node.ingest import precheck
 from node.ingest.precheck import conforms
-from node.ingest.validate import INVALID_RESOURCE, model_problem, problem
+from node.ingest.validate import INVALID_RESOURCE, MISSING_ID, UNKNOWN_RESOURCE_TYPE, model_problem, problem
 
 SYNTHEA = "fhir/synthea-bulk-10"
 
@@ -264,3 +269,157 @@ def test_never_passes_what_fhir_resources_rejects_on_mutations(synthea):
             passed += 1
         rejected += reference is not None
     assert rejected > 1_000 and passed > 200  # both sides of the comparison were exercised
+
+
+# -- the compiled shape functions' own paths ---------------------------------------------------------
+
+def _fresh_check(resource_type: str):
+    """A check of ``resource_type`` with an empty shape table (its elements' tables are shared)."""
+    model = precheck._Model(get_fhir_model_class(resource_type), resource_type)
+    return lambda resource: (model.shapes.get(tuple(resource)) or model.learn)(resource), model
+
+
+def test_an_inlined_shape_and_the_dicts_around_it():
+    """A shape function inlines the shapes its first value's elements had (valueQuantity's four
+    keys); a dict of that size with other keys (the KeyError path), of another size, or with the
+    same keys in another order must get the verdict its own shape function gives."""
+    check, model = _fresh_check("Observation")
+    assert check(OBSERVATION)  # compiled calling Quantity's own shape function, which learns its shape
+    assert check(copy.deepcopy(OBSERVATION))  # compiled again, that shape inlined
+    function = model.shapes[tuple(OBSERVATION)]
+    assert "unit" in function.__code__.co_consts  # valueQuantity's keys are subscripted in place
+
+    def quantity(value):
+        return _with(OBSERVATION, "valueQuantity", value)
+    cases = [  # (valueQuantity, the fast path passes it, fhir.resources accepts it)
+        ({"code": "/min", "system": "http://unitsofmeasure.org", "unit": "/min", "value": 72.5}, True, True),
+        ({"value": 72.5, "unit": "/min", "system": "http://unitsofmeasure.org", "comparator": "<"}, True, True),
+        ({"value": 72.5, "unit": "/min", "system": "http://unitsofmeasure.org"}, True, True),
+        ({"value": 72.5, "unit": "/min", "system": "http://unitsofmeasure.org", "colour": "red"}, False, False),
+        ({"value": "x", "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}, False, False),
+        ({"value": 72.5, "unit": "", "system": "http://unitsofmeasure.org", "code": "/min"}, False, False),
+        ({"value": 72.5, "unit": "/min", "system": "http://unitsofmeasure.org", "code": None}, False, True),
+        (["not", "a", "dict", "!"], False, False),
+    ]
+    for value, fast, valid in cases:
+        resource = quantity(value)
+        assert tuple(resource) == tuple(OBSERVATION)  # the same top shape: its compiled function
+        assert (model_problem(resource) is None) == valid, value
+        assert check(resource) == fast, value
+        assert problem(resource) == model_problem(resource)
+    # a list's first element is inlined; the next of another shape goes to its own function
+    two = _with(OBSERVATION, "component", OBSERVATION["component"] + [{"code": {"text": "y"}, "valueString": "z"}])
+    bad = _with(OBSERVATION, "component", OBSERVATION["component"] + [{"code": {"text": "y"}, "valueString": 5}])
+    assert check(two) and model_problem(two) is None
+    assert not check(bad) and model_problem(bad) is not None
+
+
+def test_elements_nested_deeper_than_the_inlined_levels():
+    """Extensions in extensions, deeper than a shape function inlines: the innermost value still
+    decides."""
+    def nested(depth: int, innermost) -> dict:
+        extension = {"url": "http://x", "valueCode": innermost}
+        for _ in range(depth):
+            extension = {"url": "http://x", "extension": [extension]}
+        return _with(PATIENT, "extension", [extension])
+    check, _ = _fresh_check("Patient")
+    for depth in (0, precheck._INLINED_LEVELS - 1, precheck._INLINED_LEVELS + 3):
+        assert check(nested(depth, "ok")) and model_problem(nested(depth, "ok")) is None
+        for bad in ("a  b", 5):
+            assert not check(nested(depth, bad)) and problem(nested(depth, bad)) == model_problem(nested(depth, bad))
+            assert model_problem(nested(depth, bad)) is not None
+
+
+def _floats(n: int, rng: random.Random):
+    yield from (0.0, -0.0, 1.0, 0.134, 1e16, 1e22, 1e300, 5e-324, 1.5e-05, 2.0 ** 63, -1e-7,
+                math.inf, -math.inf, math.nan)
+    for _ in range(n):  # every bit pattern: subnormals, huge and tiny exponents, nans
+        yield struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+
+
+def test_decimal_fast_path_agrees_with_the_pattern():
+    """A finite float passes without formatting it: exactly the floats whose repr the decimal
+    pattern matches."""
+    fast = eval(f"lambda x: {precheck._DECIMAL_EXPRESSION.format(x='x')}", precheck._NAMESPACE)
+    values = [*_floats(20_000, random.Random(5)), 0, -7, 10 ** 30, True, False, "1.5", None]
+    for value in values:
+        assert fast(value) == precheck._decimal(value), value
+    assert not fast(math.inf) and fast(1e300) and fast(-0.0)
+
+
+def _date_texts(n: int, rng: random.Random):
+    years = ["0000", "0001", "0100", "1000", "1961", "2000", "2100", "9999"]
+    months, days = ["00", "01", "02", "04", "09", "12", "13"], ["00", "01", "09", "28", "29", "30", "31", "32"]
+    times = ["", "T00:00:00Z", "T23:59:59+14:00", "T24:00:00Z", "T12:31:08-04:00", "T12:31:60Z", "T12:60:00Z",
+             "T12:31:08.1234567Z", "T12:31:08.123456+13:59", "T12:31:08+14:01", "T12:31:08", "T12:31Z",
+             "T12:31:08.Z", "T1:31:08Z", "T12:31:08+05:30", "T12:31:08-00:00"]
+    for _ in range(n):
+        text = f"{rng.choice(years)}-{rng.choice(months)}-{rng.choice(days)}{rng.choice(times)}"
+        if rng.random() < 0.3:  # one character replaced
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice("0159-:.TZ+ x") + text[at + 1:]
+        yield text
+
+
+def test_common_date_forms_are_a_subset_of_the_full_checks():
+    """The common forms' patterns pass only what the FHIR patterns and calendar checks pass."""
+    pairs = [(precheck._COMMON_DATE, precheck._date), (precheck._COMMON_DATETIME, precheck._datetime),
+             (precheck._COMMON_INSTANT, precheck._instant)]
+    common = full_only = 0
+    for text in _date_texts(30_000, random.Random(11)):
+        for pattern, check in pairs:
+            if pattern.fullmatch(text):
+                assert check(text), text
+                common += 1
+            else:
+                full_only += check(text)
+    assert common > 3_000 and full_only > 300  # both ways to a pass were taken
+
+
+def test_remembered_dates_give_the_same_verdicts(monkeypatch):
+    """Passed dateTimes are remembered (and forgotten past the limit); failed ones never are."""
+    monkeypatch.setattr(precheck, "_REMEMBERED", 3)
+    remembered = [v for k, v in precheck._NAMESPACE.items() if k.startswith("_passed")]
+    assert remembered
+    for kept in remembered:
+        kept.clear()  # what earlier tests left
+    values = ["2021-03-04", "2021-02-30", "2021-03-04T10:00:00Z", "2021-03-04T10:00:00", "2020",
+              "2021-03-04T25:00:00Z", "2016-12-31T23:59:60Z", "2021-03-05", "2021-03-06T01:02:03.5+01:00"]
+    for value in values * 3:
+        resource = _with(OBSERVATION, "effectiveDateTime", value)
+        assert problem(resource) == model_problem(resource), value
+        if conforms(resource):
+            assert model_problem(resource) is None, value
+    assert conforms(_with(OBSERVATION, "effectiveDateTime", "2021-03-04"))
+    assert not conforms(_with(OBSERVATION, "effectiveDateTime", "2021-02-30"))
+    assert all(len(kept) <= 3 for kept in remembered)
+    assert not any("2021-02-30" in kept or "2021-03-04T10:00:00" in kept for kept in remembered)
+
+
+def test_past_the_shape_limit_fhir_resources_decides(monkeypatch):
+    monkeypatch.setattr(precheck, "_SHAPES_KEPT", 0)
+    check, _ = _fresh_check("Patient")
+    assert not check(PATIENT)  # not compiled: the caller asks fhir.resources
+    reordered = dict(reversed(PATIENT.items()))  # a shape conforms() has not met
+    assert not conforms(reordered)
+    assert problem(reordered) is None and model_problem(reordered) is None
+
+
+def test_resource_types_are_kept_misspelt_names_bounded(monkeypatch):
+    monkeypatch.setattr(precheck, "_RESOURCES", {})
+    monkeypatch.setattr(precheck, "_SHAPES_KEPT", 1)
+    assert not conforms(_with(PATIENT, "resourceType", "Patiant"))  # kept: under the limit
+    assert not conforms(_with(PATIENT, "resourceType", "Patientt"))  # not kept: past it
+    assert conforms(PATIENT)  # kept past the limit (a real type)
+    assert precheck._RESOURCES.keys() == {"Patiant", "Patient"}
+
+
+def test_reason_codes_before_the_models():
+    """problem() takes the fast path first; a resource it passes still needs an id."""
+    no_id = _with(PATIENT, "id", drop=True)
+    assert conforms(no_id)  # Resource.id is optional in FHIR
+    assert problem(no_id)[0] == MISSING_ID
+    assert problem(_with(PATIENT, "id", ""))[0] == MISSING_ID
+    assert problem(_with(PATIENT, "resourceType", "Patiant"))[0] == UNKNOWN_RESOURCE_TYPE
+    assert problem(_with(PATIENT, "resourceType", 5))[0] == UNKNOWN_RESOURCE_TYPE
+    assert problem(_with(_with(PATIENT, "id", drop=True), "birthDate", "x"))[0] == MISSING_ID

@@ -7,6 +7,16 @@ once — each field's alias, list-or-single cardinality, type, ``is_required()``
 ``element_required`` and ``one_of_many`` groups (FHIR's ``value[x]`` choices) — and compiles them
 into plain functions that walk the parsed JSON dict without building any object.
 
+It compiles one function per *shape*: a model (say Coding) and the exact tuple of keys an element
+has, in order (``("system", "code", "display")``).  An export repeats a few shapes of each type
+millions of times, so what depends on the keys alone — every key is an element of the model, the
+required ones are there, at most one type of each choice (``value[x]``) — is decided once, when a
+shape is first met, and the compiled function only checks the values: it unpacks them
+(``v0, v1, v2 = value.values()``) and runs each one's check inline (a type test and the primitive's
+regex, a loop over a list, a nested element's checks for the shape it had when the function was
+compiled, else a call of that element's shape function), with no look-up per key and no Python
+call per primitive.  Which function to run is one dict look-up of ``tuple(value)``.
+
 :func:`conforms` answers only "certainly valid": every value it accepts is one fhir.resources
 accepts (checked against the same regexes of the FHIR primitive types, fhir_core.types; the
 same calendar checks; strict JSON types only).  Anything else — a real error, or input the
@@ -20,9 +30,10 @@ and only the valid bulk of an export takes the fast path.
 from __future__ import annotations
 
 import calendar
+import functools
+import itertools
 import re
 import typing
-from functools import lru_cache
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core import constraints as fhir_constraints
@@ -44,39 +55,15 @@ _INSTANT = fhir_types.Instant.pattern
 _FRACTION = re.compile(r"\.([0-9]+)")
 
 
-def _boolean(value: object) -> bool:
-    return type(value) is bool
-
-
-def _string(value: object) -> bool:
-    # a first character that is not whitespace is the pattern's \S: no need to run the regex
-    return type(value) is str and value != "" and (not value[0].isspace() or _STRING.search(value) is not None)
-
-
-def _any_string(value: object) -> bool:  # uri, canonical, markdown: their patterns match any text
-    return type(value) is str
-
-
-def _code(value: object) -> bool:
-    # printable text without a space holds no whitespace at all (tabs, line ends and Unicode spaces
-    # are not printable): then the pattern matches without running it
-    return type(value) is str and value != "" and (
-        (value.isprintable() and " " not in value) or _CODE.fullmatch(value) is not None)
-
-
-def _id(value: object) -> bool:
-    return type(value) is str and len(value) <= _ID_MAX and _ID.fullmatch(value) is not None
-
-
 def _decimal(value: object) -> bool:
     t = type(value)
     return (t is int or t is float) and _DECIMAL.fullmatch(str(value)) is not None
 
 
-def _integer(low: int, high: int) -> Check:
-    def check(value: object) -> bool:
-        return type(value) is int and low <= value <= high
-    return check
+# A float's repr always matches the decimal pattern unless it is inf or nan ("1e+300", "-0.0",
+# "1.5e-05", "0.134"; tests/test_fhir_validator.py compares the two): ``x - x == 0.0`` tells the
+# finite ones without formatting the number.  Ints (and anything else) take the pattern.
+_DECIMAL_EXPRESSION = "((type({x}) is float and {x} - {x} == 0.0) or _decimal({x}))"
 
 
 def _calendar_day(value: str) -> bool:
@@ -113,8 +100,23 @@ def _instant(value: object) -> bool:
         and _time_part(value)
 
 
-def _never(value: object) -> bool:
-    return False
+# The forms nearly every date and time of an export has, as a pattern that accepts a subset of what
+# the checks above accept: a day every month has (01-28; a later day takes the calendar check),
+# whole or up to microsecond seconds without a leap second, a time zone.  It costs a third of the
+# FHIR pattern alone (tests/test_fhir_validator.py checks the subset).
+_COMMON_DAY = r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+_COMMON_TIME = (r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+                r"(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)")
+_COMMON_DATE = re.compile(_COMMON_DAY)
+_COMMON_DATETIME = re.compile(f"{_COMMON_DAY}(?:{_COMMON_TIME})?")
+_COMMON_INSTANT = re.compile(_COMMON_DAY + _COMMON_TIME)
+
+
+def _common_first(common: re.Pattern, check: Check) -> Check:
+    """``check`` of a ``str``, its common forms told by ``common`` alone."""
+    def check_common_first(value: str) -> bool:
+        return common.fullmatch(value) is not None or check(value)
+    return check_common_first
 
 
 def _exactly(annotation) -> Check:
@@ -133,15 +135,62 @@ def _exactly(annotation) -> Check:
     return check
 
 
-_BY_MARKER: dict[type, Check] = {
-    fhir_types.String: _string, fhir_types.Code: _code, fhir_types.Id: _id,
-    fhir_types.Uri: _any_string, fhir_types.Canonical: _any_string, fhir_types.Markdown: _any_string,
-    fhir_types.Decimal: _decimal, fhir_types.Date: _date, fhir_types.DateTime: _datetime,
-    fhir_types.Instant: _instant,
+#: The names the compiled functions see (their globals): the checks they call, the compiled regexes'
+#: methods, and each model's shape table and learner (``_s<n>``, ``_l<n>``, added as models are made).
+_NAMESPACE: dict[str, object] = {
+    "_decimal": _decimal,
+    "_STRING_search": _STRING.search, "_CODE_fullmatch": _CODE.fullmatch, "_ID_fullmatch": _ID.fullmatch,
+}
+_names = itertools.count()
+
+#: How many valid values a remembered check keeps before it starts afresh.
+_REMEMBERED = 100_000
+
+
+def _remembered(check: Check) -> str:
+    """``check`` as an expression that first looks the value up among the texts it has passed.  The
+    dates and times of an export repeat (every observation of a study has the study's date: 92 % of
+    the synthetic export's dateTimes, 68 % of Synthea's, were met before), and a set look-up costs
+    ~20 ns against ~200 ns for the common forms' pattern (~600-1,100 ns for the FHIR pattern and
+    calendar checks).  Only passed values are kept, only exact ``str`` ones, so the answer is the
+    check's own."""
+    n = next(_names)
+    passed: set[str] = set()
+
+    def check_and_keep(value: str) -> bool:
+        if not check(value):
+            return False
+        if len(passed) >= _REMEMBERED:
+            passed.clear()
+        passed.add(value)
+        return True
+
+    _NAMESPACE[f"_passed{n}"], _NAMESPACE[f"_check{n}"] = passed, check_and_keep
+    return f"(type({{x}}) is str and ({{x}} in _passed{n} or _check{n}({{x}})))"
+
+
+# The check of one value, as a Python expression over the variable ``{x}`` (inlined where it is used;
+# every one is False for None and for a value of the wrong JSON type).
+_BOOLEAN = "type({x}) is bool"
+_NEVER = "False"
+_BY_MARKER: dict[type, str] = {
+    # a first character that is not whitespace is the pattern's \S: no need to run the regex
+    fhir_types.String: '(type({x}) is str and {x} != "" and (not {x}[0].isspace() or _STRING_search({x}) is not None))',
+    # printable text without a space holds no whitespace at all (tabs, line ends and Unicode spaces
+    # are not printable): then the pattern matches without running it
+    fhir_types.Code: '(type({x}) is str and {x} != "" and (({x}.isprintable() and " " not in {x}) '
+                     'or _CODE_fullmatch({x}) is not None))',
+    fhir_types.Id: f'(type({{x}}) is str and len({{x}}) <= {_ID_MAX} and _ID_fullmatch({{x}}) is not None)',
+    # uri, canonical, markdown: their patterns match any text
+    fhir_types.Uri: "type({x}) is str", fhir_types.Canonical: "type({x}) is str",
+    fhir_types.Markdown: "type({x}) is str",
+    fhir_types.Decimal: _DECIMAL_EXPRESSION, fhir_types.Date: _remembered(_common_first(_COMMON_DATE, _date)),
+    fhir_types.DateTime: _remembered(_common_first(_COMMON_DATETIME, _datetime)),
+    fhir_types.Instant: _remembered(_common_first(_COMMON_INSTANT, _instant)),
 }
 
 
-def _primitive(annotation) -> Check:
+def _primitive(annotation) -> str:
     """The check of an ``Annotated[python type, fhir_core marker]`` field type."""
     marker = next((m for m in typing.get_args(annotation)[1:]), None)
     check = _BY_MARKER.get(type(marker))
@@ -149,8 +198,10 @@ def _primitive(annotation) -> Check:
         return check
     if isinstance(marker, (fhir_types.Integer, fhir_types.Integer64)):
         bounds = {type(m).__name__: m for m in marker}
-        return _integer(bounds["Ge"].ge, bounds["Le"].le)
-    return _exactly(annotation)
+        return f"(type({{x}}) is int and {int(bounds['Ge'].ge)} <= {{x}} <= {int(bounds['Le'].le)})"
+    name = f"_exactly{next(_names)}"
+    _NAMESPACE[name] = _exactly(annotation)
+    return name + "({x})"
 
 
 def _unwrap(annotation) -> tuple[bool, object]:
@@ -166,18 +217,47 @@ def _unwrap(annotation) -> tuple[bool, object]:
     return False, annotation
 
 
+def _reject(value: dict) -> bool:
+    """The shape function of a shape the model rejects whatever the values (an unknown key, a missing
+    required element, two types of one choice)."""
+    return False
+
+
+#: Shapes remembered per model.  An export has a few dozen per type; past this (input built to vary
+#: its keys), a new shape is left to fhir.resources rather than compiled each time it is met.
+_SHAPES_KEPT = 1_000
+
+#: How deep a shape function inlines the elements it holds (an Observation's component's code's
+#: coding is three levels down); past it, and for shapes other than the one inlined, it calls theirs.
+_INLINED_LEVELS = 4
+
+#: A field's check of one value: a primitive's expression over ``{x}``, or the model of an element.
+Element = typing.Union[str, "_Model"]
+
+
 class _Model:
-    """The compiled check of one FHIR model class (a resource, a data type or a backbone element)."""
+    """The compiled check of one FHIR model class (a resource, a data type or a backbone element):
+    its shape table, ``tuple(keys) -> shape function``, filled as shapes are met (:meth:`learn`)."""
 
-    def __init__(self, klass):
+    def __init__(self, klass, resource_type: str | None = None):
         self.klass = klass
-        #: alias -> (is a list, check of one value, its choice group); compiled on first use (types recurse)
-        self.fields: dict[str, tuple[bool, Check, str | None]] | None = None
+        #: the resource at the top of an input: ``resourceType`` names it (nested resources are left
+        #: to fhir.resources)
+        self.resource_type = resource_type
+        self.shapes: dict[tuple, typing.Callable[[dict], bool]] = {}
+        n = next(_names)
+        _NAMESPACE[f"_s{n}"], _NAMESPACE[f"_l{n}"] = self.shapes.get, self.learn
+        #: the check of one value of this model where no shape is inlined: the value's shape
+        #: function, or the learner for a shape not met yet
+        self.expression = f"(type({{x}}) is dict and (_s{n}(tuple({{x}})) or _l{n})({{x}}))"
+        #: alias -> (is a list, check of one value, its choice group); read from the model on first
+        #: use (types recurse)
+        self.fields: dict[str, tuple[bool, Element, str | None]] | None = None
         self.required: tuple[str, ...] = ()
-        self.required_choices: tuple[str, ...] = ()
+        self.required_choices: frozenset[str] = frozenset()
 
-    def _compile(self) -> None:
-        fields: dict[str, tuple[bool, Check, str | None]] = {}
+    def _read_fields(self) -> None:
+        fields: dict[str, tuple[bool, Element, str | None]] = {}
         required, required_choices = [], set()
         for name, info in self.klass.model_fields.items():
             alias = info.alias or name
@@ -191,88 +271,143 @@ class _Model:
                 required.append(alias)
             if choice and extra.get("one_of_many_required") is True:
                 required_choices.add(choice)
+        if self.resource_type is not None:
+            fields["resourceType"] = (False, f"(type({{x}}) is str and {{x}} == {self.resource_type!r})", None)
         self.required = tuple(required)
-        self.required_choices = tuple(sorted(required_choices))
+        self.required_choices = frozenset(required_choices)
         self.fields = fields
 
-    def __call__(self, value: object) -> bool:
-        if type(value) is not dict:
-            return False  # fhir.resources would parse a JSON string here; too odd to take fast
+    def learn(self, value: dict) -> bool:
+        """The check of a dict whose shape is not in the table yet.
+
+        A shape's function is compiled twice: first calling its elements' own shape functions, which
+        learns the shapes this value's elements have; then, when the shape is met again, with the
+        shapes that value's elements have inlined where they are known (an element of another shape
+        still calls its own), as the values of one shape in an export mostly hold elements of the
+        same shapes.  A shape met once is compiled once."""
+        if len(self.shapes) >= _SHAPES_KEPT:
+            return False
+        shape = tuple(value)
+        check = self.shapes[shape] = self.compile(shape)
+        if check is not _reject:
+            self.shapes[shape] = functools.partial(self._inline, shape)
+        return check(value)
+
+    def _inline(self, shape: tuple, value: dict) -> bool:
+        check = self.shapes[shape] = self.compile(shape, value)
+        return check(value)
+
+    def compile(self, shape: tuple, sample: dict | None = None) -> typing.Callable[[dict], bool]:
+        """The function that checks the values of a dict with exactly the keys ``shape``, in order,
+        inlining the shapes ``sample``'s elements have (any dict of this shape: only a shape its
+        model has compiled as valid is inlined, so its values only choose what to inline)."""
+        fresh = itertools.count()
+        names = [f"v{next(fresh)}" for _ in shape]
+        body = self._body(shape, names, sample, 0, fresh)
+        if body is None:
+            return _reject
+        lines = ["def check(value):"]
+        if shape:  # the shape is the dict's keys in order: unpacking is the cheapest way to them
+            lines.append(f"    {''.join(f'{name}, ' for name in names)}= value.values()")
+        lines += [*(f"    {line}" for line in body), "    return True"]
+        compiled, where = {}, f"<precheck {self.klass.__name__} {','.join(shape)}>"
+        exec(compile("\n".join(lines), where, "exec"), _NAMESPACE, compiled)
+        return compiled["check"]
+
+    def _body(self, shape: tuple, names: list[str], sample: object, level: int, fresh) -> list[str] | None:
+        """Statements that ``return False`` unless ``names``, the values of a dict whose keys are
+        ``shape``, are valid; None when no dict of this shape is (an unknown key, a required element
+        missing, two types of one choice)."""
         if self.fields is None:
-            self._compile()
-        return self._members(value)
-
-    def _members(self, value: dict) -> bool:
-        fields = self.fields
-        chosen = None  # the choice groups (value[x]) that have a value
-        for key, item in value.items():
-            spec = fields.get(key)
-            if spec is None or item is None:
-                return False
-            many, check, choice = spec
+            self._read_fields()
+        specs = [self.fields.get(key) for key in shape]
+        if None in specs or not set(self.required) <= set(shape):
+            return None
+        choices = [choice for _, _, choice in specs if choice is not None]
+        if len(set(choices)) != len(choices) or not self.required_choices <= set(choices):
+            return None
+        lines = []
+        for name, key, (many, element, _) in zip(names, shape, specs):
+            inner = sample.get(key) if type(sample) is dict else None
             if many:
-                if type(item) is not list:
-                    return False
-                for element in item:
-                    if element is None or not check(element):
-                        return False
-            elif not check(item):
-                return False
-            if choice is not None:
-                if chosen is None:
-                    chosen = {choice}
-                elif choice in chosen:
-                    return False  # two types of one choice
-                else:
-                    chosen.add(choice)
-        for key in self.required:
-            if key not in value:
-                return False
-        for choice in self.required_choices:
-            if chosen is None or choice not in chosen:
-                return False
-        return True
+                item = f"v{next(fresh)}"
+                lines += [f"if type({name}) is not list:", "    return False", f"for {item} in {name}:"]
+                first = inner[0] if type(inner) is list and inner else None
+                lines += [f"    {line}" for line in _value(element, item, first, level, fresh)]
+            else:
+                lines += _value(element, name, inner, level, fresh)
+        return lines
 
 
-class _Resource(_Model):
-    """A resource at the top of an input: ``resourceType`` names it (nested resources are left to
-    fhir.resources)."""
+def _value(element: Element, var: str, sample: object, level: int, fresh) -> list[str]:
+    """Statements that ``return False`` unless ``var`` is a valid value of ``element``; the shape of
+    ``sample`` (its value in a dict met before) inlined when ``element`` is a model that found it valid.
 
-    def _compile(self) -> None:
-        super()._compile()
-        name = self.klass.__resource_type__
-        self.fields["resourceType"] = (False, lambda value: type(value) is str and value == name, None)
+    An inlined shape is recognised by its size and a subscript of each of its keys (a dict of that
+    size with all of them has exactly those keys, in any order), cheaper than building
+    ``tuple(var)``; a dict without one of them raises KeyError and is judged by its own shape
+    function, like a dict of another size."""
+    if type(element) is str:
+        return [f"if not {element.format(x=var)}:", "    return False"]
+    own = element.expression.format(x=var)
+    shape = tuple(sample) if type(sample) is dict else ()
+    if not shape or level >= _INLINED_LEVELS or element.shapes.get(shape, _reject) is _reject:
+        return [f"if not {own}:", "    return False"]  # no valid shape to inline: the element's own check
+    names = [f"v{next(fresh)}" for _ in shape]
+    body = element._body(shape, names, sample, level + 1, fresh)
+    return [f"if type({var}) is not dict:", "    return False",
+            f"if len({var}) == {len(shape)}:",
+            "    try:", *(f"        {name} = {var}[{key!r}]" for name, key in zip(names, shape)),
+            "    except KeyError:", f"        if not {own}:", "            return False",
+            "    else:", *(f"        {line}" for line in body),
+            f"elif not {own}:", "    return False"]
 
 
-@lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def _model(klass) -> _Model:
     return _Model(klass)
 
 
-@lru_cache(maxsize=None)
-def _check_of(annotation) -> Check:
+@functools.lru_cache(maxsize=None)
+def _check_of(annotation) -> Element:
     if annotation is bool:
-        return _boolean
+        return _BOOLEAN
     if typing.get_origin(annotation) is typing.Annotated:
         return _primitive(annotation)
     if isinstance(annotation, type) and issubclass(annotation, fhir_types.FhirBase):
         if issubclass(annotation, fhir_types.FhirElementOrResourceBase):
-            return _never  # Resource / Element polymorphism (contained): fhir.resources decides
+            return _NEVER  # Resource / Element polymorphism (contained): fhir.resources decides
         return _model(annotation.get_model_klass())
-    return _never
+    return _NEVER
 
 
-@lru_cache(maxsize=None)
-def _resource(resource_type: str) -> _Resource | None:
+#: resourceType -> its model's check, or None for a name that is not a model's
+_RESOURCES: dict[str, _Model | None] = {}
+
+
+def _resource(resource_type: str) -> _Model | None:
     try:
-        return _Resource(get_fhir_model_class(resource_type))
+        klass = get_fhir_model_class(resource_type)
     except (ValueError, KeyError, AttributeError):
-        return None
+        model = None
+    else:
+        model = _Model(klass, klass.__resource_type__)
+    if model is not None or len(_RESOURCES) < _SHAPES_KEPT:  # every real type; misspelt ones bounded
+        _RESOURCES[resource_type] = model
+    return model
 
 
 def conforms(resource: dict) -> bool:
     """True when fhir.resources certainly accepts ``resource`` (an R4 resource as parsed JSON);
     False when it may not (then ask it: :func:`node.ingest.validate.problem`)."""
+    if type(resource) is not dict:
+        return False
     resource_type = resource.get("resourceType")
-    check = _resource(resource_type) if type(resource_type) is str else None
-    return check is not None and check(resource)
+    if type(resource_type) is not str:
+        return False
+    model = _RESOURCES.get(resource_type, False)
+    if model is False:
+        model = _resource(resource_type)
+    if model is None:
+        return False
+    return (model.shapes.get(tuple(resource)) or model.learn)(resource)

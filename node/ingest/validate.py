@@ -46,13 +46,15 @@ def is_resource_type(resource_type: object) -> bool:
 
 def problem(resource: dict) -> tuple[str, str] | None:
     """``(reason code, reason)`` when ``resource`` is not a valid R4 resource with an id, else ``None``."""
+    # The valid bulk first: conforms() passes only a resourceType that names a model (it checks the
+    # value against the model's own name), so with an id nothing below could object.
+    if conforms(resource) and isinstance(resource.get("id"), str) and resource["id"]:
+        return None
     resource_type = resource.get("resourceType")
     if not is_resource_type(resource_type):
         return UNKNOWN_RESOURCE_TYPE, f"resourceType {resource_type!r} is not a FHIR R4 resource type"
     if not isinstance(resource.get("id"), str) or not resource["id"]:
         return MISSING_ID, f"{resource_type} has no id (needed for stable CDM ids and updates)"
-    if conforms(resource):
-        return None
     return model_problem(resource)
 
 
