@@ -6,12 +6,29 @@ resources never need a shared counter.  Ids are 62-bit: collision-free in practi
 scale (birthday bound ~1e-7 for 1e6 rows per table) and positive in every SQL dialect's BIGINT.
 """
 
-import hashlib
+from functools import lru_cache
+from hashlib import blake2b
 
 _MASK = (1 << 62) - 1
 
 
+def _digest(parts: tuple) -> int:
+    key = "\x1f".join(map(str, parts)).encode("utf-8")
+    return (int.from_bytes(blake2b(key, digest_size=8).digest(), "big") & _MASK) or 1
+
+
+# The FHIR ingest asks for the same ids again and again: a Patient's for every resource about it,
+# a resource's own when its rows are remembered, so about half the calls repeat one made a few
+# resources earlier.  A small memo answers them without hashing again; bounded, so its memory does
+# not grow with the export.  ``typed``: 1, 1.0 and True are equal keys but different ids.
+@lru_cache(maxsize=1 << 14, typed=True)
+def _memo(*parts: object) -> int:
+    return _digest(parts)
+
+
 def stable_id(*parts: object) -> int:
     """A positive 62-bit id for the tuple ``parts`` (strings/ints), stable across runs and machines."""
-    key = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return (int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & _MASK) or 1
+    try:
+        return _memo(*parts)
+    except TypeError:  # an unhashable part (a list): the same id, without the memo
+        return _digest(parts)
