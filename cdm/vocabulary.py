@@ -240,6 +240,22 @@ def vocabulary_for_uri(system_uri: str | None) -> str:
     An unknown URI becomes a site vocabulary named by a short hash of it (vocabulary_id is at most
     20 characters), so every code system a site sends stays distinguishable.
     """
+    # The ingest asks this for every coding it reads, of a handful of systems: answered from a memo
+    # (bounded: a site sending ever new URIs still gets the right answer, computed again).
+    try:
+        return _VOCABULARY_OF_URI[system_uri]
+    except (KeyError, TypeError):  # not met yet, or not a string (the rule below says what it is)
+        pass
+    found = _vocabulary_for_uri(system_uri)
+    if (system_uri is None or system_uri.__class__ is str) and len(_VOCABULARY_OF_URI) < 1024:
+        _VOCABULARY_OF_URI[system_uri] = found
+    return found
+
+
+_VOCABULARY_OF_URI: dict[str, str] = {}
+
+
+def _vocabulary_for_uri(system_uri: str | None) -> str:
     if not system_uri:
         return "NoSystem"
     known = SYSTEM_URIS.get(system_uri.rstrip("/"))

@@ -90,20 +90,31 @@ class RecordingVocabulary(Vocabulary):
     def __init__(self, engine: Engine):
         super().__init__(engine)
         self.log: list[tuple] = []
+        # (vocabulary, code) -> (match, its recorded form): every coding a mapper reads is looked up
+        # and recorded, most of them codes met before; the match is the base cache's.
+        self._answers: dict[tuple[str, str], tuple[ConceptMatch | None, tuple | None]] = {}
+
+    def _answer(self, key: tuple[str, str]) -> tuple[ConceptMatch | None, tuple | None]:
+        found = Vocabulary.lookup(self, *key)
+        answer = self._answers[key] = (found, _match(found))
+        return answer
 
     def lookup(self, vocabulary_id: str, code: str) -> ConceptMatch | None:
-        found = super().lookup(vocabulary_id, code)
-        self.log.append((LOOKUP, vocabulary_id, code, _match(found)))
-        return found
+        key = (vocabulary_id, code)
+        answer = self._answers.get(key) or self._answer(key)
+        self.log.append((LOOKUP, vocabulary_id, code, answer[1]))
+        return answer[0]
 
     def concept_for(self, vocabulary_id: str, code: str, name: str | None = None, domain_id: str | None = None,
                     conn=None, system_uri: str | None = None) -> ConceptMatch:
-        normal = normalise_code(vocabulary_id, code)
-        found = super().lookup(vocabulary_id, normal)
+        key = (vocabulary_id, normalise_code(vocabulary_id, code))
+        found, recorded = self._answers.get(key) or self._answer(key)
         if found is None:  # the loader creates it; a hash collision there shows up as a different answer
-            local = local_concept_id(vocabulary_id, normal)
-            found = self._cache[(vocabulary_id, normal)] = ConceptMatch(local, local, domain_id, True)
-        self.log.append((CONCEPT, vocabulary_id, code, name, domain_id, system_uri, _match(found)))
+            local = local_concept_id(*key)
+            found = self._cache[key] = ConceptMatch(local, local, domain_id, True)
+            recorded = _match(found)
+            self._answers[key] = (found, recorded)
+        self.log.append((CONCEPT, vocabulary_id, code, name, domain_id, system_uri, recorded))
         return found
 
 
@@ -115,23 +126,29 @@ class RecordingContext(RunContext):
         self.vocabulary = RecordingVocabulary(engine)
         self.failed = False  # a question failed other than by Unmappable (a database error)
 
-    def _ask(self, method, entry: tuple):
+    def person_id(self, reference: str | None) -> int:
         try:
-            found = method(*entry[1:])
+            found = RunContext.person_id(self, reference)
         except Unmappable as exc:
-            self.vocabulary.log.append((*entry, (RAISED, exc.code, exc.reason)))
+            self.vocabulary.log.append((PERSON, reference, (RAISED, exc.code, exc.reason)))
             raise
         except Exception:
             self.failed = True
             raise
-        self.vocabulary.log.append((*entry, found))
+        self.vocabulary.log.append((PERSON, reference, found))
         return found
 
-    def person_id(self, reference: str | None) -> int:
-        return self._ask(super().person_id, (PERSON, reference))
-
     def reference_id(self, reference: str | None, cdm_table: str) -> int | None:
-        return self._ask(super().reference_id, (REFERENCE, reference, cdm_table))
+        try:
+            found = RunContext.reference_id(self, reference, cdm_table)
+        except Unmappable as exc:
+            self.vocabulary.log.append((REFERENCE, reference, cdm_table, (RAISED, exc.code, exc.reason)))
+            raise
+        except Exception:
+            self.failed = True
+            raise
+        self.vocabulary.log.append((REFERENCE, reference, cdm_table, found))
+        return found
 
 
 def settled(answer: tuple | None) -> bool:
