@@ -40,6 +40,7 @@ from cdm.errors import EXIT_OK, EXIT_PARTIAL
 from cdm.ids import stable_id
 from cdm.schema import tables
 from cdm.vocabulary import Vocabulary
+from node.dicom.body_parts import BODY_PART_SNOMED
 from node.dicom.errors import DUPLICATE_SOP, MISSING_ATTRIBUTE, UNKNOWN_PATIENT, DicomInputError
 from node.quarantine import quarantine
 
@@ -50,36 +51,6 @@ PERSON = tables["person"]
 VISIT = tables["visit_occurrence"]
 SOURCE_RECORD = tables["source_record"]
 
-#: BodyPartExamined (0018,0015) defined terms -> SNOMED CT, after PS3.16 Annex L (CID 4031).
-BODY_PART_SNOMED = {
-    "ABDOMEN": ("113345001", "Abdominal structure"),
-    "ARM": ("40983000", "Upper limb structure"),
-    "BRAIN": ("12738006", "Brain structure"),
-    "BREAST": ("76752008", "Breast structure"),
-    "CHEST": ("51185008", "Thoracic structure"),
-    "CSPINE": ("122494005", "Cervical spine structure"),
-    "EXTREMITY": ("66019005", "Limb structure"),
-    "FOOT": ("56459004", "Foot structure"),
-    "HAND": ("85562004", "Hand structure"),
-    "HEAD": ("69536005", "Head structure"),
-    "HEADNECK": ("774007", "Structure of head and/or neck"),
-    "HIP": ("24136001", "Hip joint structure"),
-    "KIDNEY": ("64033007", "Kidney structure"),
-    "KNEE": ("72696002", "Knee region structure"),
-    "LEG": ("30021000", "Lower leg structure"),
-    "LIVER": ("10200004", "Liver structure"),
-    "LSPINE": ("122496007", "Lumbar spine structure"),
-    "LUNG": ("39607008", "Lung structure"),
-    "NECK": ("45048000", "Neck structure"),
-    "PELVIS": ("12921003", "Pelvic structure"),
-    "PROSTATE": ("41216001", "Prostatic structure"),
-    "RETROPERITONEUM": ("82849001", "Retroperitoneal structure"),
-    "SHOULDER": ("16982005", "Shoulder region structure"),
-    "SPINE": ("421060004", "Vertebral column structure"),
-    "THIGH": ("68367000", "Thigh structure"),
-    "TSPINE": ("122495006", "Thoracic spine structure"),
-    "WHOLEBODY": ("38266002", "Entire body as a whole"),
-}
 #: Coding scheme designators (PS3.16 Section 8) -> OMOP vocabulary_id.
 _SCHEMES = {"SCT": "SNOMED", "SRT": "SNOMED", "DCM": "DICOM", "LN": "LOINC"}
 

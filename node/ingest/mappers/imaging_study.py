@@ -24,10 +24,9 @@ never written from FHIR, and the first writer's values win everywhere else.
 
 from __future__ import annotations
 
-from functools import cache
-
 from cdm.conformance import imaging_procedure, imaging_procedure_id
 from cdm.ids import stable_id
+from node.dicom.body_parts import BODY_PART_SNOMED
 from node.ingest.contract import Row, Unmappable
 from node.ingest.mappers.values import MISSING_DATE, parse_datetime, reference
 
@@ -44,12 +43,8 @@ def dicom_uid(value: str | None) -> str | None:
     return value[8:] if value.startswith("urn:oid:") else value
 
 
-@cache
-def _body_part_terms() -> dict[str, str]:
-    """SNOMED code -> DICOM BodyPartExamined term, so both ingests write the same source value."""
-    from node.dicom.mapping import BODY_PART_SNOMED  # pydicom only once an ImagingStudy arrives
-
-    return {code: term for term, (code, _) in BODY_PART_SNOMED.items()}
+#: SNOMED code -> DICOM BodyPartExamined term, so both ingests write the same source value.
+BODY_PART_TERMS = {code: term for term, (code, _) in BODY_PART_SNOMED.items()}
 
 
 def map_imaging_study(resource: dict, ctx) -> list[Row]:
@@ -83,7 +78,7 @@ def map_imaging_study(resource: dict, ctx) -> list[Row]:
             "procedure_occurrence_id": procedure_id,
             "visit_occurrence_id": visit_id,
             "anatomic_site_concept_id": ctx.concept({"coding": [body]}, "Spec Anatomic Site").concept_id if body else None,
-            "anatomic_site_source_value": (_body_part_terms().get(body.get("code")) or body.get("code") or "")[:64] or None,
+            "anatomic_site_source_value": (BODY_PART_TERMS.get(body.get("code")) or body.get("code") or "")[:64] or None,
             "image_occurrence_date": when[0],
             "image_occurrence_datetime": when[1],
             "image_study_uid": study_uid,
