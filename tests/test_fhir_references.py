@@ -7,6 +7,7 @@ provider and care site NULL, silently, and loading them later did not fix it wit
 from __future__ import annotations
 
 import orjson
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -105,3 +106,22 @@ def test_absent_patient_reasons_and_skipped_types_say_where_to_look(sqlite_cdm, 
 
     result = CliRunner().invoke(main, ["--db", str(sqlite_cdm.url.database), "ingest", "fhir", "--json", str(tmp_path)])
     assert result.exit_code == 3 and orjson.loads(result.output)["quarantined"] == 4
+
+
+def test_a_remembered_patient_answer_is_dropped_with_what_the_run_forgot(sqlite_cdm):
+    # RunContext.person_id remembers its answers by reference string; an answer must not outlive the
+    # bounded memory it came from: once the run forgot the Patient (and the CDM does not hold it),
+    # the same reference is an unknown patient again, as it was before the memo.
+    from node.ingest.context import UNKNOWN_PATIENT, RunContext
+    from node.ingest.contract import Unmappable
+
+    ctx = RunContext(sqlite_cdm, cache_size=1)
+    ctx.mark_present("Patient", "p1", "person")
+    assert ctx.person_id("Patient/p1") == stable_id("fhir", "Patient", "p1")
+    assert ctx.person_id("Patient/p1") == stable_id("fhir", "Patient", "p1")  # the memo's answer
+    ctx.mark_present("Patient", "p2", "person")
+    ctx.mark_present("Patient", "p3", "person")  # two generations later p1 is forgotten
+    with pytest.raises(Unmappable) as raised:
+        ctx.person_id("Patient/p1")
+    assert raised.value.code == UNKNOWN_PATIENT
+    assert ctx.person_id("Patient/p3") == stable_id("fhir", "Patient", "p3")

@@ -71,14 +71,17 @@ class RecentCache:
     the two batches in flight), so forgetting costs a query, never a wrong answer.
     """
 
-    def __init__(self, size: int = 100_000):
+    def __init__(self, size: int = 100_000, on_forget=None):
         self.size = size
         self._new: dict = {}
         self._old: dict = {}
+        self._on_forget = on_forget  # called when the oldest generation is dropped
 
     def __setitem__(self, key, value) -> None:
         if len(self._new) >= self.size:
             self._old, self._new = self._new, {}
+            if self._on_forget is not None:
+                self._on_forget()
         self._new[key] = value
 
     def get(self, key, default=None):
@@ -135,9 +138,13 @@ class RunContext:
         # (resource_type, id) of resources this run mapped (-> table of their main row) or found
         # unchanged (-> None: the table is asked of the CDM).  Only referenceable types are kept.
         # Bounded (RecentCache): memory stays flat however large the export.
-        self._present = RecentCache(cache_size)
+        # reference -> person_id of the person_id() answers found: the same Patient is named by every
+        # resource about it.  An answer stands as long as what gave it (``_present`` / ``_db_hits``,
+        # which only grow) forgets nothing: emptied whenever either drops a generation.
+        self._persons: dict[str, int] = {}
+        self._present = RecentCache(cache_size, self._persons.clear)
         self._detail_visit = RecentCache(cache_size)  # visit_detail id -> its visit_occurrence id
-        self._db_hits = RecentCache(cache_size)
+        self._db_hits = RecentCache(cache_size, self._persons.clear)
         self._main_ids = RecentCache(cache_size)  # (type, id) -> main row id, when not row_id(type, id)
         self._aliases: dict[str, int] = {}  # identifier key -> row id (organisations, practitioners: few)
         #: codings of the resource being mapped that found no standard concept (the engine adds them to
@@ -207,6 +214,9 @@ class RunContext:
         return True
 
     def person_id(self, reference: str | None) -> int:
+        found = self._persons.get(reference) if reference.__class__ is str else None
+        if found is not None:
+            return found
         if not reference:
             raise Unmappable(NO_PATIENT, f"{self.current_type} has no patient (subject / patient reference): "
                                          "radfed keeps only facts about a person")
@@ -219,13 +229,18 @@ class RunContext:
                                          "facts about a person")
         person_id = self.row_id("Patient", target[1])
         if target in self._present or self._exists("person", "person_id", person_id):
+            if len(self._persons) >= self._present.size:  # ever new spellings of references: stay bounded
+                self._persons.clear()
+            self._persons[reference] = person_id
             return person_id
         raise Unmappable(UNKNOWN_PATIENT, f"the Patient {reference} is absent: it was not loaded in this run or "
                                           "an earlier one (load the Patient, then this file again: the resource "
                                           "is kept in the quarantine until then)")
 
     def reference_id(self, reference: str | None, cdm_table: str) -> int | None:
-        if reference and "?identifier=" in reference:
+        if not reference:  # most optional references are absent
+            return None
+        if "?identifier=" in reference:
             return self._conditional(reference, cdm_table)
         target = self._split(reference)
         if target is None:
@@ -295,7 +310,9 @@ class RunContext:
         """The concept of the first coding when no coding has a standard one (created if need be)."""
         match = self.vocabulary.concept_for(vocabulary_for_uri(system), str(code)[:50], name, domain_hint,
                                             system_uri=system)
-        if is_unmapped(match):
+        concept_id = match.concept_id  # is_unmapped(match), inlined
+        if (match.source_concept_id != 0 if concept_id == 0 else
+                concept_id >= SITE_LOCAL_MIN and concept_id == match.source_concept_id):
             self.unmapped_codings += 1
         return match
 
