@@ -12,9 +12,13 @@ from hashlib import blake2b
 _MASK = (1 << 62) - 1
 
 
+_BLAKE2B_8 = blake2b(digest_size=8)  # copied for each id: cheaper than a new hash with its parameters
+
+
 def _digest(parts: tuple) -> int:
-    key = "\x1f".join(map(str, parts)).encode("utf-8")
-    return (int.from_bytes(blake2b(key, digest_size=8).digest(), "big") & _MASK) or 1
+    hashed = _BLAKE2B_8.copy()
+    hashed.update("\x1f".join(map(str, parts)).encode("utf-8"))
+    return (int.from_bytes(hashed.digest(), "big") & _MASK) or 1
 
 
 # The FHIR ingest asks for the same ids again and again: a Patient's for every resource about it,

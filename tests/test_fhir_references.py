@@ -125,3 +125,19 @@ def test_a_remembered_patient_answer_is_dropped_with_what_the_run_forgot(sqlite_
         ctx.person_id("Patient/p1")
     assert raised.value.code == UNKNOWN_PATIENT
     assert ctx.person_id("Patient/p3") == stable_id("fhir", "Patient", "p3")
+
+
+def test_stable_ids_are_the_blake2b_of_their_parts_whether_remembered_or_not():
+    # every CDM row id is this hash of its parts (ids written by earlier runs must not change): the
+    # memo of cdm.ids answers a repeated call, and keeps 1, 1.0 and True apart.
+    import hashlib
+
+    def by_rule(*parts):
+        key = "\x1f".join(str(p) for p in parts).encode("utf-8")
+        return (int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & ((1 << 62) - 1)) or 1
+
+    for parts in (("fhir", "Patient", "p1"), ("fhir", "Observation", "o1", "component", 2), ("x", 1), ("x", 1.0),
+                  ("x", True), ("q", None, ["unhashable"]), ("dicom-series", "1.2.840.1")):
+        assert stable_id(*parts) == by_rule(*parts)
+        assert stable_id(*parts) == by_rule(*parts)  # from the memo
+    assert len({stable_id("x", 1), stable_id("x", 1.0), stable_id("x", True)}) == 3
