@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -429,6 +430,26 @@ def test_sampled_data_is_summarised_in_60_second_windows(ctx):
         with pytest.raises(Unmappable) as err:
             MAP["Observation"]({**resource, "valueSampledData": sampled}, ctx)
         assert err.value.code == "BAD_VALUE"
+
+
+
+def test_sampled_data_windows_of_an_all_number_stream_follow_the_sample_rule():
+    # _windows reads an all-number one-dimension stream a window at a time; its windows and values
+    # must be those of the sample-by-sample rule: value = origin + factor * datum, window
+    # int(i * period // 60 s), non-finite values dropped (an "E" in the stream takes the rule itself).
+    from node.ingest.mappers.sampled_data import _windows
+
+    rng = random.Random(7)
+    for period in (1000.0, 333.3, 17.0, 61000.0):
+        tokens = [rng.choice([repr(rng.uniform(-50, 150)), str(rng.randint(0, 200)), "inf", "nan"]) for _ in range(700)]
+        sampled = {"origin": {"value": 1.5}, "factor": 0.1, "period": period, "dimensions": 1, "data": " ".join(tokens)}
+        expected: dict = {}
+        for i, token in enumerate(tokens):
+            value = 1.5 + 0.1 * float(token)
+            if math.isfinite(value):
+                expected.setdefault((0, int(i * period // 60000.0)), []).append(value)
+        assert _windows(sampled, "o1") == expected
+        assert _windows({**sampled, "data": " ".join(tokens + ["E"])}, "o1") == expected
 
 
 # -- a generated site: every planted fact is a row the compiler finds ------------------------------------------

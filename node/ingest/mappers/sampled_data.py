@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from itertools import groupby, repeat
+from operator import add, floordiv, mul
 
 from node import fhir_profile as fp
 from node.ingest.contract import Row, Unmappable
@@ -36,8 +38,16 @@ def _windows(sampled: dict, what: str) -> dict[tuple[int, int], list[float]]:
     if not (period_ms > 0 and dims > 0):
         raise Unmappable(BAD_VALUE, f"{what}: SampledData period {period_ms} and dimensions {dims} must be positive")
     window_ms = fp.WEARABLE_WINDOW_SECONDS * 1000.0
+    tokens = (sampled.get("data") or "").split()
+    if dims == 1 and math.isfinite(len(tokens) * period_ms):  # (else a window index overflows: the rule below)
+        try:
+            numbers = list(map(float, tokens))
+        except ValueError:  # E / L / U, or not a number: the sample-by-sample rule below says which
+            pass
+        else:
+            return _windows_of_numbers(numbers, origin, factor, period_ms, window_ms)
     out: dict[tuple[int, int], list[float]] = {}
-    for i, token in enumerate((sampled.get("data") or "").split()):
+    for i, token in enumerate(tokens):
         if token in ("E", "L", "U"):  # error / below / above the detection limit: not a value
             continue
         try:
@@ -52,6 +62,28 @@ def _windows(sampled: dict, what: str) -> dict[tuple[int, int], list[float]]:
             out[key] = [value]
         else:
             bucket.append(value)
+    return out
+
+
+def _windows_of_numbers(numbers: list[float], origin: float, factor: float, period_ms: float,
+                        window_ms: float) -> dict[tuple[int, int], list[float]]:
+    """:func:`_windows` of one dimension whose every sample is a number: the same values and windows,
+    computed a window's run of samples at a time (a wearable stream has hundreds of samples)."""
+    # origin + factor * x and int(i * period_ms // window_ms), each sample, in C (operator / map)
+    values = list(map(add, repeat(origin), map(mul, repeat(factor), numbers)))
+    windows = map(int, map(floordiv, map(mul, range(len(values)), repeat(period_ms)), repeat(window_ms)))
+    out: dict[tuple[int, int], list[float]] = {}
+    start = 0
+    for k, run in groupby(windows):
+        end = start + len(list(run))
+        valid = list(filter(math.isfinite, values[start:end]))
+        start = end
+        if valid:
+            bucket = out.get((0, k))
+            if bucket is None:
+                out[(0, k)] = valid
+            else:  # a window met again later (not with a positive period, but the rule allows it)
+                bucket.extend(valid)
     return out
 
 
