@@ -120,6 +120,15 @@ def _split_uncached(reference: str | None) -> tuple[str, str] | None:
 _split_reference = lru_cache(maxsize=1 << 12)(_split_uncached)
 
 
+# The statements a run asks the CDM, built once with bound parameters (see _row_query).
+_ALIAS_QUERY = select(SOURCE_RECORD.c.cdm_id).where(
+    SOURCE_RECORD.c.source_key == bindparam("source_key"), SOURCE_RECORD.c.cdm_table == bindparam("cdm_table")).limit(1)
+_FIRST_ROW_QUERY = select(func.min(SOURCE_RECORD.c.cdm_id)).where(
+    SOURCE_RECORD.c.source_key == bindparam("source_key"), SOURCE_RECORD.c.cdm_table == bindparam("cdm_table"))
+_PARENT_VISIT_QUERY = select(tables["visit_detail"].c.visit_occurrence_id).where(
+    tables["visit_detail"].c.visit_detail_id == bindparam("visit_detail_id"))
+
+
 @lru_cache(maxsize=None)
 def _row_query(table: str, column: str):
     """``SELECT column FROM table WHERE column = :row_id LIMIT 1``, built once: building the statement
@@ -195,8 +204,7 @@ class RunContext:
         key = identifier_key(resource_type, system or None, value)
         if key not in self._aliases:
             with self.engine.connect() as conn:
-                found = conn.execute(select(SOURCE_RECORD.c.cdm_id).where(
-                    SOURCE_RECORD.c.source_key == key, SOURCE_RECORD.c.cdm_table == cdm_table).limit(1)).first()
+                found = conn.execute(_ALIAS_QUERY, {"source_key": key, "cdm_table": cdm_table}).first()
             if found is None:
                 self._pending(resource_type, key, cdm_table)
                 return None
@@ -272,8 +280,7 @@ class RunContext:
             return None
         if target not in self._main_ids:
             with self.engine.connect() as conn:
-                found = conn.execute(select(func.min(SOURCE_RECORD.c.cdm_id)).where(
-                    SOURCE_RECORD.c.source_key == source_key(*target), SOURCE_RECORD.c.cdm_table == cdm_table)).scalar()
+                found = conn.execute(_FIRST_ROW_QUERY, {"source_key": source_key(*target), "cdm_table": cdm_table}).scalar()
             if found is None:
                 return None
             self._main_ids[target] = found
@@ -281,10 +288,8 @@ class RunContext:
 
     def _parent_visit(self, visit_detail_id: int) -> int | None:
         if visit_detail_id not in self._detail_visit:
-            detail = tables["visit_detail"]
             with self.engine.connect() as conn:
-                found = conn.execute(select(detail.c.visit_occurrence_id)
-                                     .where(detail.c.visit_detail_id == visit_detail_id)).first()
+                found = conn.execute(_PARENT_VISIT_QUERY, {"visit_detail_id": visit_detail_id}).first()
             if found is None:
                 return None
             self._detail_visit[visit_detail_id] = found[0]
