@@ -300,21 +300,22 @@ class RunContext:
         if not codings:
             return NO_CONCEPT
         lookup = self.vocabulary.lookup
+        first = codings[0]
+        system = first.get("system")
+        vocabulary_id = vocabulary_for_uri(system)  # the first coding's: looked up, then created if need be
         for coding in codings:
-            known = lookup(vocabulary_for_uri(coding.get("system")), str(coding["code"]).strip())
+            known = lookup(vocabulary_id if coding is first else vocabulary_for_uri(coding.get("system")),
+                           str(coding["code"]).strip())
             # is_unmapped(known), inlined: this runs for every coding the ingest reads
             if known is not None and (concept_id := known.concept_id) != 0 and not (
                     concept_id >= SITE_LOCAL_MIN and concept_id == known.source_concept_id):
                 return known
-        first = codings[0]
-        system = first.get("system")
-        return self._concept_for(system, first["code"], first.get("display") or (codeable or {}).get("text"),
-                                 domain_hint)
+        return self._concept_for(vocabulary_id, system, first["code"],
+                                 first.get("display") or (codeable or {}).get("text"), domain_hint)
 
-    def _concept_for(self, system, code, name: str | None, domain_hint: str | None) -> ConceptMatch:
+    def _concept_for(self, vocabulary_id: str, system, code, name: str | None, domain_hint: str | None) -> ConceptMatch:
         """The concept of the first coding when no coding has a standard one (created if need be)."""
-        match = self.vocabulary.concept_for(vocabulary_for_uri(system), str(code)[:50], name, domain_hint,
-                                            system_uri=system)
+        match = self.vocabulary.concept_for(vocabulary_id, str(code)[:50], name, domain_hint, system_uri=system)
         concept_id = match.concept_id  # is_unmapped(match), inlined
         if (match.source_concept_id != 0 if concept_id == 0 else
                 concept_id >= SITE_LOCAL_MIN and concept_id == match.source_concept_id):
@@ -330,8 +331,9 @@ class RunContext:
         if not quantity or not (code := quantity.get("code")):
             return NO_CONCEPT
         system = quantity.get("system") or UCUM
-        known = self.vocabulary.lookup(vocabulary_for_uri(system), str(code).strip())
+        vocabulary_id = vocabulary_for_uri(system)
+        known = self.vocabulary.lookup(vocabulary_id, str(code).strip())
         if known is not None and (concept_id := known.concept_id) != 0 and not (
                 concept_id >= SITE_LOCAL_MIN and concept_id == known.source_concept_id):
             return known
-        return self._concept_for(system, code, quantity.get("unit") or None, "Unit")
+        return self._concept_for(vocabulary_id, system, code, quantity.get("unit") or None, "Unit")

@@ -91,7 +91,10 @@ def value_columns(item: dict, ctx, table: str) -> dict:
 
 
 def has_value(item: dict) -> bool:
-    return any(k.startswith("value") for k in item)
+    for key in item:  # any(k.startswith("value") for k in item), without a generator per resource
+        if key.startswith("value"):
+            return True
+    return False
 
 
 def event_row(table: str, row_id: int, person_id: int, concept, source: str | None, when, extra: dict,
