@@ -13,6 +13,7 @@ Organization / Location / Practitioner resources: within a run from memory, acro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 from sqlalchemy import Engine, bindparam, func, select
@@ -32,6 +33,8 @@ IDENTIFIED_TYPES = ("Organization", "Location", "Practitioner")
 UNREFERENCED = frozenset({"Observation", "DiagnosticReport", "MedicationRequest", "MedicationStatement",
                           "MedicationAdministration", "Immunization", "AllergyIntolerance"})
 SOURCE_RECORD = tables["source_record"]
+#: Row ids per query of :meth:`RunContext.expect` (SQLite's default limit is 32,766 parameters).
+EXPECT_CHUNK = 5_000
 #: The CDM table the main row of each referenceable FHIR type is in: a reference asked as that table
 #: and not found is *pending* (filled when the target arrives); asked as another table it is not.
 REFERENCE_TABLES = {"Patient": "person", "Practitioner": "provider", "Organization": "care_site",
@@ -137,6 +140,13 @@ def _row_query(table: str, column: str):
     return select(target.c[column]).where(target.c[column] == bindparam("row_id")).limit(1)
 
 
+@lru_cache(maxsize=None)
+def _rows_query(table: str, column: str):
+    """``SELECT column FROM table WHERE column IN :row_ids`` (one expanding parameter), built once."""
+    target = tables[table]
+    return select(target.c[column]).where(target.c[column].in_(bindparam("row_ids", expanding=True)))
+
+
 class RunContext:
     """Answers mappers' questions during one run (see :class:`~node.ingest.contract.MapContext`)."""
 
@@ -156,6 +166,8 @@ class RunContext:
         self._db_hits = RecentCache(cache_size, self._persons.clear)
         self._main_ids = RecentCache(cache_size)  # (type, id) -> main row id, when not row_id(type, id)
         self._aliases: dict[str, int] = {}  # identifier key -> row id (organisations, practitioners: few)
+        #: table -> row ids the resources being mapped will probably ask about (:meth:`expect`)
+        self._expected: dict[str, set[int]] = {}
         #: codings of the resource being mapped that found no standard concept (the engine adds them to
         #: the summary when the resource's rows are written, so the summary counts what the CDM holds)
         self.unmapped_codings = 0
@@ -211,9 +223,32 @@ class RunContext:
             self._aliases[key] = found[0]
         return self._aliases[key]
 
+    def expect(self, table: str, row_ids: Iterable[int]) -> None:
+        """Row ids of ``table`` the next resources will probably ask about (a unit's references, or
+        what a worker found for them).  The first one not known here is then asked of the CDM
+        together with the others, in one query, instead of one query each: an export larger than
+        the caches (a million resources: Specimens and Patients loaded long before the Observations
+        that reference them) otherwise costs a query per referenced resource.  Only what is found is
+        remembered, as :meth:`_exists` does; what is not found is asked again when it is asked."""
+        self._expected.setdefault(table, set()).update(row_ids)
+
+    def forget_expected(self) -> None:
+        self._expected = {}
+
     def _exists(self, table: str, column: str, row_id: int) -> bool:
         key = (table, row_id)
         if key not in self._db_hits:
+            expected = self._expected.get(table)
+            if expected and row_id in expected:
+                del self._expected[table]
+                asked = sorted(i for i in expected if (table, i) not in self._db_hits)
+                with self.engine.connect() as conn:
+                    for start in range(0, len(asked), EXPECT_CHUNK):
+                        for (found,) in conn.execute(_rows_query(table, column),
+                                                     {"row_ids": asked[start:start + EXPECT_CHUNK]}):
+                            self._db_hits[(table, found)] = True
+                if key in self._db_hits:
+                    return True
             with self.engine.connect() as conn:
                 found = conn.execute(_row_query(table, column), {"row_id": row_id}).first()
             if found is None:

@@ -54,7 +54,9 @@ from node.ingest.pool import BLOCK, WorkerCrashed, WorkerPool
 from node.ingest.reader import InputFile, Item, Progress, discover, ndjson_blocks, read
 from node.ingest.summary import IngestSummary
 from node.ingest.validate import problem, relaxed_gc
-from node.ingest.worker import ERROR, INVALID, MAPPED, REDO, UNCHANGED, Premapped, Record, replay, worker_url
+from node.ingest.worker import (
+    ERROR, INVALID, MAPPED, PERSON, REDO, REFERENCE, UNCHANGED, Premapped, Record, replay, worker_url,
+)
 
 BATCH = 5_000
 #: Inputs smaller than this are loaded without worker processes (see :func:`auto_workers`).
@@ -236,6 +238,7 @@ class IngestRun:
         ``handed_out``: :attr:`writes` when the unit went to the worker; a resource a later batch
         wrote is judged against the CDM as it is now, not as the worker saw it.
         """
+        self._expect(records)
         for line, raw, resource_type, resource_id, digest, stored, verdict, payload in records:
             item = Item(source_file, line, raw if raw is None or isinstance(raw, bytes) else block[raw[0]:raw[1]],
                         type_hint=resource_type)
@@ -270,6 +273,19 @@ class IngestRun:
             self._taken += 1
             if self._taken >= self.batch_size:
                 self._flush_mapped()
+
+    def _expect(self, records: list[Record]) -> None:
+        """Tell the context which rows the unit's replay will ask about: those the worker found
+        (:meth:`~node.ingest.context.RunContext.expect`)."""
+        expected: dict[str, set[int]] = {}
+        for record in records:
+            if record[6] == MAPPED and record[7] is not None:
+                for call in record[7].calls:
+                    if (call[0] == PERSON or call[0] == REFERENCE) and type(call[-1]) is int:
+                        expected.setdefault("person" if call[0] == PERSON else call[2], set()).add(call[-1])
+        self.ctx.forget_expected()
+        for table, row_ids in expected.items():
+            self.ctx.expect(table, row_ids)
 
     def _flush_mapped(self) -> None:
         mapped, self._mapped, self._in_batch, self._taken = self._mapped, [], set(), 0

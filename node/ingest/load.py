@@ -241,7 +241,7 @@ def hash_lookup(dialect: str, keys: list[str]) -> Select:
     if dialect == "postgresql":
         where = column == any_(bindparam("keys", keys, type_=postgresql.ARRAY(String)))
     else:
-        where = column.in_(keys)
+        where = column.in_(bindparam("keys", keys, expanding=True))
     return select(column, SOURCE_RECORD.c.content_hash).where(where)
 
 
@@ -484,8 +484,9 @@ class BatchWriter:
         table, column = tables[table_name], key_column(table_name)
         present: set[int] = set()
         keys = sorted(by_key)  # key order: two batches lock the rows they share in the same order
+        probe = _present(table_name)
         for chunk in _chunks(keys):
-            present.update(conn.execute(select(table.c[column]).where(table.c[column].in_(chunk))).scalars())
+            present.update(conn.execute(probe, {"keys": chunk}).scalars())
         new = [by_key[key] for key in keys if key not in present]
         if new:
             bulk_insert(conn, table, new, _all_columns(table_name))
@@ -520,6 +521,14 @@ class BatchWriter:
             bulk_insert(conn, SOURCE_RECORD, [(k, t, i, h, now) for (k, t, i), h in records.items()],
                         RECORD_COLUMNS)
         return len(records)
+
+
+@lru_cache(maxsize=None)
+def _present(table_name: str) -> Select:
+    """Which of the ``keys`` rows ``table_name`` holds.  One expanding parameter: SQLAlchemy then
+    compiles the statement once per list length instead of coercing every key of every batch."""
+    table, column = tables[table_name], key_column(table_name)
+    return select(table.c[column]).where(table.c[column].in_(bindparam("keys", expanding=True)))
 
 
 def fills(existing, new: dict) -> dict:
