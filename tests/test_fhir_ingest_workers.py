@@ -141,3 +141,31 @@ def test_a_worker_that_dies_is_reported_and_nothing_is_lost(sqlite_cdm, tmp_path
     create_cdm(fresh, source_name="test-site")
     ingest_paths(fresh, [folder], workers=0)
     assert dump(sqlite_cdm) == dump(fresh)
+
+
+def test_references_beyond_the_caches_are_asked_of_the_cdm_a_unit_at_a_time(sqlite_cdm, tmp_path):
+    # 2,000 Patients, then 2,000 Conditions about them, with caches of 300 resources per generation:
+    # every Patient is forgotten by the time its Condition comes.  The loader must still find each
+    # one (same rows as with large caches), asking the CDM for a unit's patients in one query rather
+    # than one query per patient (RunContext.expect).
+    from sqlalchemy import event
+
+    folder = tmp_path / "in"
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(2000)])
+    write_ndjson(folder / "Condition.000.ndjson", [condition(f"c{i}", f"p{i}") for i in range(2000)])
+    person_queries = []
+
+    @event.listens_for(sqlite_cdm, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT person.person_id"):
+            person_queries.append(statement)
+
+    summary = ingest_paths(sqlite_cdm, [folder], workers=1, unit_bytes=32_768, batch_size=100, cache_size=300)
+    event.remove(sqlite_cdm, "before_cursor_execute", count)
+    assert summary.total("loaded") == 4000 and summary.total("quarantined") == 0
+    occurrence = tables["condition_occurrence"]
+    with sqlite_cdm.connect() as conn:
+        persons = dict(conn.execute(select(occurrence.c.condition_occurrence_id, occurrence.c.person_id)).all())
+    assert persons == {rid("Condition", f"c{i}"): rid("Patient", f"p{i}") for i in range(2000)}
+    units = -(-sum(p.stat().st_size for p in (folder / "Condition.000.ndjson",)) // 32_768)
+    assert 0 < len(person_queries) <= 4 * units, (len(person_queries), units)  # one each: 2,000
