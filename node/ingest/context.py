@@ -154,13 +154,13 @@ class RunContext:
         self.engine = engine
         self.mrn_system = mrn_system
         self.vocabulary = Vocabulary(engine)
-        # (resource_type, id) of resources this run mapped (-> table of their main row) or found
-        # unchanged (-> None: the table is asked of the CDM).  Only referenceable types are kept.
-        # Bounded (RecentCache): memory stays flat however large the export.
         # reference -> person_id of the person_id() answers found: the same Patient is named by every
         # resource about it.  An answer stands as long as what gave it (``_present`` / ``_db_hits``,
         # which only grow) forgets nothing: emptied whenever either drops a generation.
         self._persons: dict[str, int] = {}
+        # (resource_type, id) of resources this run mapped (-> table of their main row) or found
+        # unchanged (-> None: the table is asked of the CDM).  Only referenceable types are kept.
+        # Bounded (RecentCache): memory stays flat however large the export.
         self._present = RecentCache(cache_size, self._persons.clear)
         self._detail_visit = RecentCache(cache_size)  # visit_detail id -> its visit_occurrence id
         self._db_hits = RecentCache(cache_size, self._persons.clear)
