@@ -41,7 +41,7 @@ from sqlalchemy import Engine
 from cdm.db import refresh_statistics
 from cdm.locks import retry_conflicts
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
-from node.ingest import periods
+from node.ingest import deferred_indexes, periods
 from node.ingest.concurrency import RunLease
 from node.ingest.context import UNKNOWN_PATIENT, RunContext, source_key
 from node.ingest.contract import Row, Unmappable
@@ -117,6 +117,8 @@ class IngestRun:
         self._written_at: dict[str, int] = {}
         #: resources a worker mapped that this process mapped again (a different answer: see replay)
         self.remapped = 0
+        #: the person tables' secondary indexes were dropped for this load (node.ingest.deferred_indexes)
+        self.indexes_set_aside = False
         self._asked: set = set()  # questions of the workers' mappers replayed with the same answer
 
     # -- input ---------------------------------------------------------------------------------------
@@ -375,8 +377,15 @@ class IngestRun:
             self.flush()
         self._retrying = False
 
+    def restore_indexes(self) -> None:
+        if self.indexes_set_aside:
+            deferred_indexes.restore(self.engine)
+            self.indexes_set_aside = False
+
     def close(self) -> None:
-        """Let go of what a run that will not be finished holds (an error, an interrupt)."""
+        """Let go of what a run that will not be finished holds (an error, an interrupt); the
+        indexes set aside are created again (what was written is kept and should be found fast)."""
+        self.restore_indexes()
         self.lease.close()
         if self._deferred is not None:
             self._deferred.close()
@@ -389,6 +398,7 @@ class IngestRun:
     def finish(self) -> IngestSummary:
         """Write the last batch, retry what waited for its patient, recompute observation periods."""
         self.flush()
+        self.restore_indexes()  # observation periods and the after-load steps read by person
         # What still waits may be in the files of runs loading this CDM now: wait until they have loaded.
         self.lease.loaded(wait=self._deferred is not None or self.writer.waiting())
         with self.lease.finishing():
@@ -424,7 +434,7 @@ def auto_workers(total_bytes: int) -> int:
 def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str = DEFAULT_MRN_SYSTEM,
                  batch_size: int = BATCH, progress: Callable[[int, int], None] | None = None,
                  workers: int | None = None, force: bool = False, cache_size: int = CACHE_SIZE,
-                 unit_bytes: int = BLOCK) -> IngestSummary:
+                 unit_bytes: int = BLOCK, defer_indexes: bool | None = None) -> IngestSummary:
     """Load FHIR Bundles / NDJSON files and folders into the CDM; returns what the run did.
 
     ``progress(bytes_done, bytes_total)`` is called every 1,000 resources and at the end of each file.
@@ -434,6 +444,8 @@ def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str
     ``cache_size``: referenceable resources remembered per generation (beyond it, references are
     resolved through the CDM; see :class:`~node.ingest.context.RecentCache`).
     ``unit_bytes``: NDJSON bytes a worker takes at a time.
+    ``defer_indexes``: drop the person tables' secondary indexes for the load and build them at the
+    end (``None``: when a SQLite CDM is expected to at least double; :mod:`node.ingest.deferred_indexes`).
     A missing path raises ``FileNotFoundError`` before anything is written; a worker process that
     dies raises :class:`~node.ingest.pool.WorkerCrashed` after what came before it is written.
     """
@@ -444,6 +456,7 @@ def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str
     run = IngestRun(engine, mrn_system, batch_size, force, cache_size)
     done = Progress()
     try:
+        run.indexes_set_aside = deferred_indexes.set_aside(engine, total, defer_indexes)
         if workers > 0:
             _with_workers(run, files, workers, progress, total, done, unit_bytes)
         else:

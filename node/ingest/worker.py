@@ -198,7 +198,7 @@ def replay(ctx: RunContext, calls: list[tuple], asked: set | None = None) -> boo
 
 
 #: Questions :func:`replay` remembers as answered (then it forgets them all and starts again).
-ASKED_MAX = 200_000
+ASKED_MAX = 50_000
 
 
 # -- the worker process ----------------------------------------------------------------------------
