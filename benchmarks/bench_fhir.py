@@ -156,6 +156,32 @@ def validators(folder: Path, reference: int) -> list[dict]:
     return rows
 
 
+def _rss_mb(pid: int | str = "self") -> float:
+    """The current (not peak) resident set of a process, from /proc (0 if it has ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+class RssCurve:
+    """``progress`` callback of a load: the loader's and the largest worker's current RSS at each
+    tenth of the input read.  Flat memory means these stop growing once the caches are full, however
+    large the export (a peak alone cannot tell a plateau from a slope)."""
+
+    def __init__(self):
+        self.points: list[tuple[int, float, float]] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        import multiprocessing
+
+        tenth = 10 * done // max(total, 1)
+        if not self.points or tenth > self.points[-1][0]:
+            workers = [_rss_mb(p.pid) for p in multiprocessing.active_children()]
+            self.points.append((tenth, round(_rss_mb(), 1), round(max(workers, default=0.0), 1)))
+
+
 def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dict]:
     """In a fresh interpreter: create the CDM at ``url``, load ``folder`` ``runs`` times."""
     from cdm.db import create_cdm, open_engine
@@ -169,7 +195,8 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
     for _ in range(runs):
         load = os.getloadavg()[0]
         started = time.process_time()
-        summary = ingest_paths(engine, [folder], workers=used)
+        curve = RssCurve()
+        summary = ingest_paths(engine, [folder], workers=used, progress=curve)
         main_cpu = time.process_time() - started
         resources = summary.total()
         out.append({"resources": resources, "loaded": summary.total("loaded"),
@@ -181,7 +208,9 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
                     "worker_cpu_us_per_resource": round(1e6 * summary.worker_cpu_seconds / resources),
                     "remapped": summary.remapped,
                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                    "worker_peak_rss_mb": round(summary.worker_peak_rss_mb, 1) if used else None})
+                    "worker_peak_rss_mb": round(summary.worker_peak_rss_mb, 1) if used else None,
+                    #: (tenths of the input read, loader RSS MB, largest worker RSS MB) as the load went
+                    "rss_curve": curve.points})
     engine.dispose()
     return out
 
@@ -266,6 +295,10 @@ def main() -> None:
     if args.results != "-":
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    for r in rows:
+        if r.get("rss_curve"):
+            print(f"{r['what']}, current RSS MB (loader / largest worker) at each tenth of the input: "
+                  + ", ".join(f"{t}: {a:.0f}/{b:.0f}" for t, a, b in r["rss_curve"]))
     print(json.dumps(result))
 
 
