@@ -169,3 +169,31 @@ def test_references_beyond_the_caches_are_asked_of_the_cdm_a_unit_at_a_time(sqli
     assert persons == {rid("Condition", f"c{i}"): rid("Patient", f"p{i}") for i in range(2000)}
     units = -(-sum(p.stat().st_size for p in (folder / "Condition.000.ndjson",)) // 32_768)
     assert 0 < len(person_queries) <= 4 * units, (len(person_queries), units)  # one each: 2,000
+
+
+def test_a_worker_asks_for_a_units_forgotten_patients_in_one_query(sqlite_cdm, tmp_path):
+    # The worker's own context beyond its caches: 2,000 Patients loaded, then a unit of Conditions
+    # about them mapped by a worker that remembers none of them.  It finds every one (no
+    # UNKNOWN_PATIENT), asking the CDM for the unit's patients together (expect_references).
+    from sqlalchemy import event
+
+    from node.ingest import worker as worker_module
+    from node.ingest.worker import MAPPED
+
+    folder = tmp_path / "in"
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(2000)])
+    ingest_paths(sqlite_cdm, [folder], workers=0)
+    block = b"".join(orjson.dumps(condition(f"c{i}", f"p{i}")) + b"\n" for i in range(2000))
+    mapper = worker_module._Worker(str(sqlite_cdm.url), "urn:mrn", 100_000, False)
+    person_queries = []
+
+    @event.listens_for(mapper.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT person.person_id"):
+            person_queries.append(statement)
+
+    records = mapper.unit(("ndjson", str(folder / "Condition.000.ndjson"), "Condition", 1, block))
+    mapper.engine.dispose()
+    assert [r[6] for r in records] == [MAPPED] * 2000
+    assert all(r[7].raised is None for r in records), "every patient was found"
+    assert 0 < len(person_queries) <= 2, len(person_queries)  # one per 5,000 ids; one each: 2,000

@@ -232,6 +232,10 @@ class RunContext:
         remembered, as :meth:`_exists` does; what is not found is asked again when it is asked."""
         self._expected.setdefault(table, set()).update(row_ids)
 
+    def holds(self, resource_type: str, resource_id: str) -> bool:
+        """Whether this run mapped the resource, or found it unchanged, and still remembers it."""
+        return (resource_type, resource_id) in self._present
+
     def forget_expected(self) -> None:
         self._expected = {}
 

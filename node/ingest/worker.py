@@ -201,6 +201,32 @@ def replay(ctx: RunContext, calls: list[tuple], asked: set | None = None) -> boo
 ASKED_MAX = 50_000
 
 
+#: The references nearly every resource makes (element, target type, the table it is asked as).
+COMMON_REFERENCES = (("subject", "Patient", "person"), ("patient", "Patient", "person"),
+                     ("encounter", "Encounter", "visit_occurrence"), ("context", "Encounter", "visit_occurrence"),
+                     ("specimen", "Specimen", "specimen"))
+
+
+def expect_references(ctx: RunContext, resources: list[dict]) -> None:
+    """Tell ``ctx`` the rows a unit's mappers will ask about that it does not hold
+    (:meth:`~node.ingest.context.RunContext.expect`): the Patients, Encounters and Specimens the
+    resources name by relative reference.  Beyond the caches (a million resources) each would
+    otherwise cost a query of its own; in a run the caches cover, none is missing and nothing is
+    asked.  Only a hint: what the mappers ask, and answer, is unchanged."""
+    expected: dict[str, set[int]] = {}
+    for resource in resources:
+        for element, target_type, table in COMMON_REFERENCES:
+            value = resource.get(element)
+            reference = value.get("reference") if type(value) is dict else None
+            if type(reference) is str and reference.startswith(target_type) and reference[len(target_type):][:1] == "/":
+                target_id = reference[len(target_type) + 1:]
+                if target_id and "/" not in target_id and not ctx.holds(target_type, target_id):
+                    expected.setdefault(table, set()).add(ctx.row_id(target_type, target_id))
+    ctx.forget_expected()
+    for table, row_ids in expected.items():
+        ctx.expect(table, row_ids)
+
+
 # -- the worker process ----------------------------------------------------------------------------
 
 
@@ -231,6 +257,7 @@ class _Worker:
         keys = [source_key(i.resource["resourceType"], i.resource["id"]) if i.error is None
                 and isinstance(i.resource.get("id"), str) and i.resource["id"] else None for i in items]
         known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
+        expect_references(self.ctx, [i.resource for i in items if i.error is None])
         return [self.record(item, span, key, known.get(key)) for item, span, key in zip(items, spans, keys)]
 
     def record(self, item: Item, span, key: str | None, stored: str | None) -> Record:
