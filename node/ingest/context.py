@@ -13,7 +13,6 @@ Organization / Location / Practitioner resources: within a run from memory, acro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import lru_cache
 
 from sqlalchemy import Engine, bindparam, func, select
@@ -223,21 +222,19 @@ class RunContext:
             self._aliases[key] = found[0]
         return self._aliases[key]
 
-    def expect(self, table: str, row_ids: Iterable[int]) -> None:
-        """Row ids of ``table`` the next resources will probably ask about (a unit's references, or
-        what a worker found for them).  The first one not known here is then asked of the CDM
-        together with the others, in one query, instead of one query each: an export larger than
-        the caches (a million resources: Specimens and Patients loaded long before the Observations
-        that reference them) otherwise costs a query per referenced resource.  Only what is found is
-        remembered, as :meth:`_exists` does; what is not found is asked again when it is asked."""
-        self._expected.setdefault(table, set()).update(row_ids)
+    def expect(self, expected: dict[str, set[int]]) -> None:
+        """The row ids, by table, the next resources will probably ask about (a unit's references, or
+        what a worker found for them); replaces what the unit before expected.  The first one not
+        known here is then asked of the CDM together with the others of its table, in one query,
+        instead of one query each: an export larger than the caches (a million resources: Specimens
+        and Patients loaded long before the Observations that reference them) otherwise costs a
+        query per referenced resource.  Only what is found is remembered, as :meth:`_exists` does;
+        what is not found is asked again when it is asked."""
+        self._expected = expected
 
     def holds(self, resource_type: str, resource_id: str) -> bool:
         """Whether this run mapped the resource, or found it unchanged, and still remembers it."""
         return (resource_type, resource_id) in self._present
-
-    def forget_expected(self) -> None:
-        self._expected = {}
 
     def _exists(self, table: str, column: str, row_id: int) -> bool:
         key = (table, row_id)
@@ -338,26 +335,26 @@ class RunContext:
         codings = [c for c in (codeable or {}).get("coding") or () if c.get("code")]
         if not codings:
             return NO_CONCEPT
-        lookup = self.vocabulary.lookup
         first = codings[0]
         system = first.get("system")
         vocabulary_id = vocabulary_for_uri(system)  # the first coding's: looked up, then created if need be
         for coding in codings:
-            known = lookup(vocabulary_id if coding is first else vocabulary_for_uri(coding.get("system")),
-                           str(coding["code"]).strip())
-            # is_unmapped(known), inlined: this runs for every coding the ingest reads
-            if known is not None and (concept_id := known.concept_id) != 0 and not (
-                    concept_id >= SITE_LOCAL_MIN and concept_id == known.source_concept_id):
+            known = self._standard(vocabulary_id if coding is first else vocabulary_for_uri(coding.get("system")),
+                                   coding["code"])
+            if known is not None:
                 return known
         return self._concept_for(vocabulary_id, system, first["code"],
                                  first.get("display") or (codeable or {}).get("text"), domain_hint)
 
+    def _standard(self, vocabulary_id: str, code) -> ConceptMatch | None:
+        """The node's standard concept for a code, ``None`` when it has none."""
+        known = self.vocabulary.lookup(vocabulary_id, str(code).strip())
+        return known if known is not None and known.concept_id != 0 and not is_unmapped(known) else None
+
     def _concept_for(self, vocabulary_id: str, system, code, name: str | None, domain_hint: str | None) -> ConceptMatch:
         """The concept of the first coding when no coding has a standard one (created if need be)."""
         match = self.vocabulary.concept_for(vocabulary_id, str(code)[:50], name, domain_hint, system_uri=system)
-        concept_id = match.concept_id  # is_unmapped(match), inlined
-        if (match.source_concept_id != 0 if concept_id == 0 else
-                concept_id >= SITE_LOCAL_MIN and concept_id == match.source_concept_id):
+        if is_unmapped(match):
             self.unmapped_codings += 1
         return match
 
@@ -371,8 +368,5 @@ class RunContext:
             return NO_CONCEPT
         system = quantity.get("system") or UCUM
         vocabulary_id = vocabulary_for_uri(system)
-        known = self.vocabulary.lookup(vocabulary_id, str(code).strip())
-        if known is not None and (concept_id := known.concept_id) != 0 and not (
-                concept_id >= SITE_LOCAL_MIN and concept_id == known.source_concept_id):
-            return known
-        return self._concept_for(vocabulary_id, system, code, quantity.get("unit") or None, "Unit")
+        return self._standard(vocabulary_id, code) or self._concept_for(vocabulary_id, system, code,
+                                                                       quantity.get("unit") or None, "Unit")

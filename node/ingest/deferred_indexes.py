@@ -45,10 +45,11 @@ def restore(engine: Engine) -> int:
     """Create every deferrable index that is missing; returns how many were created."""
     if engine.dialect.name != "sqlite" or layout_of(engine) is not None:
         return 0
+    indexes = deferrable()
     with engine.begin() as conn:
-        existing = {(table, found["name"]) for table in {i.table.name for i in deferrable()}
+        existing = {(table, found["name"]) for table in {i.table.name for i in indexes}
                     for found in inspect(conn).get_indexes(table)}
-        missing = [index for index in deferrable() if (index.table.name, index.name) not in existing]
+        missing = [index for index in indexes if (index.table.name, index.name) not in existing]
         for index in missing:
             index.create(conn)
     return len(missing)

@@ -45,7 +45,7 @@ from node.ingest import deferred_indexes, periods
 from node.ingest.concurrency import RunLease
 from node.ingest.context import UNKNOWN_PATIENT, RunContext, source_key
 from node.ingest.contract import Row, Unmappable
-from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, pending_references, row_problem
+from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, pending_references, rows_problem
 from node.ingest.mappers import AFTER_LOAD, MAPPERS
 from node.ingest.mapping import (  # noqa: F401 - content_hash, NO_CDM_TABLE: re-exported for callers
     MAPPING_ERROR, NO_CDM_TABLE, Provided, content_hash, failure_reason, identifiers_of, learn, remember,
@@ -285,9 +285,7 @@ class IngestRun:
                 for call in record[7].calls:
                     if (call[0] == PERSON or call[0] == REFERENCE) and type(call[-1]) is int:
                         expected.setdefault("person" if call[0] == PERSON else call[2], set()).add(call[-1])
-        self.ctx.forget_expected()
-        for table, row_ids in expected.items():
-            self.ctx.expect(table, row_ids)
+        self.ctx.expect(expected)
 
     def _flush_mapped(self) -> None:
         mapped, self._mapped, self._in_batch, self._taken = self._mapped, [], set(), 0
@@ -314,7 +312,7 @@ class IngestRun:
             self.ctx.unresolved, self.ctx.unmapped_codings = [], 0
             self.remapped += 1
         rows = fn(self._resource(item), self.ctx)
-        return rows, next((p for p in map(row_problem, rows) if p), None), None
+        return rows, rows_problem(rows), None
 
     def _map(self, item: Item, key: str | None, digest: str, unchanged: bool, replaces: bool,
              found: tuple[str, str] | None, premapped: Premapped | None = None,

@@ -104,6 +104,11 @@ def row_problem(row: Row) -> str | None:
     return None
 
 
+def rows_problem(rows: list[Row]) -> str | None:
+    """The first :func:`row_problem` of a resource's rows (the loader's and a worker's check)."""
+    return next((p for p in map(row_problem, rows) if p), None)
+
+
 @dataclass
 class Mapped:
     """One resource ready to write: its key, content hash, rows and conditional-reference aliases."""

@@ -38,7 +38,7 @@ from cdm.db import layout_of, open_engine, with_layout
 from cdm.vocabulary import ConceptMatch, Vocabulary, local_concept_id, normalise_code
 from node.ingest.context import RunContext, source_key
 from node.ingest.contract import Unmappable
-from node.ingest.load import existing_hashes, row_problem
+from node.ingest.load import existing_hashes, rows_problem
 from node.ingest.mappers import MAPPERS
 from node.ingest.mapping import (
     MAPPING_ERROR, NO_CDM_TABLE, Provided, content_hash, failure_reason, identifiers_of, remember,
@@ -151,14 +151,6 @@ class RecordingContext(RunContext):
         return found
 
 
-def settled(answer: tuple | None) -> bool:
-    """True for a vocabulary answer the loader would certainly give too: a concept of the node's
-    vocabulary or of the site's own mapping (neither changes during a run), not a site-local concept
-    (the run creates those and renames them: :meth:`~cdm.vocabulary.Vocabulary.concept_for`) and not
-    "unknown" (the loader may have created it meanwhile).  Such answers are not asked again."""
-    return answer is not None and not answer[3] and answer[0] < SITE_LOCAL_MIN
-
-
 def replay(ctx: RunContext, calls: list[tuple], asked: set | None = None) -> bool:
     """Ask ``ctx`` what a worker's mapper asked, in order; True when every answer is the same (then the
     worker's rows are the ones ``ctx`` would give).  Stops at the first difference: the questions
@@ -222,9 +214,7 @@ def expect_references(ctx: RunContext, resources: list[dict]) -> None:
                 target_id = reference[len(target_type) + 1:]
                 if target_id and "/" not in target_id and not ctx.holds(target_type, target_id):
                     expected.setdefault(table, set()).add(ctx.row_id(target_type, target_id))
-    ctx.forget_expected()
-    for table, row_ids in expected.items():
-        ctx.expect(table, row_ids)
+    ctx.expect(expected)
 
 
 # -- the worker process ----------------------------------------------------------------------------
@@ -299,7 +289,7 @@ class _Worker:
         if ctx.failed:
             return REDO, None
         # the loader's checks of the rows, made here: they depend on the rows alone
-        bad = next((p for p in map(row_problem, rows) if p), None) if raised is None else None
+        bad = rows_problem(rows) if raised is None else None
         facts = None
         if rows and raised is None and bad is None:  # also what later resources this worker maps may ask
             facts = remember(ctx, key, resource_type, resource["id"], identifiers_of(resource), rows)
