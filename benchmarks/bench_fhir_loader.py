@@ -11,6 +11,9 @@ from).  Deterministic enough for ``valgrind --tool=callgrind`` A/B comparisons o
     .venv/bin/python benchmarks/bench_fhir_loader.py record /tmp/radfed-bench-fhir-2000/site-1/fhir /tmp/units.pkl
     .venv/bin/python benchmarks/bench_fhir_loader.py run /tmp/units.pkl [--repeat 3] [--batch 5000] [--profile]
 
+``--profile`` sorts by ``$SORT`` (default ``tottime``; ``cumulative`` shows where whole steps go) and
+prints the top ``$TOP`` entries (default 30).
+
 A recording of the 1M-resource export takes ~1.7 GB of memory to replay (the units' blocks and
 records are held).
 """
@@ -95,7 +98,7 @@ def replay(path: str, batch: int, profile: bool) -> None:
           f"resource, {wall:.1f} s wall, remapped {summary.remapped}, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "30")))
 
 
 def main() -> None:

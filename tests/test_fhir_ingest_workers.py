@@ -197,3 +197,34 @@ def test_a_worker_asks_for_a_units_forgotten_patients_in_one_query(sqlite_cdm, t
     assert [r[6] for r in records] == [MAPPED] * 2000
     assert all(r[7].raised is None for r in records), "every patient was found"
     assert 0 < len(person_queries) <= 2, len(person_queries)  # one per 5,000 ids; one each: 2,000
+
+
+def test_a_rerun_worker_asks_nothing_about_the_references_of_unchanged_resources(sqlite_cdm, tmp_path):
+    # A re-run of loaded files: every resource is judged unchanged by its content hash, so nothing is
+    # mapped, and the worker must not ask the CDM about the patients those resources name (at 92k
+    # that was ~13% of a re-run's worker CPU).  One changed resource in the unit is still prepared.
+    from sqlalchemy import event
+
+    from node.ingest import worker as worker_module
+    from node.ingest.worker import MAPPED, UNCHANGED
+
+    folder = tmp_path / "in"
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(500)])
+    conditions = [condition(f"c{i}", f"p{i}") for i in range(500)]
+    write_ndjson(folder / "Condition.000.ndjson", conditions)
+    ingest_paths(sqlite_cdm, [folder], workers=0)
+    changed = {**conditions[7], "onsetDateTime": "2021-02-03"}
+    block = b"".join(orjson.dumps(c) + b"\n" for c in [*conditions[:7], changed, *conditions[8:]])
+    mapper = worker_module._Worker(str(sqlite_cdm.url), "urn:mrn", 100_000, False)
+    asked = []
+
+    @event.listens_for(mapper.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT person.person_id"):
+            asked.append(len(parameters) if isinstance(parameters, (list, tuple)) else 1)
+
+    records = mapper.unit(("ndjson", str(folder / "Condition.000.ndjson"), "Condition", 1, block))
+    mapper.engine.dispose()
+    assert [r[6] for r in records] == [UNCHANGED] * 7 + [MAPPED] + [UNCHANGED] * 492
+    assert records[7][7].raised is None, "the changed resource's patient was found"
+    assert sum(asked) == 1, asked  # the changed resource's patient only; 500 if every one were expected

@@ -247,17 +247,21 @@ class _Worker:
         keys = [source_key(i.resource["resourceType"], i.resource["id"]) if i.error is None
                 and isinstance(i.resource.get("id"), str) and i.resource["id"] else None for i in items]
         known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
-        expect_references(self.ctx, [i.resource for i in items if i.error is None])
-        return [self.record(item, span, key, known.get(key)) for item, span, key in zip(items, spans, keys)]
+        digests = [None if i.error is not None else content_hash(i.resource) for i in items]
+        # only the resources this unit will map ask about their references (a re-run asks nothing)
+        expect_references(self.ctx, [i.resource for i, key, digest in zip(items, keys, digests)
+                                     if digest is not None and (key is None or known.get(key) != digest)
+                                     and i.resource["resourceType"] not in NO_CDM_TABLE])
+        return [self.record(item, span, key, known.get(key), digest)
+                for item, span, key, digest in zip(items, spans, keys, digests)]
 
-    def record(self, item: Item, span, key: str | None, stored: str | None) -> Record:
+    def record(self, item: Item, span, key: str | None, stored: str | None, digest: str | None) -> Record:
         raw = span if span is not None else (item.raw if item.raw is not None else orjson.dumps(
             item.resource if item.resource is not None else {}))
         if item.error is not None:
             return (item.line, raw, item.type_hint, None, None, None, ERROR, (*item.error, item.type_hint))
         resource = item.resource
         resource_type, resource_id = resource["resourceType"], resource.get("id")
-        digest = content_hash(resource)
         head = (item.line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
         if resource_type in NO_CDM_TABLE:
             return (*head, SKIPPED, None)
