@@ -47,7 +47,10 @@ class IngestSummary:
     def count(self, resource_type: str | None, state: str, reason: str | None = None,
               source_file: str | None = None) -> None:
         resource_type = resource_type if isinstance(resource_type, str) and resource_type else "?"
-        self.by_type.setdefault(resource_type, Counter())[state] += 1
+        counts = self.by_type.get(resource_type)
+        if counts is None:  # not setdefault: a Counter made for every resource costs more than the count
+            counts = self.by_type[resource_type] = Counter()
+        counts[state] += 1
         if state == "quarantined":
             self.quarantined[reason or "?"] += 1
         elif state == "skipped":
