@@ -1,5 +1,6 @@
-"""The loader's SQLite fast paths (node/ingest/load.py) give exactly what SQLAlchemy would bind:
-the generated row converters against each column type's own bind processor, on random values.
+"""The loader's SQLite fast paths (node/ingest/load.py): the generated row converters bind exactly
+what each column type's own bind processor would, on random values; a run writes with a large page
+cache and gives the connection its own back.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ import datetime as dt
 import random
 
 import pytest
-from sqlalchemy import Column, Date, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import Column, Date, DateTime, Integer, MetaData, String, Table, event
 from sqlalchemy.dialects import sqlite
 
-from node.ingest.load import _sqlite_rows
+from node.ingest.engine import ingest_paths
+from node.ingest.load import WRITE_CACHE_KIB, _sqlite_rows
+from tests.test_fhir_ingest_runs import condition, patient, write_ndjson
 
 DIALECT = sqlite.dialect()
 TABLE = Table("fast_binds", MetaData(), Column("id", Integer, primary_key=True), Column("day", Date),
@@ -59,3 +62,25 @@ def test_row_converter_rejects_what_sqlalchemy_rejects():
     _statement, convert = _sqlite_rows(DIALECT, TABLE, COLUMNS, True)
     with pytest.raises(TypeError):
         convert([(1, "2024-01-02", None, None)])
+
+
+def test_a_sqlite_run_writes_with_a_large_page_cache_and_gives_it_back(sqlite_cdm, tmp_path):
+    with sqlite_cdm.connect() as conn:
+        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    assert before != -WRITE_CACHE_KIB
+    folder = tmp_path / "in"
+    write_ndjson(folder / "Patient.000.ndjson", [patient(f"p{i}") for i in range(20)])
+    write_ndjson(folder / "Condition.000.ndjson", [condition(f"c{i}", f"p{i}") for i in range(20)])
+    sizes = []
+
+    @event.listens_for(sqlite_cdm, "before_cursor_execute")
+    def inserting(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO condition_occurrence"):
+            sizes.append(cursor.connection.execute("PRAGMA cache_size").fetchone()[0])
+
+    summary = ingest_paths(sqlite_cdm, [folder], workers=0)
+    event.remove(sqlite_cdm, "before_cursor_execute", inserting)
+    assert summary.total("loaded") == 40
+    assert sizes == [-WRITE_CACHE_KIB]
+    with sqlite_cdm.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before

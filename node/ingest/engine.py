@@ -410,6 +410,7 @@ class IngestRun:
         """Let go of what a run that will not be finished holds (an error, an interrupt); the
         indexes set aside are created again (what was written is kept and should be found fast)."""
         self.restore_indexes()
+        self.writer.close()
         self.lease.close()
         if self._deferred is not None:
             self._deferred.close()

@@ -60,6 +60,12 @@ COPY_MIN_ROWS = 50
 REFERENCE_COLUMNS = {"image_occurrence": "note_event_id"}
 #: Transaction advisory lock of the first claim of an identifier (``fhir|Type?identifier=...``).
 IDENTIFIER_CLAIMS = "fhir ingest: identifier claims"
+#: SQLite page cache of the connection a run writes with, in KiB (SQLite's default is 2 MB): with the
+#: default, every batch re-reads the pages of the indexes it inserts into from the operating system
+#: once the CDM outgrows it (~14% of the loader's time in the kernel at 92k resources; 128 MB cut the
+#: loader's CPU per row by ~20% at 2.5M rows).  Only pages the run touches are held; the run's
+#: end sets it back (:meth:`BatchWriter.close`).
+WRITE_CACHE_KIB = 128 * 1024
 
 
 @lru_cache(maxsize=None)
@@ -336,6 +342,7 @@ class BatchWriter:
         written: Counter = Counter()
         resolved = 0
         with self.engine.begin() as conn:
+            self._enlarge_cache(conn)
             rows = self._dedupe(mapped)
             # select-then-insert where no unique key arbitrates; all locks first, in key order
             xact_lock(conn, *(f"insert: {t}" for t in rows if t in KEY_COLUMNS),
@@ -358,6 +365,26 @@ class BatchWriter:
                            source_line=item.line, resource_type=item.resource_type,
                            resource_id=item.resource_id, payload=item.payload)
         return written, resolved
+
+    #: key of :attr:`PoolProxiedConnection.info` holding a connection's page cache size before the run
+    _CACHE_BEFORE = "radfed ingest: cache_size before"
+
+    def _enlarge_cache(self, conn: Connection) -> None:
+        """Give ``conn`` (SQLite) the page cache :data:`WRITE_CACHE_KIB`, once per connection."""
+        info = conn.connection.info
+        if conn.dialect.name == "sqlite" and self._CACHE_BEFORE not in info:
+            info[self._CACHE_BEFORE] = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+            conn.exec_driver_sql(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
+
+    def close(self) -> None:
+        """Give the connection the run wrote with its page cache size back (a pooled connection that
+        is not the one checked out here keeps the larger cache until the pool closes it)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            before = conn.connection.info.pop(self._CACHE_BEFORE, None)
+            if before is not None:
+                conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
 
     def _rejudge(self, mapped: list[Mapped]) -> list[Mapped]:
         """``mapped`` with the resources another process loaded since they were judged new marked
