@@ -334,7 +334,7 @@ class BatchWriter:
         mapped = batch[0]
         self.rows_written.update(written)
         self.references_resolved += resolved
-        return {r.values["person_id"] for m in mapped for r in m.rows if r.values.get("person_id") is not None}
+        return {person for m in mapped for r in m.rows if (person := r.values.get("person_id")) is not None}
 
     def _write_once(self, mapped: list[Mapped], rejected: list[Rejected]) -> tuple[Counter, int]:
         """One transaction writing the batch: (rows written per table, references filled)."""
@@ -523,14 +523,17 @@ class BatchWriter:
         for item in mapped:
             own: set[tuple[str, int]] = set()
             for row in item.rows:
-                key = row.values[key_column(row.table)]
-                by_key = out.setdefault(row.table, {})
+                table, values = row.table, row.values
+                key = values[key_column(table)]
+                by_key = out.get(table)
+                if by_key is None:
+                    by_key = out[table] = {}
                 earlier = by_key.get(key)
-                if earlier is None or (row.table, key) in own:
-                    by_key[key] = row.values
+                if earlier is None or (table, key) in own:
+                    by_key[key] = values
                 else:
-                    by_key[key] = {**earlier, **fills(earlier, row.values)}
-                own.add((row.table, key))
+                    by_key[key] = {**earlier, **fills(earlier, values)}
+                own.add((table, key))
         return out
 
     def _insert_or_fill(self, conn: Connection, table_name: str, by_key: dict[int, dict]) -> None:
@@ -551,13 +554,16 @@ class BatchWriter:
                 conn.execute(update(table).where(table.c[column] == key).values(**changes))
 
     def _record(self, conn: Connection, mapped: list[Mapped], now: dt.datetime) -> int:
-        records: dict[tuple[str, str, int], str] = {}
+        records: dict[tuple[str, str, int], tuple] = {}  # (key, table, row id) -> its RECORD_COLUMNS
         aliases: dict[tuple[str, str, int], str] = {}
         for item in mapped:
+            key, content_hash = item.key, item.content_hash
             for row in item.rows:
-                records[(item.key, row.table, row.values[key_column(row.table)])] = item.content_hash
+                table = row.table
+                row_id = row.values[key_column(table)]
+                records[(key, table, row_id)] = (key, table, row_id, content_hash, now)
             for alias_key, table_name, row_id in item.aliases:
-                aliases.setdefault((alias_key, table_name, row_id), item.content_hash)
+                aliases.setdefault((alias_key, table_name, row_id), content_hash)
         if aliases:
             # First resource to claim an identifier keeps it (an identifier should name one resource).
             taken: set[str] = set()
@@ -569,10 +575,9 @@ class BatchWriter:
             for (alias_key, table_name, row_id), content_hash in aliases.items():
                 if alias_key not in taken and alias_key not in claimed:
                     claimed.add(alias_key)
-                    records[(alias_key, table_name, row_id)] = content_hash
+                    records[(alias_key, table_name, row_id)] = (alias_key, table_name, row_id, content_hash, now)
         if records:
-            bulk_insert(conn, SOURCE_RECORD, [(k, t, i, h, now) for (k, t, i), h in records.items()],
-                        RECORD_COLUMNS)
+            bulk_insert(conn, SOURCE_RECORD, list(records.values()), RECORD_COLUMNS)
         return len(records)
 
 
