@@ -1,6 +1,7 @@
 """The loader's SQLite fast paths (node/ingest/load.py): the generated row converters bind exactly
-what each column type's own bind processor would, on random values; a run writes with a large page
-cache and gives the connection its own back.
+what each column type's own bind processor would, on random values; the probe of the rows a table
+holds already finds exactly those (62-bit ids); a run writes with a large page cache and gives the
+connection its own back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from sqlalchemy import Column, Date, DateTime, Integer, MetaData, String, Table,
 from sqlalchemy.dialects import sqlite
 
 from node.ingest.engine import ingest_paths
-from node.ingest.load import WRITE_CACHE_KIB, _sqlite_rows
+from cdm.schema import tables
+from node.ingest.load import WRITE_CACHE_KIB, _chunks, _present, _sqlite_rows
 from tests.test_fhir_ingest_runs import condition, patient, write_ndjson
 
 DIALECT = sqlite.dialect()
@@ -84,3 +86,16 @@ def test_a_sqlite_run_writes_with_a_large_page_cache_and_gives_it_back(sqlite_cd
     assert sizes == [-WRITE_CACHE_KIB]
     with sqlite_cdm.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before
+
+
+def test_the_probe_of_present_rows_finds_exactly_those(sqlite_cdm):
+    rng = random.Random(62)
+    ids = rng.sample(range(1, 1 << 62), 5_000) + [1, (1 << 62) - 1]
+    stored = set(rng.sample(ids, 2_000)) | {(1 << 62) - 1}
+    location = tables["location"]
+    with sqlite_cdm.begin() as conn:
+        conn.execute(location.insert(), [{"location_id": i} for i in sorted(stored)])
+        probe = _present("location", conn.dialect.name)
+        found = [k for chunk in _chunks(ids) for k in conn.execute(probe, {"keys": chunk}).scalars()]
+        assert conn.execute(probe, {"keys": []}).scalars().all() == []
+    assert sorted(found) == sorted(stored)

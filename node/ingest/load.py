@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sqlalchemy import (
-    Connection, Engine, Select, String, Table, and_, any_, bindparam, delete, insert, select, update,
+    Connection, Engine, Select, String, Table, and_, any_, bindparam, delete, func, insert, select, update,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.sqlite import DATE as SQLITE_DATE, DATETIME as SQLITE_DATETIME
+from sqlalchemy.dialects.sqlite import DATE as SQLITE_DATE, DATETIME as SQLITE_DATETIME, JSON as SQLITE_JSON
 
 from cdm.ids import stable_id
 from cdm.locks import retry_conflicts, xact_lock
@@ -540,7 +540,7 @@ class BatchWriter:
         table, column = tables[table_name], key_column(table_name)
         present: set[int] = set()
         keys = sorted(by_key)  # key order: two batches lock the rows they share in the same order
-        probe = _present(table_name)
+        probe = _present(table_name, conn.dialect.name)
         for chunk in _chunks(keys):
             present.update(conn.execute(probe, {"keys": chunk}).scalars())
         new = [by_key[key] for key in keys if key not in present]
@@ -582,10 +582,15 @@ class BatchWriter:
 
 
 @lru_cache(maxsize=None)
-def _present(table_name: str) -> Select:
-    """Which of the ``keys`` rows ``table_name`` holds.  One expanding parameter: SQLAlchemy then
-    compiles the statement once per list length instead of coercing every key of every batch."""
+def _present(table_name: str, dialect: str) -> Select:
+    """Which of the ``keys`` rows ``table_name`` holds.  On SQLite the keys travel as one JSON array
+    (``IN (SELECT value FROM json_each(:keys))``): an expanding parameter renders a placeholder per
+    key at every execution (~3% of the loader's instructions).  Elsewhere one expanding parameter:
+    SQLAlchemy compiles the statement once per list length instead of coercing every key of every batch."""
     table, column = tables[table_name], key_column(table_name)
+    if dialect == "sqlite":
+        keys = func.json_each(bindparam("keys", type_=SQLITE_JSON)).table_valued("value")
+        return select(table.c[column]).where(table.c[column].in_(select(keys.c.value)))
     return select(table.c[column]).where(table.c[column].in_(bindparam("keys", expanding=True)))
 
 
