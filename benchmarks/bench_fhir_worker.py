@@ -4,7 +4,7 @@ In a real run the worker and the loader share the cores, so neither's figure is 
 benchmark cuts a folder into the units the pool would hand out (``ndjson_blocks`` of ``BLOCK``
 bytes, one unit per Bundle file, in load order), opens a fresh SQLite CDM, starts a worker in this
 process (``worker.start``) and calls ``Worker.unit`` on every unit, then pickles its records as
-``map_unit`` does (the file I/O of the hand-over is left out).  Nothing is written to the CDM: the
+``map_unit`` does (``worker.ship``) (the file I/O of the hand-over is left out).  Nothing is written to the CDM: the
 worker answers references from what it mapped itself, as it does for the units of one file in a
 real run.  It prints the CPU per resource of the units and of the pickling; with ``--profile``
 cProfile's top entries; with ``--dump`` it writes every unit's records (pickled) to a file, to
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import os
 import pickle
 import pstats
@@ -66,7 +67,9 @@ def run(folder: str, unit_bytes: int, profile: bool, dump: str | None) -> None:
             started = time.process_time()
             records = worker._worker.unit(task)
             mapped = time.process_time()
-            shipped = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+            out = io.BytesIO()
+            worker.ship(records, out)  # as map_unit, into memory
+            shipped = out.getvalue()
             unit_cpu += mapped - started
             pickle_cpu += time.process_time() - mapped
             resources += len(records)

@@ -228,3 +228,29 @@ def test_a_rerun_worker_asks_nothing_about_the_references_of_unchanged_resources
     assert [r[6] for r in records] == [UNCHANGED] * 7 + [MAPPED] + [UNCHANGED] * 492
     assert records[7][7].raised is None, "the changed resource's patient was found"
     assert sum(asked) == 1, asked  # the changed resource's patient only; 500 if every one were expected
+
+
+def test_a_workers_records_ship_as_plain_pickle_gives_them(sqlite_cdm, tmp_path):
+    # worker.ship pickles the named tuples its own way: the bytes must be pickle.dump's, and they
+    # must hold what a resource provides (Provided), its questions and its rows.
+    import io
+    import pickle
+
+    from node.ingest import worker as worker_module
+    from node.ingest.worker import MAPPED, Premapped
+
+    block = b"".join(orjson.dumps(r) + b"\n" for r in [patient("p1"), patient("p2")])
+    block += b"{not json\n"
+    mapper = worker_module._Worker(str(sqlite_cdm.url), "urn:mrn", 100_000, False)
+    records = mapper.unit(("ndjson", str(tmp_path / "Patient.000.ndjson"), "Patient", 1, block))
+    records += mapper.unit(("ndjson", str(tmp_path / "Condition.000.ndjson"), "Condition", 1,
+                            orjson.dumps(condition("c1", "p1")) + b"\n"))
+    mapper.engine.dispose()
+    assert [r[6] for r in records] == [MAPPED, MAPPED, worker_module.ERROR, MAPPED]
+    assert all(r[7].facts is not None for r in records if r[6] == MAPPED)
+    shipped = io.BytesIO()
+    worker_module.ship(records, shipped)
+    assert shipped.getvalue() == pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(shipped.getvalue())
+    assert back == records and type(back[0][7]) is Premapped and type(back[0][7].facts) is type(records[0][7].facts)
+
