@@ -254,3 +254,25 @@ def test_a_workers_records_ship_as_plain_pickle_gives_them(sqlite_cdm, tmp_path)
     back = pickle.loads(shipped.getvalue())
     assert back == records and type(back[0][7]) is Premapped and type(back[0][7].facts) is type(records[0][7].facts)
 
+
+def test_a_workers_lines_are_what_the_reader_makes_of_them():
+    # worker.ndjson_entries parses a block without the reader's Item for each line: every line must
+    # still be what reader.ndjson_item says (a resource, an error, nothing for a blank line).
+    from node.ingest.reader import ndjson_item
+    from node.ingest.worker import ndjson_entries
+
+    lines = [orjson.dumps(patient("p1")), b"", b"   \t", b"{not json", b"[1, 2]", b'{"id": "x"}',
+             b'{"resourceType": 5}', b"null", b'"Patient"', b' {"resourceType": "Patient", "id": "p2"} ',
+             b'{"resourceType": "Patient", "id": "p3"}']  # the last without its newline
+    block = b"\n".join(lines)
+    entries = ndjson_entries("Patient.000.ndjson", "Patient", 7, block)
+    expected = [(number, item) for number, line in enumerate(lines, 7)
+                if (item := ndjson_item("Patient.000.ndjson", number, line + b"\n", "Patient")) is not None]
+    assert [e[0] for e in entries] == [number for number, _ in expected]
+    for (number, (start, end), resource, item), (_, reader_item) in zip(entries, expected):
+        assert block[start:end].rstrip(b"\n") == lines[number - 7]
+        if reader_item.error is None:
+            assert item is None and resource == reader_item.resource
+        else:
+            assert resource is None and (item.error, item.type_hint) == (reader_item.error, reader_item.type_hint)
+    assert sum(e[2] is not None for e in entries) == 3 and len(entries) == 9

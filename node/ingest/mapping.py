@@ -25,9 +25,14 @@ IDENTIFIED_TABLE = {"Organization": "care_site", "Location": "location", "Practi
 MAPPING_ERROR = "MAPPING_ERROR"
 
 
+_BLAKE2B_32 = hashlib.blake2b(digest_size=32)  # copied for each resource: cheaper than a new hash with its parameters
+
+
 def content_hash(resource: dict) -> str:
     """Hash of a resource's canonical JSON: whitespace and key order do not make it "changed"."""
-    return hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=32).hexdigest()
+    hashed = _BLAKE2B_32.copy()
+    hashed.update(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
+    return hashed.hexdigest()
 
 
 def failure_reason(resource_type: str, exc: Exception) -> str:

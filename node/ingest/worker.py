@@ -221,6 +221,30 @@ def expect_references(ctx: RunContext, resources: list[dict]) -> None:
 # -- the worker process ----------------------------------------------------------------------------
 
 
+def ndjson_entries(path: str, type_hint: str | None, first: int, block: bytes) -> list[tuple]:
+    """``(line number, (start, end) in the block, resource, None)`` of each line of an NDJSON block,
+    ``(line number, (start, end), None, Item)`` of a line that is not a resource (:func:`ndjson_item`'s
+    verdict; blank lines give nothing).  A line that parses to a resource makes no :class:`Item`:
+    nearly every line does, and the record needs only its number, place and resource."""
+    entries = []
+    loads, size = orjson.loads, len(block)
+    start, number = 0, first
+    while start < size:
+        end = block.find(b"\n", start) + 1 or size
+        try:
+            resource = loads(block[start:end])
+        except orjson.JSONDecodeError:
+            resource = None
+        if resource.__class__ is dict and resource.get("resourceType").__class__ is str:
+            entries.append((number, (start, end), resource, None))
+        else:  # blank, not JSON or not a resource: as the reader says
+            item = ndjson_item(path, number, block[start:end], type_hint)
+            if item is not None:
+                entries.append((number, (start, end), None, item))
+        start, number = end, number + 1
+    return entries
+
+
 class _Worker:
     """The state of one worker process: its engine and context, for every unit it maps."""
 
@@ -232,38 +256,27 @@ class _Worker:
     def unit(self, task: tuple) -> list[Record]:
         kind, path, type_hint, first, block = task
         if kind == "ndjson":
-            items, spans = [], []
-            start = 0
-            number = first
-            while start < len(block):
-                end = block.find(b"\n", start) + 1 or len(block)
-                item = ndjson_item(path, number, block[start:end], type_hint)
-                if item is not None:
-                    items.append(item)
-                    spans.append((start, end))
-                start, number = end, number + 1
+            entries = ndjson_entries(path, type_hint, first, block)
         else:
-            items = list(read_bundle(InputFile(Path(path), "bundle")))
-            spans = [None] * len(items)
-        keys = [source_key(i.resource["resourceType"], i.resource["id"]) if i.error is None
-                and isinstance(i.resource.get("id"), str) and i.resource["id"] else None for i in items]
+            entries = [(i.line, i.raw if i.raw is not None else orjson.dumps(i.resource if i.resource is not None else {}),
+                        i.resource if i.error is None else None, i) for i in read_bundle(InputFile(Path(path), "bundle"))]
+        keys = [source_key(r["resourceType"], r["id"]) if r is not None and isinstance(r.get("id"), str) and r["id"]
+                else None for _, _, r, _ in entries]
         known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
-        digests = [None if i.error is not None else content_hash(i.resource) for i in items]
+        digests = [None if r is None else content_hash(r) for _, _, r, _ in entries]
         # only the resources this unit will map ask about their references (a re-run asks nothing)
-        expect_references(self.ctx, [i.resource for i, key, digest in zip(items, keys, digests)
+        expect_references(self.ctx, [r for (_, _, r, _), key, digest in zip(entries, keys, digests)
                                      if digest is not None and (key is None or known.get(key) != digest)
-                                     and i.resource["resourceType"] not in NO_CDM_TABLE])
-        return [self.record(item, span, key, known.get(key), digest)
-                for item, span, key, digest in zip(items, spans, keys, digests)]
+                                     and r["resourceType"] not in NO_CDM_TABLE])
+        return [self.record(*entry, key, known.get(key), digest) for entry, key, digest in zip(entries, keys, digests)]
 
-    def record(self, item: Item, span, key: str | None, stored: str | None, digest: str | None) -> Record:
-        raw = span if span is not None else (item.raw if item.raw is not None else orjson.dumps(
-            item.resource if item.resource is not None else {}))
-        if item.error is not None:
-            return (item.line, raw, item.type_hint, None, None, None, ERROR, (*item.error, item.type_hint))
-        resource = item.resource
+    def record(self, line: int, raw, resource: dict | None, item: Item | None, key: str | None, stored: str | None,
+               digest: str | None) -> Record:
+        """``resource`` ``None``: ``item`` says why the line or entry is not one."""
+        if resource is None:
+            return (line, raw, item.type_hint, None, None, None, ERROR, (*item.error, item.type_hint))
         resource_type, resource_id = resource["resourceType"], resource.get("id")
-        head = (item.line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
+        head = (line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
         if resource_type in NO_CDM_TABLE:
             return (*head, SKIPPED, None)
         if key is not None and stored == digest:
