@@ -105,15 +105,19 @@ def row_problem(row: Row) -> str | None:
         return str(exc)
     if not known.issuperset(row.values):
         return f"mapper produced unknown {row.table} column(s) {sorted(set(row.values) - known)}"
-    missing = [c for c in required if row.values.get(c) is None]
-    if missing:
+    if None in map(row.values.get, required):  # the values are plain: None is the only one equal to None
+        missing = [c for c in required if row.values.get(c) is None]
         return f"{row.table} row lacks required column(s) {missing}"
     return None
 
 
 def rows_problem(rows: list[Row]) -> str | None:
     """The first :func:`row_problem` of a resource's rows (the loader's and a worker's check)."""
-    return next((p for p in map(row_problem, rows) if p), None)
+    for row in rows:
+        found = row_problem(row)
+        if found:
+            return found
+    return None
 
 
 @dataclass

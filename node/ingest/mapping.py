@@ -73,8 +73,10 @@ def provided(ctx: RunContext, key: str, resource_type: str, resource_id: str,
     if resource_type in IDENTIFIED_TYPES:
         aliases = [(identifier_key(resource_type, system, value), IDENTIFIED_TABLE[resource_type], main_id)
                    for system, value in identifiers]
-    main = next((r for r in rows if r.values.get(key_column(r.table)) == main_id), None)
-    if main is None:
+    for main in rows:
+        if main.values.get(key_column(main.table)) == main_id:
+            break
+    else:
         main = min((r for r in rows if r.table == rows[0].table), key=lambda r: r.values[key_column(r.table)])
     own = main.values[key_column(main.table)]
     provides = [(key, main.table, own)]

@@ -207,11 +207,15 @@ def expect_references(ctx: RunContext, resources: list[dict]) -> None:
     otherwise cost a query of its own; in a run the caches cover, none is missing and nothing is
     asked.  Only a hint: what the mappers ask, and answer, is unchanged."""
     expected: dict[str, set[int]] = {}
+    seen: set[tuple[str, str]] = set()  # a unit names the same Patient and Encounter again and again
     for resource in resources:
         for element, target_type, table in COMMON_REFERENCES:
             value = resource.get(element)
             reference = value.get("reference") if type(value) is dict else None
-            if type(reference) is str and reference.startswith(target_type) and reference[len(target_type):][:1] == "/":
+            if type(reference) is not str or (target_type, reference) in seen:
+                continue
+            seen.add((target_type, reference))
+            if reference.startswith(target_type) and reference[len(target_type):][:1] == "/":
                 target_id = reference[len(target_type) + 1:]
                 if target_id and "/" not in target_id and not ctx.holds(target_type, target_id):
                     expected.setdefault(table, set()).add(ctx.row_id(target_type, target_id))
