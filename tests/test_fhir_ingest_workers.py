@@ -276,3 +276,37 @@ def test_a_workers_lines_are_what_the_reader_makes_of_them():
         else:
             assert resource is None and (item.error, item.type_hint) == (reader_item.error, reader_item.type_hint)
     assert sum(e[2] is not None for e in entries) == 3 and len(entries) == 9
+
+
+def test_a_workers_remembered_concepts_ask_and_answer_what_the_run_context_does(sqlite_cdm, tmp_path, monkeypatch):
+    # RecordingContext.concept answers a CodeableConcept met before from memory: the records (rows,
+    # questions and answers, unmapped counts) must be those of RunContext.concept asked every time,
+    # also when a code becomes known meanwhile (the site-local concept the first mapping creates) and
+    # for a code that is a second coding first, then a first one.
+    from node.ingest import worker as worker_module
+    from node.ingest.context import RunContext
+
+    snomed, icdo = "http://snomed.info/sct", "http://terminology.hl7.org/CodeSystem/icd-o-3"
+    codeables = [
+        {"coding": [{"system": snomed, "code": "254637007", "display": "lung cancer"}]},
+        {"coding": [{"system": icdo, "code": "8140/3"}, {"system": snomed, "code": "Z1"}], "text": "adeno"},
+        {"coding": [{"system": snomed, "code": "Z1"}]},
+        {"coding": [{"system": icdo, "code": "8140/3"}]},
+    ]
+    resources = [patient("p1")] + [{**condition(f"c{i}", "p1"), "code": codeables[i % 7 % 4]} for i in range(24)]
+    block = b"".join(orjson.dumps(r) + b"\n" for r in resources)
+
+    def records():
+        mapper = worker_module._Worker(str(sqlite_cdm.url), "urn:mrn", 100_000, False)
+        try:
+            return mapper.unit(("ndjson", str(tmp_path / "Condition.000.ndjson"), "Condition", 1, block))
+        finally:
+            mapper.engine.dispose()
+
+    remembered = records()
+    monkeypatch.setattr(worker_module.RecordingContext, "concept", RunContext.concept)
+    asked_each_time = records()
+    assert remembered == asked_each_time
+    calls = [q for r in remembered[1:] for q in r[7].calls if q[0] == worker_module.LOOKUP]
+    assert any(q[-1] is None for q in calls) and any(q[-1] is not None for q in calls)  # both kinds met
+    assert sum(r[7].unmapped for r in remembered[1:]) > 0

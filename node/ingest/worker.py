@@ -126,6 +126,33 @@ class RecordingContext(RunContext):
         super().__init__(engine, mrn_system, cache_size)
         self.vocabulary = RecordingVocabulary(engine)
         self.failed = False  # a question failed other than by Unmappable (a database error)
+        # (domain hint, the CodeableConcept's JSON) -> (concept, the questions it asked, unmapped codings)
+        self._concepts: dict[tuple[str | None, bytes], tuple[ConceptMatch, list[tuple], int]] = {}
+
+    def concept(self, codeable: dict | None, domain_hint: str | None = None) -> ConceptMatch:
+        """:meth:`RunContext.concept`, remembered: its answer and questions depend on the CodeableConcept
+        and the vocabulary's answers alone.  This vocabulary changes an answer only from "unknown" to the
+        site-local concept it creates (:class:`RecordingVocabulary`), so a CodeableConcept is remembered
+        once every look-up it made found a concept: asked again, it would ask and get the same.  Most
+        CodeableConcepts of an export repeat."""
+        try:
+            key = (domain_hint, orjson.dumps(codeable))
+        except TypeError:  # not JSON (orjson.JSONEncodeError): not remembered
+            return RunContext.concept(self, codeable, domain_hint)
+        log = self.vocabulary.log
+        known = self._concepts.get(key)
+        if known is not None:
+            log.extend(known[1])
+            self.unmapped_codings += known[2]
+            return known[0]
+        asked, unmapped = len(log), self.unmapped_codings
+        found = RunContext.concept(self, codeable, domain_hint)
+        questions = log[asked:]
+        if all(q[-1] is not None for q in questions):  # else an answer may change: asked again next time
+            if len(self._concepts) >= CONCEPTS_KEPT:  # bounded: a site sending ever new texts stays flat
+                self._concepts.clear()
+            self._concepts[key] = (found, questions, self.unmapped_codings - unmapped)
+        return found
 
     def person_id(self, reference: str | None) -> int:
         try:
@@ -150,6 +177,10 @@ class RecordingContext(RunContext):
             raise
         self.vocabulary.log.append((REFERENCE, reference, cdm_table, found))
         return found
+
+
+#: CodeableConcepts a worker remembers the answer of (then it forgets them all and starts again).
+CONCEPTS_KEPT = 50_000
 
 
 def replay(ctx: RunContext, calls: list[tuple], asked: set | None = None) -> bool:
