@@ -310,3 +310,26 @@ def test_a_workers_remembered_concepts_ask_and_answer_what_the_run_context_does(
     calls = [q for r in remembered[1:] for q in r[7].calls if q[0] == worker_module.LOOKUP]
     assert any(q[-1] is None for q in calls) and any(q[-1] is not None for q in calls)  # both kinds met
     assert sum(r[7].unmapped for r in remembered[1:]) > 0
+
+
+def test_the_stored_hashes_of_a_units_keys_are_found_exactly_on_sqlite(sqlite_cdm, tmp_path):
+    # existing_hashes sends SQLite the keys as one JSON array (json_each): what it finds must be
+    # exactly the stored keys among those asked (odd characters included), by the source_key index.
+    import datetime as dt
+
+    from node.ingest.load import SOURCE_RECORD, existing_hashes, hash_lookup
+
+    odd = ['fhir|Patient|quote"d', "fhir|Patient|back\\slash", "fhir|Patient|ünï", "fhir|Patient|comma,[x]"]
+    with sqlite_cdm.begin() as conn:
+        conn.execute(SOURCE_RECORD.insert(), [
+            {"source_key": key, "cdm_table": "person", "cdm_id": i + 1, "content_hash": f"h{i}",
+             "loaded_at": dt.datetime(2026, 1, 1)}
+            for i, key in enumerate(odd + [f"fhir|Patient|p{i}" for i in range(2500)])])
+    asked = odd[:3] + [f"fhir|Patient|p{i}" for i in range(0, 5000, 2)] + ["fhir|Patient|ünï ", "fhir|Patient|P0"]
+    found = existing_hashes(sqlite_cdm, asked)
+    assert found == {**{key: f"h{i}" for i, key in enumerate(odd[:3])},
+                     **{f"fhir|Patient|p{i}": f"h{i + 4}" for i in range(0, 2500, 2)}}
+    query = hash_lookup("sqlite", ["a"]).compile(sqlite_cdm)
+    with sqlite_cdm.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(query), ('["a"]',)).all()
+    assert any("USING INDEX" in step[-1] and "source_key=?" in step[-1] for step in plan), plan
