@@ -279,11 +279,9 @@ def hash_lookup(dialect: str, keys: list[str]) -> Select:
     column = SOURCE_RECORD.c.source_key
     if dialect == "postgresql":
         where = column == any_(bindparam("keys", keys, type_=postgresql.ARRAY(String)))
-    elif dialect == "sqlite":
-        values = func.json_each(bindparam("keys", keys, type_=SQLITE_JSON)).table_valued("value")
-        where = column.in_(select(values.c.value))
     else:
-        where = column.in_(bindparam("keys", keys, expanding=True))
+        where = _among(column, dialect, bindparam("keys", keys, type_=SQLITE_JSON) if dialect == "sqlite"
+                       else bindparam("keys", keys, expanding=True))
     return select(column, SOURCE_RECORD.c.content_hash).where(where)
 
 
@@ -598,10 +596,17 @@ def _present(table_name: str, dialect: str) -> Select:
     key at every execution (~3% of the loader's instructions).  Elsewhere one expanding parameter:
     SQLAlchemy compiles the statement once per list length instead of coercing every key of every batch."""
     table, column = tables[table_name], key_column(table_name)
+    keys = bindparam("keys", type_=SQLITE_JSON) if dialect == "sqlite" else bindparam("keys", expanding=True)
+    return select(table.c[column]).where(_among(table.c[column], dialect, keys))
+
+
+def _among(column, dialect: str, keys):
+    """``column IN keys``: on SQLite ``keys`` is one JSON array parameter read with ``json_each`` (an
+    expanding parameter renders a placeholder per key at every execution); elsewhere the expanding
+    parameter itself.  Shared by :func:`hash_lookup` and :func:`_present`."""
     if dialect == "sqlite":
-        keys = func.json_each(bindparam("keys", type_=SQLITE_JSON)).table_valued("value")
-        return select(table.c[column]).where(table.c[column].in_(select(keys.c.value)))
-    return select(table.c[column]).where(table.c[column].in_(bindparam("keys", expanding=True)))
+        return column.in_(select(func.json_each(keys).table_valued("value").c.value))
+    return column.in_(keys)
 
 
 def fills(existing, new: dict) -> dict:
