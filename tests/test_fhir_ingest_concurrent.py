@@ -345,3 +345,71 @@ def test_the_same_files_given_to_two_processes_at_once_are_loaded_once(tmp_path,
     finally:
         one_engine.dispose()
         two_engine.dispose()
+
+
+def test_a_session_lock_wait_names_the_holders_and_gives_up_at_its_timeout(new_database):
+    """``cdm.locks.hold`` with ``waiting`` tells who holds the lock (their pid and application name,
+    read from ``pg_locks``), gives up after ``timeout`` seconds without the lock, and takes it as
+    soon as it is free."""
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SET application_name = 'another loading run'")
+        other.execute("SELECT pg_advisory_lock_shared(%s)", (lock_key(LOADING),))
+        engine = open_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                told = []
+                started = time.monotonic()
+                assert not hold(conn, LOADING, waiting=lambda holders, waited: told.append((holders, waited)), timeout=1.5)
+                assert 1.4 < time.monotonic() - started < 10
+                assert told and [(h.pid, h.application) for h in told[0][0]] == [(other.info.backend_pid, "another loading run")]
+                assert waiting_on_loading_lock(other) == 0  # not left in the queue
+                other.execute("SELECT pg_advisory_unlock_shared(%s)", (lock_key(LOADING),))
+                assert hold(conn, LOADING, waiting=lambda holders, waited: told.append(holders), timeout=5)
+                assert other.execute("SELECT pg_try_advisory_lock_shared(%s)", (lock_key(LOADING),)).fetchone()[0] is False
+                release(conn, LOADING)
+                assert conn.execute(select(func.current_setting("lock_timeout"))).scalar_one() == "0"
+        finally:
+            engine.dispose()
+
+
+def test_a_run_waiting_for_another_says_which_and_stops_waiting_at_its_timeout(shared_dir, tmp_path, new_database):
+    """A run whose Conditions wait for their patients, while another run (here a session holding the
+    loaders' lock and never letting go) is loading: with ``--wait-timeout`` it names that run on
+    stderr, stops waiting, quarantines the Conditions as UNKNOWN_PATIENT and exits 3, all while the
+    other still holds on; nothing is lost: once the Patients are loaded the same command loads them.
+    Without a timeout it waits and finishes as soon as the other run has loaded."""
+    source = shared_dir / "fhir" / "synthea-bulk-10"
+    conditions, patients = cut(source, tmp_path / "c", "Condition"), cut(source, tmp_path / "p", "Patient")
+    expected = sum(1 for line in (conditions / "Condition.000.ndjson").read_bytes().splitlines() if line.strip())
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SET application_name = 'the other run'")
+        other.execute("SELECT pg_advisory_lock_shared(%s)", (lock_key(LOADING),))
+        process = subprocess.Popen([str(BIN / "radfed-node"), "--db", url, "ingest", "fhir", "--json", "--no-progress",
+                                    "--wait-timeout", "2", str(conditions)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == EXIT_PARTIAL, err.decode()
+        summary = json.loads(out)
+        assert f"the other run (PostgreSQL pid {other.info.backend_pid}" in err.decode()
+        assert summary["gave_up_waiting_for"] == ["runs loading this CDM"]
+        assert summary["quarantined_by_reason"] == {"UNKNOWN_PATIENT": expected} and summary["loaded"] == 0
+        # without a timeout it waits for the other run, and goes on once that one has loaded
+        waiter = start_ingest(url, conditions)
+        wait_until(other, None, None, waiter)
+        time.sleep(1)
+        assert waiter.poll() is None, "it waits"
+        released = time.monotonic()
+        other.execute("SELECT pg_advisory_unlock_shared(%s)", (lock_key(LOADING),))
+        code, again = outcome(waiter)
+        assert time.monotonic() - released < 60 and again["gave_up_waiting_for"] == []
+        assert again["quarantined_by_reason"] == {"UNKNOWN_PATIENT": expected}  # no patient anywhere yet
+    assert outcome(start_ingest(url, patients))[0] == EXIT_OK
+    code, last = outcome(start_ingest(url, conditions))
+    assert last["loaded"] == expected and last["quarantined"] == 0
+    engine = open_engine(url)
+    try:
+        assert quarantined_files(engine) == set()
+    finally:
+        engine.dispose()

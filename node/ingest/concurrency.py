@@ -24,16 +24,27 @@ A run that dies (an error, a kill, a lost connection) frees its locks with its c
 waits for it.  A run starting while another waits for the loaders starts once that wait is over
 (PostgreSQL queues the shared request behind the waiting exclusive one).  On SQLite a lease is
 inert: one run at a time is what SQLite supports.
+
+A wait for other runs is not silent: every :data:`~cdm.locks.REPORT_EVERY` seconds the run is told
+which runs it waits for (each run's lease connection names its host and process in
+``application_name``, :func:`run_name`).  With a ``timeout`` a run stops waiting for the *loading*
+and *running* runs after that many seconds and finishes with what the CDM holds then: resources
+still without their patient are quarantined as ``UNKNOWN_PATIENT`` and references stay pending, as
+if the other runs' files had not been given (the exit status says so; running the same command
+once they have ended loads the rest).  The wait for a *finishing* run is never given up: finishing
+is short, and two runs must not recompute one person's observation periods at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
-from cdm.locks import hold, release
+from cdm.locks import Holder, hold, release
 
 #: Held shared by every run while it loads (see the module's docstring).
 LOADING = "fhir ingest: loading"
@@ -43,38 +54,62 @@ FINISHING = "fhir ingest: finishing"
 RUNNING = "fhir ingest: running"
 
 
-class RunLease:
-    """One ingest run's place among the runs loading the same CDM."""
+#: What a waiting run is told: (what it waits for, the sessions holding it, seconds waited so far).
+Notice = Callable[[str, list[Holder], float], None]
 
-    def __init__(self, engine: Engine):
+
+def run_name() -> str:
+    """How a run names itself to the others (``application_name``, at most 63 bytes)."""
+    return f"radfed ingest fhir on {socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+class RunLease:
+    """One ingest run's place among the runs loading the same CDM.
+
+    ``waiting``: told while the run waits for others (see the module's docstring); ``timeout``:
+    seconds after which it stops waiting for loading and running runs (``None``: never).
+    """
+
+    def __init__(self, engine: Engine, waiting: Notice | None = None, timeout: float | None = None):
         self._conn = None
+        self._waiting, self._timeout = waiting, timeout
+        #: what this run stopped waiting for after ``timeout`` seconds (the loaders, the runners)
+        self.gave_up: list[str] = []
         if engine.dialect.name == "postgresql":
             # Session locks outlive transactions; in autocommit the connection never sits idle inside
             # one while the run loads (which would hold back VACUUM for hours).
             self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conn.execute(select(func.set_config("application_name", run_name(), False)))
             hold(self._conn, RUNNING, shared=True)
             hold(self._conn, LOADING, shared=True)
         self._loading = self._running = self._conn is not None
 
+    def _wait_for(self, name: str, what: str, timeout: float | None) -> None:
+        """Take ``name`` exclusively and give it back at once: every run holding it now is past it."""
+        notice = None if self._waiting is None else (lambda holders, waited: self._waiting(what, holders, waited))
+        if hold(self._conn, name, waiting=notice, timeout=timeout):
+            release(self._conn, name)
+        else:
+            self.gave_up.append(what)
+
     def loaded(self, wait: bool) -> None:
         """This run has written all its batches; with ``wait``, return only once every run loading
-        now has too."""
+        now has too (or ``timeout`` seconds have passed)."""
         if self._conn is None or not self._loading:
             return
         release(self._conn, LOADING, shared=True)
         self._loading = False
         if wait:
-            hold(self._conn, LOADING)
-            release(self._conn, LOADING)
+            self._wait_for(LOADING, "runs loading this CDM", self._timeout)
 
     def settle(self) -> None:
-        """Return once every run running now (this one aside) has ended."""
+        """Return once every run running now (this one aside) has ended (or ``timeout`` seconds have
+        passed)."""
         if self._conn is None or not self._running:
             return
         release(self._conn, RUNNING, shared=True)
         self._running = False
-        hold(self._conn, RUNNING)
-        release(self._conn, RUNNING)
+        self._wait_for(RUNNING, "runs still running on this CDM", self._timeout)
 
     @contextmanager
     def finishing(self) -> Iterator[None]:
@@ -82,7 +117,9 @@ class RunLease:
         if self._conn is None:
             yield
             return
-        hold(self._conn, FINISHING)
+        notice = None if self._waiting is None else (
+            lambda holders, waited: self._waiting("a run finishing on this CDM", holders, waited))
+        hold(self._conn, FINISHING, waiting=notice)
         try:
             yield
         finally:

@@ -42,7 +42,7 @@ from cdm.db import refresh_statistics
 from cdm.locks import retry_conflicts
 from node.fhir_profile import DEFAULT_MRN_SYSTEM
 from node.ingest import deferred_indexes, periods
-from node.ingest.concurrency import RunLease
+from node.ingest.concurrency import Notice, RunLease
 from node.ingest.context import UNKNOWN_PATIENT, RunContext, source_key
 from node.ingest.contract import Row, Unmappable
 from node.ingest.load import BatchWriter, Mapped, Rejected, existing_hashes, pending_references, rows_problem
@@ -129,17 +129,19 @@ class IngestRun:
     Either way resources are judged, mapped (or their worker's mapping checked) and written in input
     order, in batches that end at the same resources, so ids, references, quarantine and counts do not
     depend on ``workers``.  ``force`` re-maps resources whose content is unchanged (after a vocabulary
-    load).
+    load).  ``waiting`` and ``wait_timeout``: see :class:`~node.ingest.concurrency.RunLease`.
     """
 
     def __init__(self, engine: Engine, mrn_system: str = DEFAULT_MRN_SYSTEM, batch_size: int = BATCH,
-                 force: bool = False, cache_size: int = CACHE_SIZE):
+                 force: bool = False, cache_size: int = CACHE_SIZE, waiting: Notice | None = None,
+                 wait_timeout: float | None = None):
         self.engine = engine
         # A generation must outlast the two batches in flight, whose rows are not in the CDM yet.
         self.cache_size = max(cache_size, 3 * batch_size)
         self.ctx = RunContext(engine, mrn_system, self.cache_size)
         self.writer = BatchWriter(engine)
-        self.lease = RunLease(engine)  # among the runs loading this CDM now
+        self.lease = RunLease(engine, waiting, wait_timeout)  # among the runs loading this CDM now
+        self.wait_timeout = wait_timeout
         self.batch_size = batch_size
         self.force = force
         self.summary = IngestSummary()
@@ -459,6 +461,8 @@ class IngestRun:
             open_references = self.writer.open_references()
         self.summary.references_resolved = self.writer.references_resolved
         self.summary.unresolved_references = open_references
+        if self.lease.gave_up:
+            self.summary.gave_up_waiting = (self.wait_timeout, self.lease.gave_up)
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 
@@ -476,7 +480,8 @@ def auto_workers(total_bytes: int) -> int:
 def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str = DEFAULT_MRN_SYSTEM,
                  batch_size: int = BATCH, progress: Callable[[int, int], None] | None = None,
                  workers: int | None = None, force: bool = False, cache_size: int = CACHE_SIZE,
-                 unit_bytes: int = BLOCK, defer_indexes: bool | None = None) -> IngestSummary:
+                 unit_bytes: int = BLOCK, defer_indexes: bool | None = None, waiting: Notice | None = None,
+                 wait_timeout: float | None = None) -> IngestSummary:
     """Load FHIR Bundles / NDJSON files and folders into the CDM; returns what the run did.
 
     ``progress(bytes_done, bytes_total)`` is called every 1,000 resources and at the end of each file.
@@ -488,6 +493,9 @@ def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str
     ``unit_bytes``: NDJSON bytes a worker takes at a time.
     ``defer_indexes``: drop the person tables' secondary indexes for the load and build them at the
     end (``None``: when a SQLite CDM is expected to at least double; :mod:`node.ingest.deferred_indexes`).
+    ``waiting(what, holders, seconds)``: told while the run waits for other runs loading the same
+    PostgreSQL CDM; ``wait_timeout``: seconds after which it stops waiting for them
+    (:mod:`node.ingest.concurrency`).
     A missing path raises ``FileNotFoundError`` before anything is written; a worker process that
     dies raises :class:`~node.ingest.pool.WorkerCrashed` after what came before it is written.
     """
@@ -495,7 +503,7 @@ def ingest_paths(engine: Engine, paths: Iterable[str | Path], *, mrn_system: str
     total = sum(f.size for f in files)
     workers = auto_workers(total) if workers is None else workers
     thresholds = relaxed_gc()
-    run = IngestRun(engine, mrn_system, batch_size, force, cache_size)
+    run = IngestRun(engine, mrn_system, batch_size, force, cache_size, waiting, wait_timeout)
     done = Progress()
     try:
         run.indexes_set_aside = deferred_indexes.set_aside(engine, total, defer_indexes)

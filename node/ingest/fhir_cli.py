@@ -5,7 +5,8 @@ is quarantined and counted, never fatal.  Exit status (:mod:`cdm.errors`): 0 eve
 (or unchanged, or skipped as a type radfed keeps no rows for); 3 the run finished but something was
 quarantined, or references wait for resources not loaded yet (read the summary; nothing was lost);
 2 a missing CDM, a path that does not exist or a bad option (one ``error:`` line); 1 the run
-failed.
+failed.  A run waiting for other runs of the same PostgreSQL CDM says so on stderr every 30 s and
+gives up after ``--wait-timeout`` seconds (then exit 3 if anything was still waiting for them).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class _Bar:
             self.bar.close()
 
 
+def _report_wait(what: str, holders, waited: float) -> None:
+    """Say on stderr which runs this one waits for (every 30 s while it waits)."""
+    names = "; ".join(h.describe() for h in holders) or "runs that just ended"
+    click.echo(f"waiting for {len(holders) or 'other'} {what} ({waited:.0f} s so far): {names}", err=True)
+
+
 @click.command("fhir")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -55,9 +62,12 @@ class _Bar:
                    "but one, at least one, for inputs over 4 MB; 0: none). The result does not depend on it.")
 @click.option("--force", is_flag=True,
               help="Re-map resources even when unchanged since the last run (after loading vocabularies).")
+@click.option("--wait-timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="PostgreSQL: stop waiting for other ingest runs of the same CDM after SECONDS and finish "
+                   "with what it holds then (default: wait until they have loaded).")
 @click.pass_context
 def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batch_size: int,
-                 progress: bool | None, workers: int | None, force: bool) -> None:
+                 progress: bool | None, workers: int | None, force: bool, wait_timeout: float | None) -> None:
     """Load FHIR R4 Bundles (.json) and Bulk Data NDJSON (.ndjson[.gz]) files or folders into the CDM."""
     from node.ingest.engine import ingest_paths
 
@@ -67,7 +77,7 @@ def fhir_command(ctx: click.Context, paths: tuple[str, ...], as_json: bool, batc
     bar = _Bar(sys.stderr.isatty() if progress is None else progress)
     try:
         summary = ingest_paths(engine, paths, mrn_system=mrn_system, batch_size=batch_size, progress=bar,
-                               workers=workers, force=force)
+                               workers=workers, force=force, waiting=_report_wait, wait_timeout=wait_timeout)
     finally:
         bar.close()
     click.echo(json.dumps(summary.as_dict(), indent=2) if as_json else summary.text())

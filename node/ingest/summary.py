@@ -37,6 +37,9 @@ class IngestSummary:
     unresolved_references: dict[str, int] = field(default_factory=dict)
     persons_with_periods: int = 0
     seconds: float = 0.0
+    #: (the timeout in seconds, what the run stopped waiting for) when it gave up waiting for other
+    #: runs loading the same CDM (node.ingest.concurrency); ``None``: it never waited that long
+    gave_up_waiting: tuple[float, list[str]] | None = None
     #: resources a worker process mapped that the loader mapped again, the worker's view of the run
     #: being behind (node.ingest.worker); a cost, not an outcome: not part of :meth:`as_dict`
     remapped: int = 0
@@ -87,6 +90,7 @@ class IngestSummary:
                         for t, c in sorted(self.by_type.items())},
             "unmapped_codes": sum(self.unmapped.values()),
             "observation_periods": self.persons_with_periods,
+            "gave_up_waiting_for": self.gave_up_waiting[1] if self.gave_up_waiting else [],
             "seconds": round(self.seconds, 3),
         }
 
@@ -120,6 +124,11 @@ class IngestSummary:
         if sum(self.unmapped.values()):
             lines.append(f"  {sum(self.unmapped.values()):,} codings without a standard concept "
                          "(see `radfed-node mapping-report`)")
+        if self.gave_up_waiting:
+            timeout, what = self.gave_up_waiting
+            lines.append(f"  stopped waiting for other {' and '.join(what)} after {timeout:g} s (--wait-timeout): "
+                         "what waited for their resources is quarantined (UNKNOWN_PATIENT) or left pending; "
+                         "run the same command again once they have ended to load it")
         lines.append(f"  observation periods recomputed for {self.persons_with_periods:,} persons "
                      f"in {self.seconds:.1f} s")
         return "\n".join(lines)
