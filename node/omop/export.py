@@ -91,7 +91,7 @@ class ExportSummary(IngestSummary):
 
     def as_dict(self) -> dict:
         out = super().as_dict()
-        for fhir_only in ("export_metadata_files", "observation_periods"):
+        for fhir_only in ("export_metadata_files", "observation_periods", "gave_up_waiting_for"):
             out.pop(fhir_only, None)
         out["rows"] = out.pop("resources")
         out["by_table"] = out.pop("by_type")
