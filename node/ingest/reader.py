@@ -6,9 +6,12 @@ Two shapes arrive (FHIR R4 §2.36 Bundle; FHIR Bulk Data Access IG v2 "Bulk Data
   are read line by line (gzip streamed), so memory does not grow with the file.  The export's
   ``log.ndjson`` and ``manifest.json`` describe the export and hold no resources: they are
   recognised and passed over (counted as export metadata, never as data).
-* **Bundles** (``.json``) of type transaction, batch, collection or searchset.  A Bundle is one JSON
-  document and is read whole; its ``urn:uuid:`` / absolute ``fullUrl`` references are rewritten to
-  ``Type/id`` so they resolve like any other, and its entries are sorted into dependency order.
+* **Bundles** (``.json``) of type transaction, batch, collection or searchset.  Its ``urn:uuid:`` /
+  absolute ``fullUrl`` references are rewritten to ``Type/id`` so they resolve like any other, and
+  its entries are sorted into dependency order.  A Bundle is one JSON document: a small one (a
+  Synthea per-patient Bundle) is read whole; one above :data:`STREAM_BYTES` is read as a stream,
+  its entries waiting in spool files on disk (:func:`read_big_bundle`), so memory does not grow
+  with it either.
 
 The run processes resources in :data:`DEPENDENCY_ORDER` — what others reference first — so a
 reference inside one run meets its target already loaded: NDJSON files are ordered by their
@@ -28,10 +31,14 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ijson
 import orjson
 
 #: Resource types in the order a run loads them (others after, in the order met).
@@ -42,6 +49,12 @@ DEPENDENCY_ORDER = (
 _RANK = {name: rank for rank, name in enumerate(DEPENDENCY_ORDER)}
 BUNDLE_TYPES = {"transaction", "batch", "collection", "searchset"}
 
+#: Bundle files larger than this are read as a stream (:func:`read_big_bundle`), smaller ones whole
+#: (:func:`read_whole_bundle`: a per-patient Bundle, one parse).
+STREAM_BYTES = 16 << 20
+#: Where a streamed Bundle's entries wait (``None``: the system's temporary folder, ``TMPDIR``).
+SPOOL_DIR: str | None = None
+
 # Stable reason codes of input that never becomes a resource.
 NOT_JSON = "NOT_JSON"
 NOT_A_RESOURCE = "NOT_A_RESOURCE"
@@ -51,10 +64,36 @@ BUNDLE_TYPE = "UNSUPPORTED_BUNDLE"
 _RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:\s*"([A-Za-z]+)"')
 
 
+#: Bytes of a Bundle file :func:`bundle_rank` scans at a time.
+SCAN_BYTES = 4 << 20
+_RESOURCE_TYPE_KEY = b'"resourceType"'
+#: The longest match cut at a chunk's end that :func:`bundle_rank` carries into the next chunk.
+_SCAN_CARRY = 4096
+
+
 def bundle_rank(path: Path) -> int:
-    """The load-order rank of the first-loading type a Bundle file holds (a byte scan, no parse)."""
-    types = {m.group(1).decode() for m in _RESOURCE_TYPE.finditer(path.read_bytes())} - {"Bundle"}
-    return min((rank(t) for t in types), default=len(DEPENDENCY_ORDER))
+    """The load-order rank of the first-loading type a Bundle file holds (a byte scan, no parse), the
+    file read :data:`SCAN_BYTES` at a time: a ``"resourceType": "X"`` cut at a chunk's end is found
+    in the next chunk, which starts where it starts."""
+    types: set[bytes] = set()
+    carry = b""
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            data = handle.read(SCAN_BYTES)
+            chunk = carry + data
+            end = 0
+            for match in _RESOURCE_TYPE.finditer(chunk):
+                types.add(match.group(1))
+                end = match.end()
+            if not data:
+                break
+            # from the last "resourceType" without its value yet, else from where one may start
+            cut = chunk.rfind(_RESOURCE_TYPE_KEY, end)
+            if cut < 0 or cut < len(chunk) - _SCAN_CARRY:
+                cut = max(end, len(chunk) - len(_RESOURCE_TYPE_KEY) + 1)
+            carry = chunk[cut:]
+    names = {t.decode() for t in types} - {"Bundle"}
+    return min((rank(t) for t in names), default=len(DEPENDENCY_ORDER))
 
 
 def rank(resource_type: str | None) -> int:
@@ -294,20 +333,55 @@ def _rewrite_references(node, targets: dict[str, str]) -> None:
                 _rewrite_references(value, targets)
 
 
-def read_bundle(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
-    """The entries of a Bundle file, references resolved and sorted into dependency order.
+def streams(input_file: InputFile) -> bool:
+    """Whether a Bundle file is read as a stream (:func:`read_big_bundle`) rather than whole."""
+    return input_file.kind == "bundle" and input_file.size > STREAM_BYTES
 
-    Entry ``n`` (1-based) is reported as line ``n``.  An entry without an ``id`` takes the uuid of
-    its ``urn:uuid:`` fullUrl (a transaction's POSTed resources), so its rows are stable too.
-    """
+
+def read_bundle(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
+    """The entries of a Bundle file, references resolved and sorted into dependency order: a file
+    above :data:`STREAM_BYTES` as a stream (:func:`read_big_bundle`), a smaller one whole
+    (:func:`read_whole_bundle`).  Both give the same items."""
+    if streams(input_file):
+        return read_big_bundle(input_file, progress)
+    return read_whole_bundle(input_file, progress)
+
+
+def _bundle_entry(source_file: str, number: int, entry, targets) -> Item:
+    """Entry ``number`` (1-based) of a Bundle as an :class:`Item`: its resource, or NOT_A_RESOURCE.
+
+    An entry without an ``id`` takes the uuid of its ``urn:uuid:`` fullUrl (a transaction's POSTed
+    resources), so its rows are stable too; ``targets`` learns the entry's fullUrl -> ``Type/id``
+    (FHIR R4 §2.36.4.1: a reference to a fullUrl resolves to that entry)."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return Item(source_file, number, orjson.dumps(entry), error=(NOT_A_RESOURCE, f"entry {number} has no resource"))
+    full_url = entry.get("fullUrl") or ""
+    if not resource.get("id") and full_url.startswith("urn:uuid:"):
+        resource["id"] = full_url[len("urn:uuid:"):]
+    if full_url and resource.get("id"):
+        targets[full_url] = f"{resource['resourceType']}/{resource['id']}"
+    return Item(source_file, number, None, resource)
+
+
+def read_whole_bundle(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
+    """The entries of a Bundle file read whole (one ``orjson.loads``): what a small Bundle (Synthea's
+    per-patient ones) costs least as.  Entry ``n`` (1-based) is reported as line ``n``."""
     path = input_file.path
     data = path.read_bytes()
     if progress is not None:
         progress.done += len(data)
+    yield from _whole_bundle(input_file, data, data)
+
+
+def _whole_bundle(input_file: InputFile, data: bytes, payload: bytes | None) -> Iterator[Item]:
+    """:func:`read_whole_bundle` of ``data``; ``payload``: what a file-level error quarantines
+    (``None``: the file is too big to copy, :func:`_file_error`)."""
+    path = input_file.path
     try:
         bundle = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        yield Item(str(path), 0, data, error=(NOT_JSON, f"file is not JSON ({exc})"))
+        yield _file_error(input_file, NOT_JSON, f"file is not JSON ({exc})", payload)
         return
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
@@ -315,31 +389,208 @@ def read_bundle(input_file: InputFile, progress: Progress | None = None) -> Iter
             # A single resource in a .json file is loaded like a one-entry collection.
             bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": bundle}]}
         else:
-            yield Item(str(path), 0, data, error=(NOT_A_RESOURCE, "file is not a FHIR resource or Bundle"))
+            yield _file_error(input_file, NOT_A_RESOURCE, "file is not a FHIR resource or Bundle", payload)
             return
     if bundle.get("type") not in BUNDLE_TYPES:
-        yield Item(str(path), 0, data, resource=None,
-                   error=(BUNDLE_TYPE, f"Bundle.type {bundle.get('type')!r} is not one of {sorted(BUNDLE_TYPES)}"))
+        yield _file_error(input_file, BUNDLE_TYPE, _bundle_type_reason(bundle.get("type")), payload)
         return
     entries = []
     targets: dict[str, str] = {}
     for number, entry in enumerate(bundle.get("entry") or [], 1):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            yield Item(str(path), number, orjson.dumps(entry),
-                       error=(NOT_A_RESOURCE, f"entry {number} has no resource"))
+        item = _bundle_entry(str(path), number, entry, targets)
+        if item.error is not None:
+            yield item
             continue
-        full_url = entry.get("fullUrl") or ""
-        if not resource.get("id") and full_url.startswith("urn:uuid:"):
-            resource["id"] = full_url[len("urn:uuid:"):]
-        if full_url and resource.get("id"):
-            targets[full_url] = f"{resource['resourceType']}/{resource['id']}"
-        entries.append((number, resource))
+        entries.append((number, item.resource))
     for _number, resource in entries:
         _rewrite_references(resource, targets)
     entries.sort(key=lambda e: (rank(e[1]["resourceType"]), e[0]))
     for number, resource in entries:
         yield Item(str(path), number, None, resource)
+
+
+def _bundle_type_reason(bundle_type) -> str:
+    return f"Bundle.type {bundle_type!r} is not one of {sorted(BUNDLE_TYPES)}"
+
+
+#: Bytes of a streamed Bundle that a file-level error quarantines (the file itself is not copied).
+PAYLOAD_HEAD = 4096
+
+
+def _file_error(input_file: InputFile, code: str, reason: str, payload: bytes | None) -> Item:
+    """The item of a Bundle file that gives no entries at all (line 0).  ``payload`` ``None``: a
+    streamed file, too big to copy into the quarantine: its first :data:`PAYLOAD_HEAD` bytes are
+    quarantined and the reason says where the file is."""
+    path = input_file.path
+    if payload is None:
+        with open(path, "rb") as handle:
+            payload = handle.read(PAYLOAD_HEAD)
+        reason = (f"{reason}; the file ({input_file.size:,} bytes) is too big to copy into the quarantine: "
+                  f"its first {len(payload):,} bytes are kept, the file is {path.resolve()}")
+    return Item(str(path), 0, payload, error=(code, reason))
+
+
+class _Targets:
+    """fullUrl -> ``Type/id`` of a streamed Bundle's entries (what :func:`_rewrite_references` looks
+    up), held compactly: an entry whose fullUrl is ``urn:uuid:<its id>`` (a transaction's, and every
+    entry without an id) keeps only its type, interned, next to the fullUrl (~150 bytes an entry)."""
+
+    __slots__ = ("_found",)
+
+    def __init__(self) -> None:
+        self._found: dict[str, str] = {}
+
+    def __setitem__(self, full_url: str, target: str) -> None:
+        resource_type, _, resource_id = target.partition("/")
+        if full_url.startswith("urn:uuid:") and full_url[9:] == resource_id and "/" not in resource_id:
+            target = sys.intern(resource_type)
+        self._found[full_url] = target
+
+    def __contains__(self, full_url: str) -> bool:
+        return full_url in self._found
+
+    def __getitem__(self, full_url: str) -> str:
+        target = self._found[full_url]
+        return target if "/" in target else f"{target}/{full_url[9:]}"
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+
+class _Counted:
+    """A file read through ``read``, the bytes counted as progress."""
+
+    def __init__(self, handle, progress: Progress | None):
+        self._handle, self._progress = handle, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if self._progress is not None:
+            self._progress.done += len(data)
+        return data
+
+
+def entry_line(number: int, resource: bytes) -> bytes:
+    """Entry ``number`` of a streamed Bundle as one line ``<number> <resource JSON>\\n``: how entries
+    wait in the spool files and travel to workers (:func:`node.ingest.worker.bundle_entries`);
+    ``orjson.dumps`` never writes a newline."""
+    return b"%d %b\n" % (number, resource)
+
+
+def read_big_bundle(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
+    """The entries of a big Bundle file as :func:`read_whole_bundle` gives them, without holding the
+    file: memory holds the fullUrl -> ``Type/id`` map (~150 bytes an entry, :class:`_Targets`) and one
+    entry at a time, whatever the size of the file.
+
+    One pass with ijson (its C backend, yajl2_c, where installed) reads the entries one by one: each
+    resource gets its id (:func:`_bundle_entry`), its fullUrl goes into the map, and its bytes wait
+    in the spool file of its load-order rank (one file per rank, in a temporary folder on disk,
+    removed at the end even on error); an entry without a resource waits in a spool of its own.
+    ``resourceType`` and ``type`` may come after ``entry`` in the JSON object, so the file's verdict
+    is known at the end of the pass: then, as for a whole file, the entries without a resource come
+    first, then the resources by rank and entry number, each parsed, its references rewritten (a
+    forward reference resolves too) and given out.  A file that is not JSON (also when it breaks
+    midway: what was spooled is dropped), not a Bundle or of an unsupported type gives only its
+    error, as a whole file would; its payload is the file's first :data:`PAYLOAD_HEAD` bytes
+    (:func:`_file_error`).  A single big resource that is not a Bundle is read whole (it is held
+    whole to be mapped anyway) and loaded as a one-entry collection.
+
+    Where yajl and orjson judge JSON differently a big file may get another verdict than a small
+    one: an integer beyond 64 bits is NOT_JSON here (orjson reads it as a float), and a lone
+    surrogate escape (``"\\ud800"``) is read as ``?`` here (orjson rejects the file).
+    """
+    path = input_file.path
+    spools: dict[int, object] = {}  # rank -> its spool file; -1: the entries without a resource
+    folder = tempfile.mkdtemp(prefix="radfed-bundle-", dir=SPOOL_DIR)
+    try:
+        targets = _Targets()
+        head: dict[str, object] = {}
+
+        def spool(rank_of: int, line: bytes) -> None:
+            handle = spools.get(rank_of)
+            if handle is None:
+                handle = spools[rank_of] = open(os.path.join(folder, str(rank_of)), "w+b", buffering=1 << 20)
+            handle.write(line)
+
+        with open(path, "rb", buffering=0) as handle:
+            try:
+                entries = ijson.items(_head_events(_Counted(handle, progress), head), "entry.item")
+                for number, entry in enumerate(entries, 1):
+                    item = _bundle_entry(str(path), number, entry, targets)
+                    if item.error is not None:
+                        spool(-1, entry_line(number, item.raw))
+                    else:
+                        spool(rank(item.resource["resourceType"]), entry_line(number, orjson.dumps(item.resource)))
+            except (ijson.JSONError, UnicodeDecodeError, orjson.JSONEncodeError) as exc:
+                yield _file_error(input_file, NOT_JSON, f"file is not JSON ({_parse_error(exc)})", None)
+                return
+        if head.get("top") != "start_map":
+            yield _file_error(input_file, NOT_A_RESOURCE, "file is not a FHIR resource or Bundle", None)
+            return
+        if head.get("resourceType") != "Bundle":  # a single resource, or a JSON object that is none
+            for spooled in spools.values():
+                spooled.close()
+            spools.clear()
+            yield from _whole_bundle(input_file, path.read_bytes(), None)
+            return
+        if head.get("type") not in BUNDLE_TYPES:
+            yield _file_error(input_file, BUNDLE_TYPE, _bundle_type_reason(head.get("type")), None)
+            return
+        source_file = str(path)
+        for rank_of in sorted(spools):
+            spooled = spools[rank_of]
+            spooled.seek(0)
+            for line in spooled:
+                number, _, data = line[:-1].partition(b" ")
+                if rank_of < 0:
+                    yield Item(source_file, int(number), data, error=(NOT_A_RESOURCE, f"entry {int(number)} has no resource"))
+                    continue
+                resource = orjson.loads(data)
+                _rewrite_references(resource, targets)
+                yield Item(source_file, int(number), None, resource)
+            spooled.close()
+    finally:
+        for spooled in spools.values():
+            spooled.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _parse_error(exc: Exception) -> str:
+    """The first line of yajl's message (the rest draws the place in the text)."""
+    message = exc.args[0] if exc.args else exc
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
+
+
+class _Container:
+    """A top-level ``resourceType`` / ``type`` that is an object or an array (never a Bundle's)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return "{...}" if self.kind == "start_map" else "[...]"
+
+
+def _head_events(source, head: dict) -> Iterator[tuple]:
+    """ijson's events of ``source``, passed on, noting in ``head`` the top-level value's kind
+    (``top``: its first event) and the last top-level ``resourceType`` and ``type`` (as
+    ``orjson.loads`` keeps the last of a repeated key)."""
+    events = ijson.parse(source, use_float=True)
+    for event in events:
+        head["top"] = event[1]
+        yield event
+        break
+    for event in events:
+        prefix = event[0]
+        if prefix == "type" or prefix == "resourceType":
+            kind = event[1]
+            if kind == "start_map" or kind == "start_array":
+                head[prefix] = _Container(kind)
+            elif kind != "map_key" and kind != "end_map" and kind != "end_array":
+                head[prefix] = event[2]  # a string, number, boolean or null
+        yield event
 
 
 def read(input_file: InputFile, progress: Progress | None = None) -> Iterator[Item]:
