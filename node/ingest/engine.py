@@ -12,8 +12,8 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
    resource's previous rows are replaced, a new one's inserted.
 
 With ``workers`` (the default for inputs over 4 MB: one per core but one), steps 1-2 run in worker
-processes (:mod:`node.ingest.pool`, :mod:`node.ingest.worker`) on blocks of NDJSON lines and on
-Bundle files, and this process takes their records in input order and only writes; what a worker
+processes (:mod:`node.ingest.pool`, :mod:`node.ingest.worker`) on blocks of NDJSON lines, on small
+Bundle files and on blocks of a big Bundle's entries (streamed here), and this process takes their records in input order and only writes; what a worker
 asked of the run is asked again here, so the result is the same as without workers.
 
 A resource whose patient is not loaded yet waits (in a temporary file) and is mapped again after
@@ -51,11 +51,11 @@ from node.ingest.mapping import (  # noqa: F401 - content_hash, NO_CDM_TABLE: re
     MAPPING_ERROR, NO_CDM_TABLE, Provided, content_hash, failure_reason, identifiers_of, learn, remember,
 )
 from node.ingest.pool import BLOCK, WorkerCrashed, WorkerPool
-from node.ingest.reader import InputFile, Item, Progress, discover, ndjson_blocks, read
+from node.ingest.reader import InputFile, Item, Progress, bundle_blocks, discover, ndjson_blocks, read, streams
 from node.ingest.summary import IngestSummary
 from node.ingest.validate import problem, relaxed_gc
 from node.ingest.worker import (
-    ERROR, INVALID, MAPPED, PERSON, REDO, REFERENCE, UNCHANGED, Premapped, Record, replay, worker_url,
+    ERROR, INVALID, MAPPED, PERSON, REDO, REFERENCE, UNCHANGED, Premapped, Record, error_record, replay, worker_url,
 )
 
 BATCH = 5_000
@@ -568,14 +568,15 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
                 take(pool.drain())
             rank = input_file.rank
             path = str(input_file.path)
-            if input_file.kind == "bundle":
+            if streams(input_file):
+                _stream_bundle(run, pool, input_file, done, unit_bytes, take)
+            elif input_file.kind == "bundle":
                 done.done += input_file.size
                 pool.submit("bundle", path, None, 0, None, run.writes, path)
             else:
                 for block in ndjson_blocks(input_file, done, unit_bytes):
                     if isinstance(block, Item):  # a damaged gzip stream: the last item of the file
-                        pool.submit_records(path, [(block.line, block.raw, block.type_hint, None, None, None, ERROR,
-                                                    (*block.error, block.type_hint))], run.writes)
+                        pool.submit_records(path, [error_record(block)], run.writes)
                         continue
                     first, data = block
                     pool.submit("ndjson", path, input_file.resource_type, first, data, run.writes,
@@ -590,3 +591,30 @@ def _with_workers(run: IngestRun, files: list[InputFile], workers: int, progress
     finally:
         pool.close()
         run.summary.worker_cpu_seconds, run.summary.worker_peak_rss_mb = pool.cpu_seconds, pool.peak_rss_mb
+
+
+def _stream_bundle(run: IngestRun, pool: WorkerPool, input_file: InputFile, done: Progress, unit_bytes: int,
+                   take: Callable) -> None:
+    """Hand a big Bundle's entries out in blocks of about ``unit_bytes`` (:func:`bundle_blocks`), its
+    entries without a resource (or its error) as error records in their place: neither this process
+    nor a worker holds the file.  Before the first block of a later load-order rank (Encounters after
+    Patients) the units out are taken, so workers find most of what the new rank references in the
+    CDM (what a worker's view lacks, the loader maps again: the rows are the same either way)."""
+    path = str(input_file.path)
+    errors: list[Record] = []
+    block_rank = None
+    for block in bundle_blocks(input_file, done, unit_bytes):
+        if isinstance(block, Item):
+            errors.append(error_record(block))
+            continue
+        if errors:
+            pool.submit_records(path, errors, run.writes)
+            errors = []
+        entries_rank, first, data = block
+        if block_rank is not None and entries_rank > block_rank:
+            take(pool.drain())
+        block_rank = entries_rank
+        pool.submit("entries", path, None, first, data, run.writes, f"{path} from entry {first:,}")
+        take(pool.done())
+    if errors:
+        pool.submit_records(path, errors, run.writes)

@@ -1,9 +1,9 @@
 """The worker processes of a FHIR ingest run: units of input out, records back, in input order.
 
-Units (a block of whole NDJSON lines, about :data:`BLOCK` bytes, or one Bundle file) go to a
-``concurrent.futures.ProcessPoolExecutor`` of ``forkserver`` processes (a fresh interpreter per
-worker, forked from a server that imported the ingest modules once: no database socket or thread
-of the loading process is ever inherited).  At most :data:`AHEAD` units per worker are out at
+Units (a block of whole NDJSON lines or of a big Bundle's entries, about :data:`BLOCK` bytes, or
+one small Bundle file) go to a ``concurrent.futures.ProcessPoolExecutor`` of ``forkserver``
+processes (a fresh interpreter per worker, forked from a server that imported the ingest modules
+once: no database socket or thread of the loading process is ever inherited).  At most :data:`AHEAD` units per worker are out at
 once, so memory does not grow with the input: the loading process holds those units' blocks and
 the records of the one it is writing, whatever the size of the export.
 
@@ -79,7 +79,8 @@ class WorkerPool:
 
     def submit(self, kind: str, path: str, type_hint: str | None, first: int, block: bytes | None,
                handed_out: int, where: str) -> None:
-        """Hand out a unit: an NDJSON ``block`` whose first line is number ``first``, or a Bundle file."""
+        """Hand out a unit: an NDJSON ``block`` whose first line is number ``first``, a ``block`` of a big
+        Bundle's entries (kind ``entries``: each line carries its entry number), or a Bundle file."""
         self._units += 1
         name = os.path.join(self._folder, str(self._units))
         if block is not None:
@@ -94,7 +95,8 @@ class WorkerPool:
         self._out.append(Unit(task, handed_out, future, where, block=block))
 
     def submit_records(self, source_file: str, records: list, handed_out: int) -> None:
-        """Records made in this process (a damaged gzip stream's last item), in their place in the order."""
+        """Records made in this process (a damaged gzip stream's last item, a big Bundle's entries
+        without a resource), in their place in the order."""
         self._out.append(Unit(None, handed_out, _ready(records), source_file, source_file))
 
     def mark(self) -> None:

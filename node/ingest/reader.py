@@ -509,7 +509,7 @@ def read_big_bundle(input_file: InputFile, progress: Progress | None = None) -> 
         def spool(rank_of: int, line: bytes) -> None:
             handle = spools.get(rank_of)
             if handle is None:
-                handle = spools[rank_of] = open(os.path.join(folder, str(rank_of)), "w+b", buffering=1 << 20)
+                handle = spools[rank_of] = open(os.path.join(folder, str(rank_of)), "w+b", buffering=1 << 16)
             handle.write(line)
 
         with open(path, "rb", buffering=0) as handle:
@@ -553,6 +553,32 @@ def read_big_bundle(input_file: InputFile, progress: Progress | None = None) -> 
         for spooled in spools.values():
             spooled.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def bundle_blocks(input_file: InputFile, progress: Progress | None = None,
+                  size: int = 1 << 21) -> Iterator[tuple[int, int, bytes] | Item]:
+    """A big Bundle's entries (:func:`read_big_bundle`) as blocks of :func:`entry_line` lines, one
+    resource each (references rewritten), about ``size`` bytes a block and never two load-order ranks
+    in one: ``(rank, number of the block's first entry, bytes)`` — what worker processes map, the
+    loading process holding no more of the file than the blocks out (:mod:`node.ingest.pool`).  An
+    entry without a resource, or the file's error, comes as its :class:`Item`, in its place."""
+    lines: list[bytes] = []
+    length = block_rank = first = 0
+    for item in read_big_bundle(input_file, progress):
+        if item.error is not None:
+            yield item
+            continue
+        entry_rank = rank(item.resource["resourceType"])
+        if lines and (entry_rank != block_rank or length >= size):
+            yield block_rank, first, b"".join(lines)
+            lines, length = [], 0
+        if not lines:
+            block_rank, first = entry_rank, item.line
+        line = entry_line(item.line, orjson.dumps(item.resource))
+        lines.append(line)
+        length += len(line)
+    if lines:
+        yield block_rank, first, b"".join(lines)
 
 
 def _parse_error(exc: Exception) -> str:

@@ -1,8 +1,9 @@
 """Parse, hash, validate and map FHIR resources in worker processes; the loading process writes.
 
-A worker takes one unit of input — a block of whole NDJSON lines or one Bundle file — and returns,
-per resource and in input order, a :data:`Record`: its content hash, the hash the CDM held for it
-when the worker looked, and its verdict (invalid, or mapped to rows).  The loading process
+A worker takes one unit of input — a block of whole NDJSON lines, a block of a big Bundle's entries
+(streamed by the loading process, :func:`node.ingest.reader.bundle_blocks`) or one small Bundle
+file — and returns, per resource and in input order, a :data:`Record`: its content hash, the hash
+the CDM held for it when the worker looked, and its verdict (invalid, or mapped to rows).  The loading process
 (:mod:`node.ingest.engine`) takes the records in order and only writes.
 
 What a mapper asks of the run (:class:`~node.ingest.contract.MapContext`) may depend on what the
@@ -44,7 +45,7 @@ from node.ingest.mappers import MAPPERS
 from node.ingest.mapping import (
     MAPPING_ERROR, NO_CDM_TABLE, Provided, content_hash, failure_reason, identifiers_of, remember,
 )
-from node.ingest.reader import InputFile, Item, ndjson_item, read_bundle
+from node.ingest.reader import InputFile, Item, ndjson_item, read_whole_bundle
 from node.ingest.validate import _warm, problem, relaxed_gc
 
 # What a worker recorded a mapper asking (first element of each transcript entry; the answer is last).
@@ -74,10 +75,17 @@ class Premapped(NamedTuple):
 
 
 #: One resource's record: (line, raw, resource type, id, content hash, stored hash, verdict, payload).
-#: ``raw`` is ``(start, end)`` in the NDJSON block (the loader holds the block) or, for a Bundle
-#: entry, its JSON bytes (references already rewritten): the loader parses it when it must map the
-#: resource itself or quarantine it.
+#: ``raw`` is ``(start, end)`` in the unit's block (the loader holds the block: NDJSON lines, or a big
+#: Bundle's entries) or, for an entry of a Bundle file mapped whole, its JSON bytes (references
+#: already rewritten): the loader parses it when it must map the resource itself or quarantine it.
 Record = tuple
+
+
+def error_record(item: Item, raw=None) -> Record:
+    """The record of a line or entry that is not a resource (``item.error`` says why); ``raw``: where
+    its bytes are, if not ``item.raw``."""
+    return (item.line, item.raw if raw is None else raw, item.type_hint, None, None, None, ERROR,
+            (*item.error, item.type_hint))
 
 
 def _match(found: ConceptMatch | None) -> tuple | None:
@@ -280,6 +288,20 @@ def ndjson_entries(path: str, type_hint: str | None, first: int, block: bytes) -
     return entries
 
 
+def bundle_entries(block: bytes) -> list[tuple]:
+    """``(entry number, (start, end) of its JSON in the block, resource, None)`` of each line of a block
+    of a big Bundle's entries (:func:`node.ingest.reader.bundle_blocks`: ``<number> <resource>``, one
+    resource each, made by the loading process)."""
+    entries = []
+    loads, find, size = orjson.loads, block.find, len(block)
+    start = 0
+    while start < size:
+        space, end = find(b" ", start), find(b"\n", start)
+        entries.append((int(block[start:space]), (space + 1, end), loads(block[space + 1:end]), None))
+        start = end + 1
+    return entries
+
+
 class _Worker:
     """The state of one worker process: its engine and context, for every unit it maps."""
 
@@ -292,9 +314,12 @@ class _Worker:
         kind, path, type_hint, first, block = task
         if kind == "ndjson":
             entries = ndjson_entries(path, type_hint, first, block)
-        else:
+        elif kind == "entries":
+            entries = bundle_entries(block)
+        else:  # a Bundle file, read whole (the loader streams a big one: "entries")
             entries = [(i.line, i.raw if i.raw is not None else orjson.dumps(i.resource if i.resource is not None else {}),
-                        i.resource if i.error is None else None, i) for i in read_bundle(InputFile(Path(path), "bundle"))]
+                        i.resource if i.error is None else None, i)
+                       for i in read_whole_bundle(InputFile(Path(path), "bundle"))]
         keys = [source_key(r["resourceType"], r["id"]) if r is not None and isinstance(r.get("id"), str) and r["id"]
                 else None for _, _, r, _ in entries]
         known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
@@ -309,7 +334,7 @@ class _Worker:
                digest: str | None) -> Record:
         """``resource`` ``None``: ``item`` says why the line or entry is not one."""
         if resource is None:
-            return (line, raw, item.type_hint, None, None, None, ERROR, (*item.error, item.type_hint))
+            return error_record(item, raw)
         resource_type, resource_id = resource["resourceType"], resource.get("id")
         head = (line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
         if resource_type in NO_CDM_TABLE:
@@ -361,14 +386,14 @@ def start(url: str, mrn_system: str, cache_size: int, force: bool) -> None:
 
 
 def map_unit(task: tuple) -> tuple[float, float]:
-    """Map one unit ``(kind, path, type hint, first line, name)``: the NDJSON block is the file
-    ``name.in`` (the worker deletes it), the records go to ``name.out``
+    """Map one unit ``(kind, path, type hint, first line, name)``: the block (NDJSON lines, a big
+    Bundle's entries) is the file ``name.in`` (the worker deletes it), the records go to ``name.out``
     (:mod:`node.ingest.pool` says why files).  Returns the CPU seconds the worker spent and its peak
     RSS in MB so far (what a worker runs)."""
     started = time.process_time()
     kind, path, type_hint, first, name = task
     block = None
-    if kind == "ndjson":
+    if kind != "bundle":
         with open(name + ".in", "rb") as handle:
             block = handle.read()
         os.unlink(name + ".in")
