@@ -60,13 +60,19 @@ def test_workers_give_the_rows_quarantine_and_summary_of_one_process(backend, tm
         _fresh(engine)
         summary = ingest_paths(engine, [export], batch_size=37, workers=workers, unit_bytes=4096)
         again = ingest_paths(engine, [export], batch_size=37, workers=workers, unit_bytes=4096)
-        results[name] = (outcome(summary), dump(engine), outcome(again))
+        rows = dump(engine)
+        forced = ingest_paths(engine, [export], batch_size=37, workers=workers, unit_bytes=4096, force=True)
+        results[name] = (outcome(summary), rows, outcome(again), outcome(forced), dump(engine))
     reference = results["in-process"]
     for name in ("1 worker", "2 workers"):
         assert results[name][0] == reference[0], f"{name}: the same summary"
         assert results[name][1] == reference[1], f"{name}: the same rows, ids, concepts and quarantine"
         assert results[name][2] == reference[2], f"{name}: the same re-run"
-    summary, rows, again = reference
+        assert results[name][3:] == reference[3:], f"{name}: the same --force re-run and rows after it"
+    summary, rows, again, forced, _ = reference
+    # --force maps every resource again: each one read is updated (or skipped again), none unchanged
+    assert forced["unchanged"] == forced["loaded"] == 0
+    assert forced["updated"] + forced["skipped"] == again["updated"] + again["unchanged"] + again["skipped"]
     assert summary["quarantined_by_reason"] == {"INVALID_RESOURCE": 2, "NOT_A_RESOURCE": 1, "NOT_JSON": 2,
                                                 "UNKNOWN_PATIENT": 2}
     assert (summary["by_type"]["Condition"]["updated"], summary["by_type"]["Condition"]["unchanged"]) == (3, 0)

@@ -322,11 +322,12 @@ class _Worker:
                        for i in read_whole_bundle(InputFile(Path(path), "bundle"))]
         keys = [source_key(r["resourceType"], r["id"]) if r is not None and isinstance(r.get("id"), str) and r["id"]
                 else None for _, _, r, _ in entries]
-        known = {} if self.force else existing_hashes(self.engine, [k for k in keys if k])
+        # asked under force too: a resource loaded before replaces its rows (the loader's ``replaces``)
+        known = existing_hashes(self.engine, [k for k in keys if k])
         digests = [None if r is None else content_hash(r) for _, _, r, _ in entries]
         # only the resources this unit will map ask about their references (a re-run asks nothing)
         expect_references(self.ctx, [r for (_, _, r, _), key, digest in zip(entries, keys, digests)
-                                     if digest is not None and (key is None or known.get(key) != digest)
+                                     if digest is not None and (self.force or key is None or known.get(key) != digest)
                                      and r["resourceType"] not in NO_CDM_TABLE])
         return [self.record(*entry, key, known.get(key), digest) for entry, key, digest in zip(entries, keys, digests)]
 
@@ -339,7 +340,7 @@ class _Worker:
         head = (line, raw, resource_type, resource_id if isinstance(resource_id, str) else None, digest, stored)
         if resource_type in NO_CDM_TABLE:
             return (*head, SKIPPED, None)
-        if key is not None and stored == digest:
+        if key is not None and stored == digest and not self.force:
             self.ctx.mark_present(resource_type, resource_id)  # as the loader does
             return (*head, UNCHANGED, None)
         found = problem(resource)
