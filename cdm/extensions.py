@@ -15,7 +15,8 @@ Each table follows the OHDSI working group that owns the domain where one exists
 
 and three bookkeeping tables the ingest paths share: ``quarantine`` (bad input, kept with its
 reason, never dropped), ``source_record`` (which source resource produced which CDM row, with a
-content hash, so a re-run is idempotent and an updated resource replaces its rows) and
+content hash, so a re-run is idempotent and an updated resource replaces its rows; a resource that
+maps to no row has one record naming none, so a re-run skips it too) and
 ``pending_reference`` (a reference to a resource not loaded yet: the column is filled when it arrives).
 
 Every column carries its documentation as ``doc=`` (the column comment on PostgreSQL).
@@ -240,8 +241,10 @@ def define_extension_tables(metadata: MetaData) -> None:
     Table(
         "source_record", metadata,
         col("source_key", String(400), primary_key=True, doc="(source system, resource type, resource id)."),
-        col("cdm_table", String(64), primary_key=True, doc="A table the resource wrote a row to."),
-        col("cdm_id", ID, primary_key=True, doc="That row's id (one resource may write several rows)."),
+        col("cdm_table", String(64), primary_key=True,
+            doc="A table the resource wrote a row to; '(no row)' for a resource loaded that maps to none."),
+        col("cdm_id", ID, primary_key=True,
+            doc="That row's id (one resource may write several rows); 0 with '(no row)'."),
         col("content_hash", String(64), required=True, doc="Hash of the canonical resource; unchanged -> skip."),
         col("loaded_at", DateTime, required=True, doc="When the row was (re)written (UTC)."),
     )

@@ -4,7 +4,8 @@ For each batch of resources read (:mod:`node.ingest.reader`, already in dependen
 
 1. the content hash of each resource (BLAKE2b of its canonical JSON, keys sorted) is compared with
    the one ``source_record`` holds for its key ``fhir|Type|id`` — one query per batch; an equal
-   hash means **unchanged** and the resource is not even validated again;
+   hash means **unchanged** and the resource is not even validated again (a resource that mapped to
+   no row has its hash there too: :data:`~node.ingest.load.NO_ROW`);
 2. the others are validated against the R4B models (:mod:`node.ingest.validate`) and mapped by
    the mapper registered for their type (:mod:`node.ingest.contract`); a failure of either is
    **quarantined** with file, line and reason;
@@ -395,8 +396,9 @@ class IngestRun:
             return None
         if not rows:
             self.summary.count(resource_type, "skipped", "maps to no CDM row")
-            # An update that now maps to nothing (entered-in-error, not-done) removes the old rows.
-            return Mapped(key, digest, [], [], True) if replaces else None
+            # Written as its hash alone (load.NO_ROW): the next run finds it unchanged.  An update that
+            # now maps to nothing (entered-in-error, not-done) also removes the old rows.
+            return None if key is None else Mapped(key, digest, [], [], replaces, (item.source_file, item.line))
         if facts is None:
             facts = remember(self.ctx, key, resource_type, resource_id, identifiers_of(self._resource(_read(item))), rows)
         else:

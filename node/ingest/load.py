@@ -4,7 +4,7 @@ A batch is one transaction: the previous rows of every updated resource are dele
 ``source_record``), the new rows are inserted table by table (one ``COPY ... FROM STDIN`` each on
 PostgreSQL, PostgreSQL docs "COPY", about 3x faster than a multi-row INSERT; one executemany on
 SQLite), and one ``source_record`` row per CDM row remembers which resource wrote it and the
-resource's content hash.
+resource's content hash (a resource that maps to no row gets one :data:`NO_ROW` record instead).
 An interrupted load therefore keeps whole batches, and re-running it rewrites nothing unchanged.
 
 Several processes may load disjoint files into one PostgreSQL CDM at once (:mod:`node.ingest.concurrency`
@@ -86,6 +86,21 @@ def _all_columns(table_name: str) -> tuple[str, ...]:
 
 #: The ``source_record`` columns :meth:`BatchWriter._record` writes, in the order of its tuples.
 RECORD_COLUMNS = ("source_key", "cdm_table", "cdm_id", "content_hash", "loaded_at")
+#: ``(cdm_table, cdm_id)`` of the one ``source_record`` row of a resource that was loaded and maps to
+#: no CDM row (entered-in-error, not-done, a report with neither result, conclusion nor form): its
+#: content hash is remembered like that of a resource with rows, so the next run finds it unchanged
+#: (:func:`existing_hashes`) instead of validating and mapping it again, and an update of it replaces
+#: the marker (:meth:`BatchWriter._delete_previous`).  Not a table name: every reader of
+#: ``source_record`` that looks for rows names their table, and the one that goes through a resource's
+#: records skips names the schema does not have.  Whether a resource maps to a row depends on its
+#: content alone (its status, attachments, components, patient), never on the vocabulary, which
+#: chooses only the concept and table of a row: a vocabulary load leaves the markers as they are
+#: (:func:`cdm.vocabulary.remap_loaded_rows` marks only resources with rows stale).
+NO_ROW = ("(no row)", 0)
+#: What :func:`existing_hashes` answers for a resource ``source_record`` holds two content hashes of
+#: (two runs loading the same resource at once, one to rows and one to no row: nothing arbitrates
+#: their records): never a content hash, so the next run maps the resource again and replaces both.
+CONFLICTING_HASHES = "conflicting hashes"
 
 
 @lru_cache(maxsize=None)
@@ -122,7 +137,8 @@ def rows_problem(rows: list[Row]) -> str | None:
 
 @dataclass
 class Mapped:
-    """One resource ready to write: its key, content hash, rows and conditional-reference aliases."""
+    """One resource ready to write: its key, content hash, rows and conditional-reference aliases
+    (no rows: it maps to none, and only its :data:`NO_ROW` record is written)."""
 
     key: str
     content_hash: str
@@ -299,7 +315,15 @@ def existing_hashes(engine: Engine, keys: list[str]) -> dict[str, str]:
     with engine.begin() as conn:
         probe_index(conn)
         for chunk in _chunks(sorted(set(keys)), LOOKUP_CHUNK if dialect == "postgresql" else CHUNK):
-            found.update(conn.execute(hash_lookup(dialect, chunk)).all())
+            records = conn.execute(hash_lookup(dialect, chunk)).all()
+            hashes = dict(records)
+            # a resource's rows share one hash; two only where two runs raced (CONFLICTING_HASHES)
+            if len(hashes) < len(records) and len(set(records)) > len(hashes):
+                seen: dict[str, str] = {}
+                for key, digest in records:
+                    if seen.setdefault(key, digest) != digest:
+                        hashes[key] = CONFLICTING_HASHES
+            found.update(hashes)
     return found
 
 
@@ -406,7 +430,8 @@ class BatchWriter:
     # -- steps ---------------------------------------------------------------------------------------
 
     def _delete_previous(self, conn: Connection, keys: list[str]) -> None:
-        """Delete the rows these resources wrote last time, unless another source also wrote them."""
+        """Delete the rows these resources wrote last time, unless another source also wrote them, and
+        their records (a :data:`NO_ROW` record names no row to delete)."""
         old: dict[str, set[int]] = {}
         for chunk in _chunks(keys):
             for table_name, cdm_id in conn.execute(
@@ -570,6 +595,8 @@ class BatchWriter:
                 table = row.table
                 row_id = row.values[key_column(table)]
                 records[(key, table, row_id)] = (key, table, row_id, content_hash, now)
+            if not item.rows:
+                records[(key, *NO_ROW)] = (key, *NO_ROW, content_hash, now)
             for alias_key, table_name, row_id in item.aliases:
                 aliases.setdefault((alias_key, table_name, row_id), content_hash)
         if aliases:
@@ -655,7 +682,9 @@ def _target_type(target_key: str) -> str:
 
 
 def records_of(conn: Connection, key: str) -> list[tuple[str, int]]:
-    """``(cdm_table, cdm_id)`` of every row one resource wrote (for tests and tools)."""
+    """``(cdm_table, cdm_id)`` of every row one resource wrote (for tests and tools; a :data:`NO_ROW`
+    record names none)."""
     return [tuple(r) for r in conn.execute(
         select(SOURCE_RECORD.c.cdm_table, SOURCE_RECORD.c.cdm_id)
-        .where(and_(SOURCE_RECORD.c.source_key == key)).order_by(SOURCE_RECORD.c.cdm_table))]
+        .where(SOURCE_RECORD.c.source_key == key, SOURCE_RECORD.c.cdm_table != NO_ROW[0])
+        .order_by(SOURCE_RECORD.c.cdm_table))]

@@ -1,7 +1,8 @@
 """What one FHIR ingest run did, per resource type: the counts a site administrator reads at the end.
 
 Every resource read ends in exactly one of: **loaded** (new), **updated** (content changed since
-the run that loaded it: its rows were replaced), **unchanged** (same content hash: skipped),
+the run that loaded it: its rows were replaced), **unchanged** (same content hash: skipped, also
+when it mapped to no row the first time),
 **quarantined** (with a reason code; see the ``quarantine`` table) or **skipped** (a resource type
 radfed keeps no CDM rows for, a type no mapper handles yet, or a resource that maps to no row — each
 with its reason and the files it is in: radfed keeps no copy of them).  A reference to a resource not
