@@ -191,18 +191,19 @@ def test_a_resource_now_mapping_to_no_row_leaves_the_quarantine(sqlite_cdm, tmp_
     assert rows(sqlite_cdm, "quarantine") == [], "the site fixed it: it is loaded, only to no row"
 
 
-def test_a_resource_with_two_stored_hashes_is_mapped_again_and_replaced(sqlite_cdm, tmp_path):
-    # two runs loading the same resource at once, one version to rows and one to none, leave two hashes
+def test_a_resource_with_two_stored_hashes_is_mapped_again_and_replaced(pg_cdm, tmp_path):
+    # two runs loading the same resource at once (PostgreSQL), one version to rows and one to none,
+    # leave two hashes
     folder = export(tmp_path / "in", procedure=DONE)
-    ingest_paths(sqlite_cdm, [folder], workers=0)
-    with sqlite_cdm.begin() as conn:
+    ingest_paths(pg_cdm, [folder], workers=0)
+    with pg_cdm.begin() as conn:
         conn.execute(insert(tables["source_record"]).values(
             source_key="fhir|Procedure|pr1", cdm_table=NO_ROW[0], cdm_id=NO_ROW[1],
             content_hash=content_hash(NOT_DONE), loaded_at=dt.datetime(2026, 12, 7)))
-    assert existing_hashes(sqlite_cdm, ["fhir|Procedure|pr1", "fhir|Patient|p1"]) == {
+    assert existing_hashes(pg_cdm, ["fhir|Procedure|pr1", "fhir|Patient|p1"]) == {
         "fhir|Procedure|pr1": CONFLICTING_HASHES, "fhir|Patient|p1": content_hash(PATIENT)}
-    again = ingest_paths(sqlite_cdm, [folder], workers=1)
+    again = ingest_paths(pg_cdm, [folder], workers=1)
     assert again.by_type["Procedure"]["updated"] == 1
-    assert "fhir|Procedure|pr1" not in markers(sqlite_cdm)
-    assert existing_hashes(sqlite_cdm, ["fhir|Procedure|pr1"]) == {"fhir|Procedure|pr1": content_hash(DONE)}
-    assert len(rows(sqlite_cdm, "procedure_occurrence")) == 1
+    assert "fhir|Procedure|pr1" not in markers(pg_cdm)
+    assert existing_hashes(pg_cdm, ["fhir|Procedure|pr1"]) == {"fhir|Procedure|pr1": content_hash(DONE)}
+    assert len(rows(pg_cdm, "procedure_occurrence")) == 1
