@@ -72,7 +72,8 @@ class RunLease:
 
     def __init__(self, engine: Engine, waiting: Notice | None = None, timeout: float | None = None):
         self._conn = None
-        self._waiting, self._timeout = waiting, timeout
+        self._waiting = waiting
+        self.timeout = timeout
         #: what this run stopped waiting for after ``timeout`` seconds (the loaders, the runners)
         self.gave_up: list[str] = []
         if engine.dialect.name == "postgresql":
@@ -84,10 +85,16 @@ class RunLease:
             hold(self._conn, LOADING, shared=True)
         self._loading = self._running = self._conn is not None
 
-    def _wait_for(self, name: str, what: str, timeout: float | None) -> None:
-        """Take ``name`` exclusively and give it back at once: every run holding it now is past it."""
-        notice = None if self._waiting is None else (lambda holders, waited: self._waiting(what, holders, waited))
-        if hold(self._conn, name, waiting=notice, timeout=timeout):
+    def _notice(self, what: str):
+        """What :func:`~cdm.locks.hold` tells while it waits for ``what`` (``None``: nobody listens)."""
+        if self._waiting is None:
+            return None
+        return lambda holders, waited: self._waiting(what, holders, waited)
+
+    def _wait_for(self, name: str, what: str) -> None:
+        """Take ``name`` exclusively and give it back at once: every run holding it now is past it
+        (unless :attr:`timeout` seconds pass first)."""
+        if hold(self._conn, name, waiting=self._notice(what), timeout=self.timeout):
             release(self._conn, name)
         else:
             self.gave_up.append(what)
@@ -100,7 +107,7 @@ class RunLease:
         release(self._conn, LOADING, shared=True)
         self._loading = False
         if wait:
-            self._wait_for(LOADING, "runs loading this CDM", self._timeout)
+            self._wait_for(LOADING, "runs loading this CDM")
 
     def settle(self) -> None:
         """Return once every run running now (this one aside) has ended (or ``timeout`` seconds have
@@ -109,7 +116,7 @@ class RunLease:
             return
         release(self._conn, RUNNING, shared=True)
         self._running = False
-        self._wait_for(RUNNING, "runs still running on this CDM", self._timeout)
+        self._wait_for(RUNNING, "runs still running on this CDM")
 
     @contextmanager
     def finishing(self) -> Iterator[None]:
@@ -117,9 +124,7 @@ class RunLease:
         if self._conn is None:
             yield
             return
-        notice = None if self._waiting is None else (
-            lambda holders, waited: self._waiting("a run finishing on this CDM", holders, waited))
-        hold(self._conn, FINISHING, waiting=notice)
+        hold(self._conn, FINISHING, waiting=self._notice("a run finishing on this CDM"))
         try:
             yield
         finally:

@@ -142,7 +142,6 @@ class IngestRun:
         self.ctx = RunContext(engine, mrn_system, self.cache_size)
         self.writer = BatchWriter(engine)
         self.lease = RunLease(engine, waiting, wait_timeout)  # among the runs loading this CDM now
-        self.wait_timeout = wait_timeout
         self.batch_size = batch_size
         self.force = force
         self.summary = IngestSummary()
@@ -464,7 +463,7 @@ class IngestRun:
         self.summary.references_resolved = self.writer.references_resolved
         self.summary.unresolved_references = open_references
         if self.lease.gave_up:
-            self.summary.gave_up_waiting = (self.wait_timeout, self.lease.gave_up)
+            self.summary.gave_up_waiting = (self.lease.timeout, self.lease.gave_up)
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 
