@@ -182,10 +182,10 @@ class RssCurve:
             self.points.append((tenth, round(_rss_mb(), 1), round(max(workers, default=0.0), 1)))
 
 
-def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dict]:
+def load_once(url: str, folder: str, runs: int, workers: int | None, batch_size: int | None = None) -> list[dict]:
     """In a fresh interpreter: create the CDM at ``url``, load ``folder`` ``runs`` times."""
     from cdm.db import create_cdm, open_engine
-    from node.ingest.engine import auto_workers, ingest_paths
+    from node.ingest.engine import BATCH, auto_workers, ingest_paths
 
     engine = open_engine(url)
     create_cdm(engine, source_name="bench")
@@ -196,12 +196,13 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
         load = os.getloadavg()[0]
         started = time.process_time()
         curve = RssCurve()
-        summary = ingest_paths(engine, [folder], workers=used, progress=curve)
+        summary = ingest_paths(engine, [folder], workers=used, progress=curve, batch_size=batch_size or BATCH)
         main_cpu = time.process_time() - started
         resources = summary.total()
         out.append({"resources": resources, "loaded": summary.total("loaded"),
                     "unchanged": summary.total("unchanged"), "quarantined": summary.total("quarantined"),
-                    "skipped": summary.total("skipped"), "workers": used, "load_average": round(load, 2),
+                    "skipped": summary.total("skipped"), "workers": used, "batch_size": batch_size or BATCH,
+                    "load_average": round(load, 2),
                     "seconds": round(summary.seconds, 1), "resources_per_s": round(summary.resources_per_second),
                     "main_cpu_s": round(main_cpu, 1), "main_cpu_us_per_resource": round(1e6 * main_cpu / resources),
                     "worker_cpu_s": round(summary.worker_cpu_seconds, 1),
@@ -215,9 +216,9 @@ def load_once(url: str, folder: str, runs: int, workers: int | None) -> list[dic
     return out
 
 
-def _in_subprocess(url: str, folder: Path, runs: int, workers: int | None) -> list[dict]:
+def _in_subprocess(url: str, folder: Path, runs: int, workers: int | None, batch_size: int | None) -> list[dict]:
     done = subprocess.run([sys.executable, __file__, "--one", url, str(folder), str(runs),
-                           "auto" if workers is None else str(workers)],
+                           "auto" if workers is None else str(workers), str(batch_size or 0)],
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -236,11 +237,12 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="loads only (no bare parse or validators)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "fhir.json"),
                         help="where to write the figures ('-' for nowhere)")
-    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help="resources per write transaction (default: the ingest's BATCH)")
+    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         workers = None if args.one[3] == "auto" else int(args.one[3])
-        print(json.dumps(load_once(args.one[0], args.one[1], int(args.one[2]), workers)))
+        print(json.dumps(load_once(args.one[0], args.one[1], int(args.one[2]), workers, int(args.one[4]) or None)))
         return
     load_before = os.getloadavg()
     folder = Path(args.folder) if args.folder else export_folder(args.patients)
@@ -255,7 +257,7 @@ def main() -> None:
     worker_counts = [None if w == "auto" else int(w) for w in args.workers.split(",")]
     for workers in worker_counts:
         with tempfile.TemporaryDirectory() as tmp:
-            for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, workers)):
+            for n, r in enumerate(_in_subprocess(str(Path(tmp) / "cdm.sqlite"), folder, runs, workers, args.batch_size)):
                 rows.append({"what": "SQLite" + (" (re-run)" if n else ""), **r})
     if not args.no_postgres:
         import psycopg
@@ -267,7 +269,7 @@ def main() -> None:
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             try:
                 url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-                for n, r in enumerate(_in_subprocess(url, folder, runs, workers)):
+                for n, r in enumerate(_in_subprocess(url, folder, runs, workers, args.batch_size)):
                     rows.append({"what": "PostgreSQL" + (" (re-run)" if n else ""), **r})
             finally:
                 with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

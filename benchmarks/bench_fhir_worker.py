@@ -6,7 +6,11 @@ bytes, one unit per Bundle file, in load order), opens a fresh SQLite CDM, start
 process (``worker.start``) and calls ``Worker.unit`` on every unit, then pickles its records as
 ``map_unit`` does (``worker.ship``) (the file I/O of the hand-over is left out).  Nothing is written to the CDM: the
 worker answers references from what it mapped itself, as it does for the units of one file in a
-real run.  It prints the CPU per resource of the units and of the pickling; with ``--profile``
+real run.  Beyond its reference cache (2 x ``CACHE_SIZE`` resources, ~200,000) a forgotten
+reference is asked of that empty CDM and stays unresolved, which costs more than in a real run,
+where it is found: on the 1M export Observations cost 168 CPU µs here against 98 with a cache
+holding everything, while a real load's worker does not change with the cache (benchmarks/README.md,
+stop 30).  It prints the CPU per resource of the units and of the pickling; with ``--profile``
 cProfile's top entries; with ``--dump`` it writes every unit's records (pickled) to a file, to
 compare what two versions of the worker ship (``compare``).  Deterministic enough for
 ``valgrind --tool=callgrind`` A/B comparisons of worker changes (use ``--repeat 1``).
@@ -14,6 +18,9 @@ compare what two versions of the worker ship (``compare``).  Deterministic enoug
     .venv/bin/python benchmarks/bench_fhir_worker.py run /tmp/radfed-bench-fhir-2000/site-1/fhir [--repeat 3] [--profile]
     .venv/bin/python benchmarks/bench_fhir_worker.py run FOLDER --dump /tmp/records-a.pkl
     .venv/bin/python benchmarks/bench_fhir_worker.py compare /tmp/records-a.pkl /tmp/records-b.pkl
+
+``--stages`` first times the worker's first steps alone (parse, content hash, validation) on the
+same units: the part of the worker's CPU that any design validating every resource keeps.
 """
 
 from __future__ import annotations
@@ -42,6 +49,39 @@ def units_of(folder: str, unit_bytes: int) -> list[tuple]:
                 if isinstance(block, tuple):  # not a damaged gzip stream's last item
                     tasks.append(("ndjson", path, input_file.resource_type, block[0], block[1]))
     return tasks
+
+
+def stages(tasks: list[tuple]) -> None:
+    """The worker's first steps alone on the NDJSON units, each timed over every resource: what
+    the rest of a unit (mapping, the records, pickling) is measured against (the floor of a worker
+    that validates every resource)."""
+    from node.ingest.mapping import content_hash
+    from node.ingest.validate import _warm, problem, relaxed_gc
+    from node.ingest.worker import ndjson_entries
+
+    _warm()
+    relaxed_gc()  # as the worker's start
+    parse = hashed = validated = 0.0
+    resources = 0
+    for kind, path, hint, first, block in tasks:
+        if kind != "ndjson":
+            continue
+        started = time.process_time()
+        parsed = [r for _, _, r, _ in ndjson_entries(path, hint, first, block) if r is not None]
+        parse += time.process_time() - started
+        started = time.process_time()
+        for r in parsed:
+            content_hash(r)
+        hashed += time.process_time() - started
+        started = time.process_time()
+        for r in parsed:
+            problem(r)
+        validated += time.process_time() - started
+        resources += len(parsed)
+    n = resources or 1
+    print(f"worker's first steps: {resources:,} resources: parse {parse * 1e6 / n:.1f}, content hash "
+          f"{hashed * 1e6 / n:.1f}, validate {validated * 1e6 / n:.1f} CPU us a resource "
+          f"(together {(parse + hashed + validated) * 1e6 / n:.1f})")
 
 
 def run(folder: str, unit_bytes: int, profile: bool, dump: str | None) -> None:
@@ -128,6 +168,8 @@ def main() -> None:
     timed.add_argument("--unit-bytes", type=int, default=BLOCK)
     timed.add_argument("--profile", action="store_true")
     timed.add_argument("--dump", help="write every unit's pickled records here")
+    timed.add_argument("--stages", action="store_true",
+                       help="first time parsing, hashing and validating alone (the worker's floor)")
     same = commands.add_parser("compare")
     same.add_argument("first")
     same.add_argument("second")
@@ -135,6 +177,8 @@ def main() -> None:
     if args.command == "compare":
         raise SystemExit(1 if compare(args.first, args.second) else 0)
     for _ in range(args.repeat):
+        if args.stages:
+            stages(units_of(args.folder, args.unit_bytes))
         run(args.folder, args.unit_bytes, args.profile, args.dump)
 
 
