@@ -137,6 +137,23 @@ def test_a_streamed_bundle_loads_exactly_what_the_whole_file_path_loads(kind, sq
     assert all(r.person_id is not None for r in rows["visit_occurrence"])
 
 
+def test_a_streamed_bundle_with_two_workers_into_postgresql_loads_what_the_whole_file_path_loads(
+        pg_cdm, tmp_path, monkeypatch):
+    """The streamed path on PostgreSQL (COPY, the index-probed hash look-up) with two workers taking
+    its entry blocks at once: the same summary, rows and re-run as the whole file read in process."""
+    export, _first = export_with_duplicates(tmp_path)
+    paths = [awkward_bundle(export, tmp_path / "one.json")]
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    whole = _load(pg_cdm, paths, 0, False, monkeypatch, spool)
+    streamed = _load(pg_cdm, paths, 2, True, monkeypatch, spool)
+    assert streamed[0] == whole[0], "the same summary"
+    assert streamed[1] == whole[1], "the same rows, ids and quarantine"
+    assert streamed[2] == whole[2], "the same re-run"
+    assert whole[0]["by_type"]["Patient"]["loaded"] >= 13 and whole[2]["by_type"]["Patient"]["unchanged"] >= 13
+    assert all(r.person_id is not None for r in whole[1]["visit_occurrence"])
+
+
 def test_small_bundles_are_still_read_whole(sqlite_cdm, shared_dir, tmp_path, monkeypatch):
     folder = synthea_bundles(shared_dir / SYNTHEA, tmp_path / "bundles")
     calls = []
