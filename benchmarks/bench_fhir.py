@@ -187,6 +187,7 @@ def load_once(url: str, folder: str, runs: int, workers: int | None, batch_size:
     from cdm.db import create_cdm, open_engine
     from node.ingest.engine import BATCH, auto_workers, ingest_paths
 
+    batch_size = batch_size or BATCH
     engine = open_engine(url)
     create_cdm(engine, source_name="bench")
     size = sum(p.stat().st_size for p in Path(folder).iterdir())
@@ -196,12 +197,12 @@ def load_once(url: str, folder: str, runs: int, workers: int | None, batch_size:
         load = os.getloadavg()[0]
         started = time.process_time()
         curve = RssCurve()
-        summary = ingest_paths(engine, [folder], workers=used, progress=curve, batch_size=batch_size or BATCH)
+        summary = ingest_paths(engine, [folder], workers=used, progress=curve, batch_size=batch_size)
         main_cpu = time.process_time() - started
         resources = summary.total()
         out.append({"resources": resources, "loaded": summary.total("loaded"),
                     "unchanged": summary.total("unchanged"), "quarantined": summary.total("quarantined"),
-                    "skipped": summary.total("skipped"), "workers": used, "batch_size": batch_size or BATCH,
+                    "skipped": summary.total("skipped"), "workers": used, "batch_size": batch_size,
                     "load_average": round(load, 2),
                     "seconds": round(summary.seconds, 1), "resources_per_s": round(summary.resources_per_second),
                     "main_cpu_s": round(main_cpu, 1), "main_cpu_us_per_resource": round(1e6 * main_cpu / resources),

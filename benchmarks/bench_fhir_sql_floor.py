@@ -46,9 +46,11 @@ import tempfile
 import time
 
 COMMIT = "COMMIT"
+#: The capture's last entry: ``(RESOURCES, how many resources the run read, False)``.
+RESOURCES = "RESOURCES"
 VARIANTS = ("current", "one-source-record-per-resource", "no-source-record", "sequential-row-ids",
             "one-source-record-per-resource+sequential-row-ids")
-_TABLE = re.compile(r"(?:INTO|FROM|UPDATE|TABLE|ON)\s+\"?(\w+)", re.IGNORECASE)
+_TABLE = re.compile(r"\b(?:INTO|FROM|UPDATE|TABLE|ON)\s+\"?(\w+)", re.IGNORECASE)  # \b: not the "on" of "person"
 
 
 def _plain(values):
@@ -95,8 +97,8 @@ def capture(folder: str, out: str) -> None:
         summary = ingest.ingest_paths(engine, [folder], workers=1)
         cpu = time.process_time() - cpu
         engine.dispose()
-    n = summary.total()
-    pickle.dump(("RESOURCES", n, False), open(out, "ab"), pickle.HIGHEST_PROTOCOL)
+        n = summary.total()
+        pickle.dump((RESOURCES, n, False), sink, pickle.HIGHEST_PROTOCOL)
     print(f"captured {n:,} resources -> {out}; loader {cpu * 1e6 / n:.1f} CPU us a resource, "
           f"SQL as the run saw it {sum(spent.values()) * 1e6 / n:.1f} us a resource (commits not included):")
     for key, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:15]:
@@ -131,24 +133,24 @@ def _prepared(path: str, variant: str, sort_batches: bool) -> tuple[list, int]:
     prepared, n = [], 0
     renumbered: dict[str, dict[int, int]] = {}
     for statement, parameters, many in _statements(path):
-        if statement == "RESOURCES":
+        if statement == RESOURCES:
             n = parameters
             continue
         bookkeeping = "source_record" in statement and statement != COMMIT
+        inserting = many and statement.lstrip().upper().startswith("INSERT")
         if bookkeeping and variant == "no-source-record":
             continue
         if bookkeeping and "one-source-record-per-resource" in variant:
-            if many and statement.lstrip().upper().startswith("INSERT"):
+            if inserting:
                 prepared.append(("INSERT OR REPLACE INTO source_record VALUES (?, ?, ?, ?, ?)",
                                  _source_record_per_resource(statement, parameters), True))
             continue  # its look-ups and index statements have no counterpart in a first load
-        if "sequential-row-ids" in variant and many and statement.lstrip().upper().startswith("INSERT") \
-                and not bookkeeping:
+        if "sequential-row-ids" in variant and inserting and not bookkeeping:
             table = _TABLE.search(statement).group(1)
             numbers = renumbered.setdefault(table, {})
             parameters = [(numbers.setdefault(p[0], len(numbers) + 1), *p[1:]) if isinstance(p[0], int) else p
                           for p in parameters]
-        if sort_batches and many and statement.lstrip().upper().startswith("INSERT"):
+        if sort_batches and inserting:
             parameters = sorted(parameters)  # by the first column: each table's key (source_key for source_record)
         prepared.append((statement, parameters, many))
     return prepared, n
